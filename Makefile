@@ -14,7 +14,7 @@ DATA          ?= data
 ARGS          ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train submission test clean clean-run
+.PHONY: help install demo train submission test bench clean clean-run
 
 #################################################################################
 # SETUP                                                                         #
@@ -56,6 +56,10 @@ submission: install
 ## Run the test suite (installs the dev requirements first)
 test: $(VENV)/.installed-dev
 	$(PYTHON) -m pytest -q tests
+
+## Measure load, training and inference speed (+ full CV with CV=cpu) → runs/bench/
+bench: install
+	$(PYTHON) scripts/benchmark.py --data $(DATA) --profile $(PROFILE) $(if $(CV),--cv $(CV)) $(ARGS)
 
 ## Remove runs/, submissions and the sample (keeps .venv and downloaded data)
 clean:

@@ -66,6 +66,15 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blend(args: argparse.Namespace) -> int:
+    from pipeline.ensemble import blend_runs
+
+    runs = [config_mod.check_run_name(r) for r in args.runs]
+    name = config_mod.check_run_name(args.name or "blend-" + "-".join(runs))
+    blend_runs(_paths(args), runs, name, log=_log)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
@@ -134,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", _predict, "ensemble a run's fold models on test.csv → submissions/submission.csv")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation (default: the run's config)")
+
+    p = add("blend", _blend, "average finished runs trained on the same folds (seeds/architectures)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="runs to average")
+    p.add_argument("--name", help="output name: runs/<name>/, submissions/<name>.csv")
 
     add("demo", _demo, "the whole pipeline on the embedded sample (profile tiny, run 'demo')",
         profile_default=None)

@@ -37,7 +37,8 @@ class Config:
     profile: str = "cpu"  # the preset these values started from (recorded, not a knob)
     # data and folds
     folds: int = 5  # k of the stratified k-fold CV
-    seed: int = 42  # seeds folds, weights, augmentation and shuffling
+    seed: int = 42  # seeds the folds, and (with model_seed) weights, augmentation and shuffling
+    model_seed: int = 0  # vary to train another ensemble member on the same folds
     subsample: float = 1.0  # fraction of train.csv to use (stratified); <1 for quick experiments
     # model
     model: str = "deep"  # a name in pipeline.model.MODELS
@@ -116,6 +117,7 @@ def _check(cfg: Config) -> None:
         (0 <= cfg.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
         (cfg.early_stopping >= 0, "early_stopping", "must be >= 0"),
         (cfg.threads >= 0, "threads", "must be >= 0"),
+        (cfg.model_seed >= 0, "model_seed", "must be >= 0"),
         (cfg.profile in PROFILES, "profile", f"must be one of {', '.join(PROFILES)}"),
     ]
     for ok, key, why in rules:

@@ -85,3 +85,46 @@ def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = prin
     log(f"{len(models)} fold models{' × 5 TTA views' if use_tta else ''} on {len(x)} test images in "
         f"{seconds:.1f}s → {paths.submissions / 'submission.csv'} (copy: {per_run})")
     return per_run
+
+
+def blend_runs(paths: Paths, runs: list[str], name: str, log: Log = print) -> Path:
+    """Average the OOF and test probabilities of finished runs trained on the same folds."""
+    from pipeline.data import load_train
+    from pipeline.files import load_npy
+
+    if len(runs) < 2:
+        raise UserError("blend: name at least two runs, e.g. `blend full-1 full-2`")
+    folds = [load_npy(paths.run_dir(r) / "folds.npy") if (paths.run_dir(r) / "folds.npy").is_file()
+             else None for r in runs]
+    for r, f in zip(runs, folds):
+        if f is None or not (paths.run_dir(r) / "metrics.json").is_file():
+            raise UserError(f"blend: run '{r}' is not finished; train it first")
+        if f.shape != folds[0].shape or not np.array_equal(f, folds[0]):
+            raise UserError(f"blend: run '{r}' used other folds than '{runs[0]}' (different data, "
+                            "folds or seed); only runs on the same folds can be blended honestly")
+    for r in runs:
+        if not (paths.run_dir(r) / "test_probs.npy").is_file():
+            predict_run(paths, r, log=log)
+    _, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
+    oof = np.mean([load_npy(paths.run_dir(r) / "oof_probs.npy") for r in runs], axis=0)
+    test = np.mean([load_npy(paths.run_dir(r) / "test_probs.npy") for r in runs], axis=0)
+    if len(oof) != len(y):
+        raise UserError(f"blend: the runs were trained on other data than {paths.data / 'train.csv'}")
+    each = {r: float(np.mean(load_npy(paths.run_dir(r) / "oof_probs.npy").argmax(1) == y)) for r in runs}
+    acc = float(np.mean(oof.argmax(1) == y))
+    out = paths.run_dir(name)
+    save_npy(out / "oof_probs.npy", oof.astype(np.float32))
+    save_npy(out / "test_probs.npy", test.astype(np.float32))
+    ids = read_sample_ids(paths.data)
+    if ids is None:
+        ids = np.arange(1, len(test) + 1)
+    sub = paths.submissions / f"{name}.csv"
+    write_submission(sub, test.argmax(1), ids)
+    write_submission(paths.submissions / "submission.csv", test.argmax(1), ids)
+    write_json(out / "blend.json", {"runs": runs, "run_oof_accuracy": each, "cv_accuracy": acc,
+                                    "submission": str(sub)})
+    for r, a in each.items():
+        log(f"  {r:<24} OOF accuracy {a:.4f}")
+    log(f"blend of {len(runs)} runs: OOF accuracy {acc:.4f} → {paths.submissions / 'submission.csv'} "
+        f"(copy: {sub})")
+    return sub

@@ -114,7 +114,7 @@ def augmentation(cfg: Config) -> list[layers.Layer]:
     if not cfg.augment:
         return []
     out: list[layers.Layer] = []
-    seed = cfg.seed
+    seed = cfg.seed + 100_003 * cfg.model_seed
     if cfg.rotation > 0:
         out.append(layers.RandomRotation(cfg.rotation / 360.0, fill_mode="constant", seed=seed))
     if cfg.zoom > 0:

@@ -189,7 +189,7 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
     from pipeline.model import build_model, load_model
 
     fold_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed + 1000 * fold)
+    keras.utils.set_random_seed(cfg.seed + 1000 * fold + 100_003 * cfg.model_seed)
     train_idx = _subsample(train_idx, y, cfg.subsample, cfg.seed + fold)
     steps = math.ceil(len(train_idx) / cfg.batch_size)
 

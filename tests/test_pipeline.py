@@ -118,3 +118,22 @@ def test_max_folds_trains_part_then_finishes(sample_dir: Path, tmp_path: Path) -
     second = run_cli("train", *common)
     assert "resuming: 1 finished fold(s) kept, 1 to train" in second.stdout
     assert (tmp_path / "part" / "metrics.json").is_file()
+
+
+def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict, sample_dir: Path) -> None:
+    common = tiny_pipeline["common"]
+    run_cli("train", "--profile", "tiny", "--run", "t2", "--set", "model_seed=1", *common)
+    proc = run_cli("blend", "t1", "t2", "--name", "b12", *common)
+    runs = tiny_pipeline["root"] / "runs"
+    y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
+    oof = (np.load(runs / "t1" / "oof_probs.npy") + np.load(runs / "t2" / "oof_probs.npy")) / 2
+    blend = json.loads((runs / "b12" / "blend.json").read_text())
+    assert blend["cv_accuracy"] == pytest.approx(np.mean(oof.argmax(1) == y))
+    assert f"OOF accuracy {blend['cv_accuracy']:.4f}" in proc.stdout
+    sub = pd.read_csv(tiny_pipeline["subs"] / "b12.csv")
+    test = (np.load(runs / "t1" / "test_probs.npy") + np.load(runs / "t2" / "test_probs.npy")) / 2
+    assert np.array_equal(sub["Label"].to_numpy(), test.argmax(1))
+    # A run on other folds (another seed) cannot be blended honestly.
+    run_cli("train", "--profile", "tiny", "--run", "t3", "--set", "seed=7", "--set", "epochs=1", *common)
+    bad = run_cli("blend", "t1", "t3", *common, check=False)
+    assert bad.returncode == 2 and "used other folds" in last_error_line(bad)

@@ -1,0 +1,29 @@
+"""A smoke run of scripts/benchmark.py on the embedded sample: it measures and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.config import PROJ_ROOT
+
+
+def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "--data", str(sample_dir), "--profile", "tiny",
+         "--images", "256", "--cv", "tiny", "--set", "epochs=1", "--runs-dir", str(tmp_path / "runs"),
+         "--submissions-dir", str(tmp_path / "subs")],
+        cwd=PROJ_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (out,) = (tmp_path / "runs" / "bench").glob("*.json")
+    result = json.loads(out.read_text())
+    assert result["machine"]["cores"] >= 1 and result["machine"]["tensorflow"]
+    assert result["load"]["rows"] == 1257 and result["load"]["cached_s"] < result["load"]["cold_csv_s"]
+    t = result["throughput"]
+    assert t["train_img_s_plain"] > 0 and t["train_img_s_augment"] > 0 and t["inference_img_s"] > 0
+    cv = result["cv"]
+    assert len(cv["fold_accuracy"]) == 2 and 0 < cv["oof_accuracy"] <= 1
+    assert cv["total_wall_s"] >= cv["train_wall_s"] > 0
+    assert (tmp_path / "subs" / "submission.csv").is_file()
