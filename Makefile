@@ -1,0 +1,76 @@
+# digits — Kaggle Digit Recognizer pipeline. `make` lists the targets.
+
+#################################################################################
+# GLOBALS                                                                       #
+#################################################################################
+
+PYTHON_SYSTEM ?= python3
+VENV          := .venv
+PYTHON        := $(VENV)/bin/python
+PROFILE       ?= cpu
+RUN           ?= $(PROFILE)
+DATA          ?= data
+# Extra flags for the pipeline command, e.g. make train ARGS="--set epochs=20"
+ARGS          ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo train submission test clean clean-run
+
+#################################################################################
+# SETUP                                                                         #
+#################################################################################
+
+## Create .venv and install requirements.txt (other targets do this for you)
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PYTHON) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+#################################################################################
+# PIPELINE                                                                      #
+#################################################################################
+
+## Run the whole pipeline on the embedded sample (no data download, no credentials)
+demo: install
+	$(PYTHON) -m pipeline demo $(ARGS)
+
+## k-fold train a run on DATA=data (PROFILE=cpu, RUN=<profile>); re-running resumes
+train: install
+	$(PYTHON) -m pipeline train --data $(DATA) --profile $(PROFILE) --run $(RUN) $(ARGS)
+
+## Ensemble the run's fold models on test.csv → submissions/submission.csv
+submission: install
+	$(PYTHON) -m pipeline predict --data $(DATA) --run $(RUN) $(ARGS)
+
+#################################################################################
+# QUALITY                                                                       #
+#################################################################################
+
+## Run the test suite (installs the dev requirements first)
+test: $(VENV)/.installed-dev
+	$(PYTHON) -m pytest -q tests
+
+## Remove runs/, submissions and the sample (keeps .venv and downloaded data)
+clean:
+	rm -rf runs data/sample
+	find submissions -type f ! -name .gitkeep -delete
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+## Delete one run's folder to start it over: make clean-run RUN=name
+clean-run:
+	rm -rf runs/$(RUN)
+
+#################################################################################
+# HELP                                                                          #
+#################################################################################
+
+## Show this list of targets
+help:
+	@awk '/^## /{doc=substr($$0,4)} /^[a-zA-Z_-]+:/{if(doc) printf "  %-12s %s\n", substr($$1,1,length($$1)-1), doc; doc=""}' $(MAKEFILE_LIST)

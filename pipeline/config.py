@@ -1,0 +1,230 @@
+"""One typed config for every stage, its defaults, named profiles, and the project's paths.
+
+Resolution order: defaults → profile → config file (TOML/YAML/JSON) → `--set key=value` flags.
+Unknown keys, wrong types and invalid values raise `UserError` naming the key.
+
+    python -m pipeline train --profile tiny --set epochs=3 --set model=simple
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+# Every path the pipeline uses derives from here, never from the working directory.
+PROJ_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = PROJ_ROOT / "data"
+SAMPLE_DIR = DATA_DIR / "sample"
+RUNS_DIR = PROJ_ROOT / "runs"
+SUBMISSIONS_DIR = PROJ_ROOT / "submissions"
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run depends on; saved as `runs/<run>/config.json`."""
+
+    profile: str = "cpu"  # the preset these values started from (recorded, not a knob)
+    # data and folds
+    folds: int = 5  # k of the stratified k-fold CV
+    seed: int = 42  # seeds folds, weights, augmentation and shuffling
+    subsample: float = 1.0  # fraction of train.csv to use (stratified); <1 for quick experiments
+    # model
+    model: str = "deep"  # a name in pipeline.model.MODELS
+    filters: int = 32  # width of the first conv block; later blocks double it
+    kernel_size: int = 3
+    dropout: float = 0.25  # after each conv block
+    dense_units: int = 128
+    dense_dropout: float = 0.25
+    # augmentation (layers inside the model, active only while training)
+    augment: bool = True
+    rotation: float = 10.0  # degrees, ±
+    zoom: float = 0.10  # fraction, ±
+    shift: float = 0.10  # fraction of width/height, ±
+    # optimisation
+    epochs: int = 15
+    batch_size: int = 128
+    learning_rate: float = 2e-3  # peak learning rate
+    lr_schedule: str = "onecycle"  # onecycle | cosine | exponential | constant
+    warmup_epochs: float = 1.0  # linear warm-up for onecycle/cosine
+    lr_decay: float = 0.85  # per-epoch factor for the exponential schedule
+    label_smoothing: float = 0.0
+    early_stopping: int = 0  # patience in epochs on val_accuracy; 0 = off (train all epochs)
+    # prediction
+    tta: bool = False  # average predictions over small shifts of each test image
+    # execution
+    threads: int = 0  # TensorFlow intra-op threads; 0 = TensorFlow's default (all cores)
+    deterministic: bool = False  # bit-identical results on one machine (slower)
+    # tuning and Kaggle
+    study: str = ""  # take model hyperparameters from this Optuna study's best trial
+    competition: str = "digit-recognizer"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict, in declaration order."""
+        return dataclasses.asdict(self)
+
+
+# The names in pipeline.model.MODELS, listed here so checking a config needs no Keras import.
+MODEL_NAMES = ("simple", "deep", "strided")
+LR_SCHEDULES = ("onecycle", "cosine", "exponential", "constant")
+
+# Presets hold only their differences from the defaults, with the reason.
+PROFILES: dict[str, dict[str, Any]] = {
+    # The default for real data on a 2-core CPU: the accuracy/time trade-off measured in README.
+    "cpu": {},
+    # Test and demo size: two folds, a couple of epochs, a narrow net; runs in seconds.
+    "tiny": {"folds": 2, "epochs": 6, "filters": 16, "dense_units": 64, "batch_size": 32,
+             "learning_rate": 3e-3, "warmup_epochs": 1.0},
+    # The seed project's network, kept as the baseline the report compares against.
+    "simple": {"model": "simple", "epochs": 10, "augment": False, "lr_schedule": "constant",
+               "learning_rate": 1e-3},
+    # Long run for a GPU or a night on CPU: wider, longer, test-time augmentation.
+    "full": {"filters": 48, "dense_units": 256, "epochs": 40, "tta": True},
+}
+
+
+def _check(cfg: Config) -> None:
+    """Reject values no run can use, naming the key."""
+    rules: list[tuple[bool, str, str]] = [
+        (cfg.folds >= 2, "folds", "must be at least 2"),
+        (cfg.epochs >= 1, "epochs", "must be at least 1"),
+        (cfg.batch_size >= 1, "batch_size", "must be at least 1"),
+        (cfg.learning_rate > 0, "learning_rate", "must be positive"),
+        (0 < cfg.subsample <= 1, "subsample", "must be in (0, 1]"),
+        (cfg.model in MODEL_NAMES, "model", f"must be one of {', '.join(MODEL_NAMES)}"),
+        (cfg.filters >= 1, "filters", "must be at least 1"),
+        (cfg.kernel_size in (3, 5, 7), "kernel_size", "must be 3, 5 or 7"),
+        (0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)"),
+        (0 <= cfg.dense_dropout < 1, "dense_dropout", "must be in [0, 1)"),
+        (cfg.dense_units >= 1, "dense_units", "must be at least 1"),
+        (0 <= cfg.rotation <= 180, "rotation", "must be in [0, 180] degrees"),
+        (0 <= cfg.zoom < 1, "zoom", "must be in [0, 1)"),
+        (0 <= cfg.shift < 1, "shift", "must be in [0, 1)"),
+        (cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}"),
+        (cfg.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
+        (0 < cfg.lr_decay <= 1, "lr_decay", "must be in (0, 1]"),
+        (0 <= cfg.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
+        (cfg.early_stopping >= 0, "early_stopping", "must be >= 0"),
+        (cfg.threads >= 0, "threads", "must be >= 0"),
+        (cfg.profile in PROFILES, "profile", f"must be one of {', '.join(PROFILES)}"),
+    ]
+    for ok, key, why in rules:
+        if not ok:
+            raise UserError(f"config: {key}={getattr(cfg, key)!r} {why}")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Convert `value` to the declared type of `key`, or raise naming the key and its source."""
+    types = {f.name: f.type for f in fields(Config)}
+    if key not in types:
+        raise UserError(f"{source}: unknown config key '{key}' (valid keys: {', '.join(types)})")
+    kind = types[key]
+    wrong = UserError(f"{source}: {key}={value!r} is not a valid {kind}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise wrong
+    if kind == "int":
+        if isinstance(value, bool):
+            raise wrong
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        raise wrong
+    if kind == "float":
+        if isinstance(value, bool):
+            raise wrong
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise wrong from None
+    if not isinstance(value, str):
+        raise wrong
+    return value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON file of config overrides (a flat table of key = value)."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise UserError(f"{path}: config files must end in .toml, .yaml, .yml or .json")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"{path}: malformed config file: {first}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a table of key = value pairs")
+    return data
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """Turn `["epochs=3", "model=simple"]` into a dict, rejecting malformed items."""
+    out: dict[str, str] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set epochs=3")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve(profile: str = "cpu", file: Path | None = None, sets: dict[str, Any] | None = None,
+            extra: dict[str, Any] | None = None) -> Config:
+    """Build the config: defaults, then the profile, the file, `extra` and the `--set` overrides."""
+    if profile not in PROFILES:
+        raise UserError(f"--profile {profile!r}: unknown profile (choose from {', '.join(PROFILES)})")
+    values: dict[str, Any] = {"profile": profile, **PROFILES[profile]}
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if file is not None:
+        layers.append((str(file), read_config_file(file)))
+    if extra:
+        layers.append(("study", extra))
+    if sets:
+        layers.append(("--set", sets))
+    for source, layer in layers:
+        for key, value in layer.items():
+            if key == "profile":
+                raise UserError(f"{source}: choose the profile with --profile, not as a config key")
+            values[key] = _coerce(key, value, source)
+    cfg = Config(**values)
+    _check(cfg)
+    return cfg
+
+
+def from_dict(data: dict[str, Any], source: str) -> Config:
+    """Rebuild a saved config (e.g. `runs/<run>/config.json`), checking it like any other."""
+    values = {k: _coerce(k, v, source) for k, v in data.items()}
+    cfg = Config(**values)
+    _check(cfg)
+    return cfg
+
+
+def check_run_name(name: str) -> str:
+    """Reject run names that could escape `runs/` or confuse the shell."""
+    if not RUN_NAME.match(name) or ".." in name:
+        raise UserError(f"--run {name!r}: use letters, digits, '.', '_' and '-' only "
+                        "(no path separators or '..'), at most 64 characters")
+    return name

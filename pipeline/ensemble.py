@@ -1,0 +1,87 @@
+"""Fold ensemble: average the fold models' softmax outputs on test.csv and write the submission.
+
+Writes `runs/<run>/test_probs.npy`, `submissions/<run>.csv` and `submissions/submission.csv`.
+
+    python -m pipeline predict --run cpu
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import load_test
+from pipeline.errors import UserError
+from pipeline.files import save_npy, write_json
+from pipeline.submission import read_sample_ids, write_submission
+from pipeline.train import Paths, load_run_config
+
+Log = Callable[[str], None]
+
+# Test-time augmentation views: the image and four one-pixel shifts.
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Images moved by (dy, dx) pixels with zeros shifted in (no wrap-around)."""
+    out = np.zeros_like(x)
+    h, w = x.shape[1:3]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def average_probs(models: list, x: np.ndarray, tta: bool = False, batch_size: int = 2048) -> np.ndarray:
+    """Mean softmax of all models (and TTA views) on `x`, as float32 (N, 10)."""
+    views = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+    total = np.zeros((len(x), 10), dtype=np.float64)
+    for model in models:
+        for dy, dx in views:
+            total += model.predict(shift(x, dy, dx), batch_size=batch_size, verbose=0)
+    return (total / (len(models) * len(views))).astype(np.float32)
+
+
+def fold_models(run_dir: Path, folds: int) -> list:
+    """Load every fold model of a finished run (Keras safe mode)."""
+    from pipeline.model import load_model
+
+    missing = [i for i in range(folds) if not (run_dir / f"fold_{i}" / "model.keras").is_file()]
+    if missing or not (run_dir / "metrics.json").is_file():
+        raise UserError(f"run '{run_dir.name}' is not finished (fold(s) "
+                        f"{', '.join(str(i + 1) for i in missing) or '?'} missing); "
+                        f"run `python -m pipeline train --run {run_dir.name}` to complete it")
+    return [load_model(str(run_dir / f"fold_{i}" / "model.keras")) for i in range(folds)]
+
+
+def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print) -> Path:
+    """Ensemble a finished run's fold models on test.csv and write its submission files."""
+    import time
+
+    run_dir = paths.run_dir(run)
+    cfg = load_run_config(run_dir)
+    use_tta = cfg.tta if tta is None else tta
+    x = load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")
+    ids = read_sample_ids(paths.data)
+    if ids is None:
+        ids = np.arange(1, len(x) + 1)
+    elif len(ids) != len(x):
+        raise UserError(f"{paths.data / 'sample_submission.csv'}: {len(ids)} rows but test.csv "
+                        f"has {len(x)}; download the competition files again")
+    t0 = time.time()
+    models = fold_models(run_dir, cfg.folds)
+    probs = average_probs(models, x, tta=use_tta)
+    seconds = time.time() - t0
+    save_npy(run_dir / "test_probs.npy", probs)
+    labels = probs.argmax(1)
+    per_run = paths.submissions / f"{run}.csv"
+    df = write_submission(per_run, labels, ids)
+    write_submission(paths.submissions / "submission.csv", labels, ids)
+    write_json(run_dir / "prediction.json", {
+        "submission": str(per_run), "rows": len(df), "tta": use_tta, "models": len(models),
+        "seconds": round(seconds, 2), "label_counts": np.bincount(labels, minlength=10).tolist(),
+    })
+    log(f"{len(models)} fold models{' × 5 TTA views' if use_tta else ''} on {len(x)} test images in "
+        f"{seconds:.1f}s → {paths.submissions / 'submission.csv'} (copy: {per_run})")
+    return per_run

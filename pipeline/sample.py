@@ -1,0 +1,56 @@
+"""The embedded sample: a small Kaggle-format dataset made from scikit-learn's bundled digits.
+
+`load_digits` ships 1,797 real handwritten 8×8 digits (values 0–16) inside scikit-learn, so the
+demo and the tests need no download. Each image is upscaled to 20×20 and centred in 28×28 the
+way MNIST digits are, then scaled to 0–255.
+
+    python -m pipeline sample          # writes data/sample/{train,test,sample_submission,test_labels}.csv
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import zoom
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from pipeline.data import PIXELS
+from pipeline.files import write_text
+
+TEST_FRACTION = 0.3
+FILES = ("train.csv", "test.csv", "sample_submission.csv", "test_labels.csv")
+
+
+def sample_images() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits as (N, 784) uint8 MNIST-like images and their labels."""
+    digits = load_digits()
+    small = digits.images.astype(np.float64) / 16.0
+    big = np.clip(zoom(small, (1, 2.5, 2.5), order=1), 0.0, 1.0)  # (N, 20, 20), bilinear
+    canvas = np.zeros((len(big), 28, 28))
+    canvas[:, 4:24, 4:24] = big
+    return np.round(canvas * 255).astype(np.uint8).reshape(len(big), -1), digits.target.astype(np.uint8)
+
+
+def _csv(df: pd.DataFrame) -> str:
+    return df.to_csv(index=False, lineterminator="\n")
+
+
+def write_sample(out_dir: Path, force: bool = False) -> Path:
+    """Write the sample into `out_dir` (deterministic; skipped when already complete)."""
+    out_dir = Path(out_dir)
+    if not force and all((out_dir / f).is_file() for f in FILES):
+        return out_dir
+    x, y = sample_images()
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=TEST_FRACTION, stratify=y, random_state=0)
+    train = pd.DataFrame(x_tr, columns=PIXELS)
+    train.insert(0, "label", y_tr)
+    ids = np.arange(1, len(x_te) + 1)
+    # Written last-to-first so train.csv, the file users look for, only appears when all are there.
+    write_text(out_dir / "test_labels.csv", _csv(pd.DataFrame({"ImageId": ids, "Label": y_te})))
+    write_text(out_dir / "sample_submission.csv", _csv(pd.DataFrame({"ImageId": ids, "Label": 0})))
+    write_text(out_dir / "test.csv", _csv(pd.DataFrame(x_te, columns=PIXELS)))
+    write_text(out_dir / "train.csv", _csv(train))
+    return out_dir

@@ -1,0 +1,365 @@
+"""k-fold cross-validated training: one model per fold, out-of-fold predictions, resumable.
+
+Writes `runs/<run>/` — config.json, env.json, folds.npy, oof_probs.npy, metrics.json, folds.csv —
+and per fold `fold_<i>/` with model.keras, history.csv and metrics.json. A checkpoint after
+every epoch (`fold_<i>/last.keras` + `state.json`) lets an interrupted run continue where it
+stopped; finished folds are verified by checksum and skipped.
+
+    python -m pipeline train --profile cpu --run cpu
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import config as config_mod
+from pipeline.config import PROJ_ROOT, Config
+from pipeline.data import file_sha256, load_train
+from pipeline.errors import UserError
+from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json, write_text
+from pipeline.folds import load_folds
+
+# Keys that change how a run is executed or submitted but not what its models learn, so a run
+# can be resumed or predicted with different values.
+NON_TRAINING_KEYS = {"tta", "threads", "competition", "deterministic"}
+
+Log = Callable[[str], None]
+
+
+class Interrupted(UserError):
+    """Training was stopped by the user; finished work is kept."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a command reads data and writes outputs."""
+
+    data: Path
+    runs: Path
+    submissions: Path
+
+    def run_dir(self, run: str) -> Path:
+        """The folder of one run."""
+        return self.runs / run
+
+
+def setup_tensorflow(cfg: Config) -> None:
+    """Apply thread and determinism settings; must run before TensorFlow starts working."""
+    import tensorflow as tf
+
+    if cfg.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _checksum_ok(fold_dir: Path, meta: dict[str, Any]) -> bool:
+    """True when the fold's files exist and match the checksums its metrics.json recorded."""
+    for name, digest in meta.get("sha256", {}).items():
+        path = fold_dir / name
+        if not path.is_file() or file_sha256(path) != digest:
+            return False
+    return bool(meta.get("sha256"))
+
+
+def fold_done(fold_dir: Path, log: Log = print) -> dict[str, Any] | None:
+    """The finished fold's metrics, or None if it must be (re)trained."""
+    meta_path = fold_dir / "metrics.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = read_json(meta_path)
+    except UserError:
+        meta = {}
+    if isinstance(meta, dict) and _checksum_ok(fold_dir, meta):
+        return meta
+    log(f"{fold_dir.name}: saved files are missing or corrupt (checksum mismatch); retraining this fold")
+    meta_path.unlink(missing_ok=True)
+    return None
+
+
+def check_resumable(run_dir: Path, cfg: Config) -> None:
+    """Refuse to continue a run that was started with a different training config."""
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    saved = read_json(saved_path)
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in NON_TRAINING_KEYS and saved.get(k) != now[k]]
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in diff[:4])
+        raise UserError(f"run '{run_dir.name}' was started with another config ({changes}); "
+                        "use a new --run name, or `make clean-run RUN=...` to start it over")
+
+
+def environment(paths: Paths) -> dict[str, Any]:
+    """Versions, git commit and data hashes, so a result can be traced to what produced it."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJ_ROOT, capture_output=True,
+                                text=True, timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=PROJ_ROOT, capture_output=True, text=True, timeout=10,
+                               check=False).stdout.strip() != ""
+    except OSError:
+        commit, dirty = "", False
+    data = {name: file_sha256(paths.data / name)
+            for name in ("train.csv", "test.csv") if (paths.data / name).is_file()}
+    return {
+        "python": sys.version.split()[0], "tensorflow": tf.__version__, "keras": keras.__version__,
+        "numpy": np.__version__, "platform": platform.platform(), "processor": platform.processor(),
+        "cpu_count": os.cpu_count(), "git_commit": commit, "git_dirty": dirty,
+        "data_dir": str(paths.data), "data_sha256": data,
+    }
+
+
+class _EpochEnd:
+    """Keras callback factory kept outside Keras import time (keras loads lazily)."""
+
+    @staticmethod
+    def make(fold_dir: Path, history: list[dict[str, Any]], t_start: float, elapsed_before: float,
+             fold: int, folds: int, epochs: int, eta: Callable[[float, int], float], log: Log):
+        import keras
+
+        class EpochEnd(keras.callbacks.Callback):
+            """Record lr, checkpoint the model and history, and print elapsed time and ETA."""
+
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                logs = dict(logs or {})
+                lr = self.model.optimizer.learning_rate
+                row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                       "learning_rate": float(np.asarray(lr))}
+                history.append(row)
+                elapsed = elapsed_before + time.time() - t_start
+                # Model first, then history, then state: state.json names only an epoch whose
+                # model and history are already on disk.
+                tmp = fold_dir / ".last.keras.tmp.keras"
+                self.model.save(tmp)
+                os.replace(tmp, fold_dir / "last.keras")
+                write_text(fold_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+                write_json(fold_dir / "state.json", {"epoch": epoch + 1, "elapsed": elapsed})
+                per_epoch = elapsed / max(1, len(history))
+                scores = " ".join(f"{k} {row[k]:.4f}" for k in
+                                  ("loss", "accuracy", "val_loss", "val_accuracy") if k in row)
+                log(f"  fold {fold + 1}/{folds} epoch {epoch + 1:>2}/{epochs} · {scores} · "
+                    f"lr {row['learning_rate']:.1e} · {_fmt(elapsed)} · run ETA "
+                    f"{_fmt(eta(per_epoch, epoch + 1))}")
+
+        return EpochEnd()
+
+
+def _subsample(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified fraction of training rows; validation rows are never subsampled."""
+    if fraction >= 1:
+        return idx
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(idx, train_size=fraction, stratify=y[idx], random_state=seed)
+    return np.sort(keep)
+
+
+def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
+               val_idx: np.ndarray, fold_dir: Path, fold: int,
+               eta: Callable[[float, int], float] = lambda per_epoch, done: 0.0,
+               callbacks: list | None = None, log: Log = print) -> dict[str, Any]:
+    """Train one fold (continuing from its last checkpoint if any); return its metrics."""
+    import keras
+
+    from pipeline.model import build_model, load_model
+
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed + 1000 * fold)
+    train_idx = _subsample(train_idx, y, cfg.subsample, cfg.seed + fold)
+    steps = math.ceil(len(train_idx) / cfg.batch_size)
+
+    history: list[dict[str, Any]] = []
+    initial_epoch, elapsed_before = 0, 0.0
+    state_path, last = fold_dir / "state.json", fold_dir / "last.keras"
+    model = None
+    if state_path.is_file() and last.is_file() and (fold_dir / "history.csv").is_file():
+        try:
+            state = read_json(state_path)
+            model = load_model(str(last))
+            initial_epoch, elapsed_before = int(state["epoch"]), float(state["elapsed"])
+            history = pd.read_csv(fold_dir / "history.csv").head(initial_epoch).to_dict("records")
+            log(f"  resuming fold {fold + 1} after epoch {initial_epoch} ({_fmt(elapsed_before)} done)")
+        except Exception as exc:  # a checkpoint torn by a kill: start the fold again
+            log(f"  fold {fold + 1}: checkpoint unreadable ({type(exc).__name__}); restarting the fold")
+            model, initial_epoch, elapsed_before, history = None, 0, 0.0, []
+    if model is None:
+        model = build_model(cfg, steps_per_epoch=steps)
+
+    t_start = time.time()
+    cbs = [_EpochEnd.make(fold_dir, history, t_start, elapsed_before, fold, cfg.folds, cfg.epochs,
+                          eta, log)]
+    if cfg.early_stopping:
+        cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping,
+                                                 restore_best_weights=True))
+    cbs.extend(callbacks or [])
+    if initial_epoch < cfg.epochs:
+        model.fit(x[train_idx], y[train_idx], batch_size=cfg.batch_size, epochs=cfg.epochs,
+                  initial_epoch=initial_epoch, validation_data=(x[val_idx], y[val_idx]),
+                  callbacks=cbs, verbose=0, shuffle=True)
+    probs = model.predict(x[val_idx], batch_size=1024, verbose=0).astype(np.float32)
+    seconds = elapsed_before + time.time() - t_start
+
+    model.save(fold_dir / ".model.tmp.keras")
+    os.replace(fold_dir / ".model.tmp.keras", fold_dir / "model.keras")
+    save_npy(fold_dir / "oof.npy", probs)
+    save_npy(fold_dir / "val_idx.npy", val_idx.astype(np.int64))
+    hist = pd.DataFrame(history)
+    write_text(fold_dir / "history.csv", hist.to_csv(index=False))
+    val_acc = float(np.mean(probs.argmax(1) == y[val_idx]))
+    val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(val_idx)), y[val_idx]], 1e-7, 1))))
+    best_epoch = int(hist["val_accuracy"].idxmax() + 1) if "val_accuracy" in hist else len(hist)
+    meta = {
+        "fold": fold + 1, "val_accuracy": val_acc, "val_loss": val_loss, "best_epoch": best_epoch,
+        "epochs_run": len(hist), "seconds": round(seconds, 2), "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+        "sha256": {name: file_sha256(fold_dir / name)
+                   for name in ("model.keras", "oof.npy", "val_idx.npy", "history.csv")},
+    }
+    write_json(fold_dir / "metrics.json", meta)
+    last.unlink(missing_ok=True)
+    state_path.unlink(missing_ok=True)
+    return meta
+
+
+def summarize(run_dir: Path, cfg: Config, y: np.ndarray, fold_meta: list[dict[str, Any]],
+              wall: float) -> dict[str, Any]:
+    """Assemble out-of-fold probabilities and write the run's metrics.json and folds.csv."""
+    oof = np.zeros((len(y), 10), dtype=np.float32)
+    for i in range(cfg.folds):
+        fold_dir = run_dir / f"fold_{i}"
+        oof[load_npy(fold_dir / "val_idx.npy")] = load_npy(fold_dir / "oof.npy")
+    save_npy(run_dir / "oof_probs.npy", oof)
+    pred = oof.argmax(1)
+    accs = np.array([m["val_accuracy"] for m in fold_meta])
+    metrics = {
+        "run": run_dir.name, "profile": cfg.profile, "model": cfg.model,
+        "cv_accuracy": float(np.mean(pred == y)),
+        "cv_log_loss": float(-np.mean(np.log(np.clip(oof[np.arange(len(y)), y], 1e-7, 1)))),
+        "fold_accuracy_mean": float(accs.mean()), "fold_accuracy_std": float(accs.std()),
+        "n_train": int(len(y)), "train_seconds": round(sum(m["seconds"] for m in fold_meta), 2),
+        "wall_seconds_last_invocation": round(wall, 2),
+        "folds": [{k: v for k, v in m.items() if k != "sha256"} for m in fold_meta],
+    }
+    # Later stages (report, Kaggle submit) add their own keys; keep them across re-runs.
+    old = run_dir / "metrics.json"
+    if old.is_file():
+        prev = read_json(old)
+        for key in ("kaggle",):
+            if key in prev:
+                metrics[key] = prev[key]
+    write_json(run_dir / "metrics.json", metrics)
+    table = pd.DataFrame([{"fold": m["fold"], "val_accuracy": m["val_accuracy"],
+                           "val_loss": m["val_loss"], "best_epoch": m["best_epoch"],
+                           "epochs_run": m["epochs_run"], "seconds": m["seconds"]}
+                          for m in fold_meta])
+    write_text(run_dir / "folds.csv", table.to_csv(index=False))
+    return metrics
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The per-fold table and mean ± std, as printed at the end of training."""
+    lines = [f"{'fold':>4}  {'val_acc':>8}  {'val_loss':>8}  {'best_ep':>7}  {'time':>7}"]
+    for m in metrics["folds"]:
+        lines.append(f"{m['fold']:>4}  {m['val_accuracy']:>8.4f}  {m['val_loss']:>8.4f}  "
+                     f"{m['best_epoch']:>7}  {_fmt(m['seconds']):>7}")
+    lines.append(f"mean ± std fold accuracy: {metrics['fold_accuracy_mean']:.4f} ± "
+                 f"{metrics['fold_accuracy_std']:.4f}")
+    lines.append(f"CV (out-of-fold) accuracy: {metrics['cv_accuracy']:.4f}  "
+                 f"log loss {metrics['cv_log_loss']:.4f}  training time {_fmt(metrics['train_seconds'])}")
+    return "\n".join(lines)
+
+
+def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
+              provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume) every fold of `run` and return its metrics."""
+    run_dir = paths.run_dir(run)
+    with run_lock(run_dir):
+        check_resumable(run_dir, cfg)
+        t0 = time.time()
+        x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
+        counts = np.bincount(y)
+        if counts[counts > 0].min() < cfg.folds:
+            raise UserError(f"{paths.data / 'train.csv'}: {len(y)} rows are too few for "
+                            f"folds={cfg.folds} (each digit needs at least {cfg.folds} examples)")
+        setup_tensorflow(cfg)
+        fold_of = load_folds(paths.runs, y, cfg.folds, cfg.seed)
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "env.json", {**environment(paths), **(provenance or {})})
+        save_npy(run_dir / "folds.npy", fold_of)
+        log(f"run '{run}': profile {cfg.profile}, model {cfg.model}, {cfg.folds} folds × "
+            f"{cfg.epochs} epochs on {len(y)} images → {run_dir}")
+
+        metas: list[dict[str, Any] | None] = [fold_done(run_dir / f"fold_{i}", log)
+                                              for i in range(cfg.folds)]
+        todo = [i for i, m in enumerate(metas) if m is None]
+        skipped = cfg.folds - len(todo)
+        if skipped:
+            log(f"resuming: {skipped} finished fold(s) kept, {len(todo)} to train")
+        current = {"fold": -1}
+        try:
+            for n, i in enumerate(todo):
+                current["fold"] = i
+                log(f"=== fold {i + 1}/{cfg.folds} ===")
+                folds_left = len(todo) - n - 1
+
+                def eta(per_epoch: float, done: int, folds_left: int = folds_left) -> float:
+                    return per_epoch * ((cfg.epochs - done) + folds_left * cfg.epochs)
+
+                metas[i] = train_fold(cfg, x, y, np.flatnonzero(fold_of != i),
+                                      np.flatnonzero(fold_of == i), run_dir / f"fold_{i}", i,
+                                      eta=eta, log=log)
+                log(f"fold {i + 1}: val accuracy {metas[i]['val_accuracy']:.4f} "
+                    f"in {_fmt(metas[i]['seconds'])}")
+        except KeyboardInterrupt:
+            where = f"fold {current['fold'] + 1}/{cfg.folds}"
+            state = run_dir / f"fold_{current['fold']}" / "state.json"
+            if state.is_file():
+                where += f" after epoch {read_json(state)['epoch']}"
+            raise Interrupted(f"interrupted in {where}; finished folds and the last epoch are "
+                              "saved — run the same command again to resume") from None
+        metrics = summarize(run_dir, cfg, y, [m for m in metas if m is not None], time.time() - t0)
+        log(format_table(metrics))
+        return metrics
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The config a run was trained with."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no such run (no config.json); train it first with "
+                        f"`python -m pipeline train --run {run_dir.name}`")
+    return config_mod.from_dict(read_json(path), str(path))
+
+
+def latest_complete_run(runs_dir: Path) -> str:
+    """Name of the most recently finished run (one with metrics.json)."""
+    done = sorted((p for p in runs_dir.glob("*/metrics.json") if (p.parent / "config.json").is_file()),
+                  key=lambda p: p.stat().st_mtime)
+    if not done:
+        raise UserError(f"{runs_dir}: no finished run found; run `make train` (or `make demo`) first")
+    return done[-1].parent.name
