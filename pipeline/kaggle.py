@@ -27,24 +27,30 @@ import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
+from pipeline.data import TEST_COLUMNS, TRAIN_COLUMNS
 from pipeline.errors import UserError
+from pipeline.files import read_json, write_json
+from pipeline.submission import COLUMNS as SUBMISSION_COLUMNS
+from pipeline.submission import KAGGLE_ROWS, read_sample_ids, read_submission
+from pipeline.train import Paths
 
 DEFAULT_COMPETITION = "digit-recognizer"
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
-PIXELS = [f"pixel{i}" for i in range(784)]
 # File name -> header; rows come from expected_shapes().
 HEADERS: dict[str, list[str]] = {
-    "sample_submission.csv": ["ImageId", "Label"],
-    "test.csv": PIXELS,
-    "train.csv": ["label", *PIXELS],  # last: the file users look for appears only when all are there
+    "sample_submission.csv": SUBMISSION_COLUMNS,
+    "test.csv": TEST_COLUMNS,
+    "train.csv": TRAIN_COLUMNS,  # last: the file users look for appears only when all are there
 }
-TRAIN_ROWS, TEST_ROWS = 42_000, 28_000
+TRAIN_ROWS, TEST_ROWS = 42_000, KAGGLE_ROWS
 ROWS_ENV = "PIPELINE_KAGGLE_ROWS"
 # The real archive unpacks to ~123 MB; anything far beyond that is not the competition's data.
 MAX_UNPACKED_BYTES = 512 * 2**20
@@ -225,7 +231,6 @@ class Credentials:
     """Which of the user's Kaggle credentials the client will use (never the secret itself)."""
 
     source: str  # a file path or environment variable names, for messages
-    path: Path | None = None
 
 
 def _config_dir() -> Path:
@@ -251,13 +256,13 @@ def find_credentials() -> Credentials:
     token = os.environ.get("KAGGLE_API_TOKEN", "").strip()
     if token:
         if Path(token).expanduser().is_file():
-            return Credentials(f"file {token} (KAGGLE_API_TOKEN)", Path(token).expanduser())
+            return Credentials(f"{token} (KAGGLE_API_TOKEN)")
         return Credentials("KAGGLE_API_TOKEN")
     for name in ("access_token", "access_token.txt"):
         path = Path.home() / ".kaggle" / name
         if path.is_file() and path.read_text(errors="replace").strip():
             _warn_if_shared(path)
-            return Credentials(str(path), path)
+            return Credentials(str(path))
     config = _config_dir() / "kaggle.json"
     stored: dict[str, Any] = {}
     if config.is_file():
@@ -273,7 +278,7 @@ def find_credentials() -> Credentials:
     if user and key:
         if "KAGGLE_USERNAME" in os.environ and "KAGGLE_KEY" in os.environ:
             return Credentials("KAGGLE_USERNAME/KAGGLE_KEY")
-        return Credentials(str(config), config)
+        return Credentials(str(config))
     if (Path.home() / ".kaggle" / "credentials.json").is_file():  # `kaggle auth login` (OAuth)
         return Credentials(str(Path.home() / ".kaggle" / "credentials.json"))
     if config.is_file():
@@ -389,41 +394,55 @@ def download(competition: str, data_dir: Path, *, force: bool = False, from_zip:
 def default_message(run: str | None, run_dir: Path | None, csv: Path) -> str:
     """Submission description: run name, profile and CV accuracy when they are known, else the file name."""
     if run is None or run_dir is None:
-        return f"{csv.name}"
-    parts = [run]
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        profile = json.loads((run_dir / "config.json").read_text()).get("profile")
+        return csv.name
+    parts = []
+    with contextlib.suppress(UserError, OSError, AttributeError):
+        profile = read_json(run_dir / "config.json").get("profile")
         if profile:
             parts.append(f"profile {profile}")
-    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-        acc = _cv_accuracy(json.loads((run_dir / "metrics.json").read_text()))
-        if acc is not None:
-            parts.append(f"CV accuracy {acc:.4f}")
-    return ", ".join(parts)
+    with contextlib.suppress(UserError, OSError, AttributeError, TypeError, ValueError):
+        parts.append(f"CV accuracy {float(read_json(run_dir / 'metrics.json')['cv_accuracy']):.4f}")
+    return f"{run}: {', '.join(parts)}" if parts else run
 
 
-def _cv_accuracy(metrics: dict[str, Any]) -> float | None:
-    """The run's cross-validated accuracy from metrics.json."""
-    for key in ("cv_accuracy", "oof_accuracy", "accuracy", "mean_accuracy"):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None
+def prepare_submission(paths: Paths, run: str | None, file: Path | None,
+                       log: Callable[[str], None] = print) -> tuple[Path, str | None]:
+    """The validated CSV to send and the run it belongs to (None for a bare --file)."""
+    from pipeline.train import latest_complete_run
+
+    if file is None:
+        run = run or latest_complete_run(paths.runs)
+        csv = paths.submissions / f"{run}.csv"
+        metrics = paths.run_dir(run) / "metrics.json"
+        # Rebuild when missing or older than the run's last training (a resumed or retrained run).
+        if not csv.is_file() or (metrics.is_file() and csv.stat().st_mtime < metrics.stat().st_mtime):
+            from pipeline.ensemble import predict_run
+
+            log(f"building the submission of run '{run}'…")
+            csv = predict_run(paths, run, log=log)
+    else:
+        csv = Path(file)
+        if run is not None and not (paths.run_dir(run) / "config.json").is_file():
+            raise UserError(f"--run {run}: no such run in {paths.runs} (no config.json); drop --run to "
+                            "submit the file without recording the result in a run")
+    ids = read_sample_ids(paths.data)
+    if ids is None:  # no sample_submission.csv to compare with: Kaggle's ids are 1…28,000
+        ids = np.arange(1, KAGGLE_ROWS + 1)
+    read_submission(csv, ids)
+    return csv, run
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON through a temp file and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def submit_run(paths: Paths, *, competition: str, run: str | None = None, file: Path | None = None,
+               message: str | None = None, dry_run: bool = False, wait: bool = True,
+               timeout: float = 600.0, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """`python -m pipeline submit`: pick or build the CSV, validate it, upload it and record the score."""
+    competition = parse_competition(competition)
+    csv, run = prepare_submission(paths, run, file, log)
+    run_dir = paths.run_dir(run) if run else None
+    message = message if message is not None else default_message(run, run_dir, csv)
+    record = run_dir / "kaggle_submission.json" if run_dir else None
+    return submit(csv, competition=competition, message=message, record=record, wait=wait,
+                  timeout=timeout, dry_run=dry_run)
 
 
 def _status_name(submission: Any) -> str:
@@ -463,8 +482,9 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
     competition = parse_competition(competition)
     csv = Path(csv)
     if dry_run:
-        print(f"dry run: would submit {csv} ({csv.stat().st_size:,} bytes) to {competition!r} "
-              f"with message {message!r}" + (f"; result would go to {record}" if record else ""))
+        print(f"dry run: would submit {csv} ({csv.stat().st_size:,} bytes, validated) to {competition!r} "
+              f"with message {message!r}" + (f", recording the score in {record}" if record else "")
+              + "; nothing was sent")
         return None
     api, creds = _client()
     print(f"submitting {csv} to {competition!r}: {message!r}", flush=True)
@@ -488,7 +508,7 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
     }
     print(f"submitted: ref {ref} ({said})")
     if record is not None:
-        _write_json(record, entry)  # written now so the ref survives a timeout or Ctrl-C
+        write_json(record, entry)  # written now so the ref survives a timeout or Ctrl-C
     if not wait:
         return entry
     scored = wait_for_score(api, ref, timeout, competition, creds)
@@ -500,7 +520,7 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
                  error=(getattr(scored, "error_description", None) or None),
                  scored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if record is not None:
-        _write_json(record, entry)
+        write_json(record, entry)
     if entry["status"] == "ERROR":
         raise UserError(f"Kaggle could not score submission {ref}: {entry['error'] or 'no reason given'}; "
                         "check the file format against sample_submission.csv")

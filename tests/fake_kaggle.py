@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,8 +87,6 @@ class FakeKaggle:
 
 def client_env(server: FakeKaggle | None, home: Path, hook_dir: Path) -> dict[str, str]:
     """Environment for a `python -m pipeline` subprocess: the fake server, a private HOME, no credentials."""
-    import os
-
     hook_dir.mkdir(parents=True, exist_ok=True)
     (hook_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {k: v for k, v in os.environ.items()
