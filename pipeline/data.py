@@ -104,7 +104,7 @@ def read_csv(path: Path, columns: list[str]) -> np.ndarray:
         if bad is not None:
             r, c = bad
             raise UserError(f"{path}: row {r + 2}, column {columns[c]!r}: "
-                            f"{values[r, c]!r} is not a whole number")
+                            f"{values[r, c]:g} is not a whole number")
     pixels = values[:, -len(PIXELS):]
     bad = _first_bad((pixels < 0) | (pixels > 255))
     if bad is not None:

@@ -1,0 +1,108 @@
+"""End to end on the embedded sample: train (tiny) → predict → submission, plus resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import last_error_line, run_cli
+
+FOLD_FILES = {"model.keras", "history.csv", "metrics.json", "oof.npy", "val_idx.npy"}
+RUN_FILES = {"config.json", "env.json", "folds.npy", "oof_probs.npy", "metrics.json", "folds.csv",
+             "test_probs.npy", "prediction.json"}
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny run trained and predicted through the CLI; its folders and console output."""
+    root = tmp_path_factory.mktemp("pipeline")
+    common = ["--data", str(sample_dir), "--runs-dir", str(root / "runs"),
+              "--submissions-dir", str(root / "subs")]
+    train = run_cli("train", "--profile", "tiny", "--run", "t1", *common)
+    predict = run_cli("predict", "--run", "t1", *common)
+    return {"root": root, "run": root / "runs" / "t1", "subs": root / "subs", "common": common,
+            "train_out": train.stdout, "predict_out": predict.stdout}
+
+
+def test_run_folder_has_every_artifact(tiny_pipeline: dict) -> None:
+    run = tiny_pipeline["run"]
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    for i in range(2):
+        assert FOLD_FILES <= {p.name for p in (run / f"fold_{i}").iterdir()}
+        assert not (run / f"fold_{i}" / "last.keras").exists()  # checkpoint removed when done
+        hist = pd.read_csv(run / f"fold_{i}" / "history.csv")
+        assert list(hist["epoch"]) == list(range(1, 7))
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(hist.columns)
+    assert json.loads((run / "config.json").read_text())["profile"] == "tiny"
+    env = json.loads((run / "env.json").read_text())
+    assert env["tensorflow"] and len(env["data_sha256"]["train.csv"]) == 64
+
+
+def test_cv_accuracy_is_the_oof_accuracy(tiny_pipeline: dict, sample_dir: Path) -> None:
+    run = tiny_pipeline["run"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
+    oof = np.load(run / "oof_probs.npy")
+    assert oof.shape == (len(y), 10) and np.allclose(oof.sum(1), 1, atol=1e-4)
+    assert metrics["cv_accuracy"] == pytest.approx(np.mean(oof.argmax(1) == y))
+    assert metrics["cv_accuracy"] > 0.85
+    folds = np.load(run / "folds.npy")
+    for m in metrics["folds"]:
+        idx = np.flatnonzero(folds == m["fold"] - 1)
+        assert m["val_accuracy"] == pytest.approx(np.mean(oof[idx].argmax(1) == y[idx]))
+    table = pd.read_csv(run / "folds.csv")
+    assert list(table["fold"]) == [1, 2]
+    assert "CV (out-of-fold) accuracy" in tiny_pipeline["train_out"]
+    assert "fold 2/2 epoch  6/6" in tiny_pipeline["train_out"] and "ETA" in tiny_pipeline["train_out"]
+
+
+def test_submission_is_valid_and_accurate(tiny_pipeline: dict, sample_dir: Path) -> None:
+    sub = pd.read_csv(tiny_pipeline["subs"] / "submission.csv")
+    copy = pd.read_csv(tiny_pipeline["subs"] / "t1.csv")
+    assert list(sub.columns) == ["ImageId", "Label"] and sub.equals(copy)
+    assert list(sub["ImageId"]) == list(range(1, 541))
+    assert sub["Label"].between(0, 9).all()
+    truth = pd.read_csv(sample_dir / "test_labels.csv")["Label"].to_numpy()
+    assert np.mean(sub["Label"].to_numpy() == truth) >= 0.85
+    probs = np.load(tiny_pipeline["run"] / "test_probs.npy")
+    assert np.array_equal(probs.argmax(1), sub["Label"].to_numpy())
+
+
+def test_rerun_resumes_without_retraining(tiny_pipeline: dict) -> None:
+    run = tiny_pipeline["run"]
+    before = {p: p.stat().st_mtime_ns for p in run.glob("fold_*/model.keras")}
+    proc = run_cli("train", "--profile", "tiny", "--run", "t1", *tiny_pipeline["common"])
+    assert "resuming: 2 finished fold(s) kept, 0 to train" in proc.stdout
+    assert "=== fold" not in proc.stdout
+    assert before == {p: p.stat().st_mtime_ns for p in run.glob("fold_*/model.keras")}
+
+
+def test_rerun_with_other_config_is_refused(tiny_pipeline: dict) -> None:
+    proc = run_cli("train", "--profile", "tiny", "--run", "t1", "--set", "epochs=2",
+                   *tiny_pipeline["common"], check=False)
+    assert proc.returncode == 2
+    assert "was started with another config (epochs: 6 → 2)" in last_error_line(proc)
+
+
+def test_resume_finishes_a_partly_trained_run(tiny_pipeline: dict, tmp_path: Path) -> None:
+    """Deleting a finished fold's metrics makes the next run retrain exactly that fold."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_pipeline["run"], runs / "t1")
+    (runs / "t1" / "fold_1" / "metrics.json").unlink()
+    common = [a if a != str(tiny_pipeline["root"] / "runs") else str(runs)
+              for a in tiny_pipeline["common"]]
+    proc = run_cli("train", "--profile", "tiny", "--run", "t1", *common)
+    assert "resuming: 1 finished fold(s) kept, 1 to train" in proc.stdout
+    assert "=== fold 2/2 ===" in proc.stdout and "=== fold 1/2 ===" not in proc.stdout
+
+
+def test_predict_unfinished_run_is_a_clear_error(tiny_pipeline: dict, tmp_path: Path) -> None:
+    proc = run_cli("predict", "--run", "nope", "--data", tiny_pipeline["common"][1],
+                   "--runs-dir", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "no such run" in last_error_line(proc)

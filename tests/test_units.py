@@ -1,0 +1,112 @@
+"""Focused unit tests: folds, model shapes, ensemble averaging, submission validation, Makefile."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import PROJ_ROOT, resolve
+from pipeline.ensemble import average_probs, shift
+from pipeline.errors import UserError
+from pipeline.folds import load_folds, make_folds
+from pipeline.submission import read_submission, validate_submission, write_submission
+from tests.conftest import run_cli
+
+
+def test_folds_disjoint_stratified_and_stable(tmp_path: Path) -> None:
+    y = np.repeat(np.arange(10), 50).astype(np.uint8)
+    f = make_folds(y, 5, seed=1)
+    assert set(f) == {0, 1, 2, 3, 4}  # every row in exactly one fold
+    for k in range(5):
+        assert np.array_equal(np.bincount(y[f == k], minlength=10), np.full(10, 10))
+    assert np.array_equal(f, make_folds(y, 5, seed=1))
+    assert not np.array_equal(f, make_folds(y, 5, seed=2))
+    saved = load_folds(tmp_path, y, 5, 1)
+    assert np.array_equal(saved, f) and len(list((tmp_path / "folds").glob("*.npy"))) == 1
+    assert np.array_equal(load_folds(tmp_path, y, 5, 1), f)
+
+
+@pytest.mark.parametrize("name", ["simple", "deep", "strided"])
+def test_models_output_probabilities(name: str) -> None:
+    from pipeline.model import build_model
+
+    cfg = resolve("tiny", None, {"model": name})
+    model = build_model(cfg, steps_per_epoch=3)
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    p = model.predict(x, verbose=0)
+    assert p.shape == (4, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    # Augmentation is only active in training: inference is deterministic.
+    assert np.allclose(p, model.predict(x, verbose=0))
+
+
+def test_lr_schedules() -> None:
+    from pipeline.model import LearningRate
+
+    one = LearningRate("onecycle", 1e-2, steps_per_epoch=10, epochs=5, warmup_epochs=1)
+    vals = [float(one(s)) for s in range(50)]
+    assert vals[0] == pytest.approx(1e-2 / 25) and max(vals) == pytest.approx(1e-2, rel=0.05)
+    assert vals[-1] < 1e-4 and np.argmax(vals) in (9, 10)
+    assert float(LearningRate("constant", 3e-3, 10, 5)(33)) == pytest.approx(3e-3)
+    assert float(LearningRate("exponential", 1e-2, 10, 5, decay=0.5)(20)) == pytest.approx(2.5e-3)
+
+
+class _Fixed:
+    def __init__(self, p: np.ndarray) -> None:
+        self.p = p
+
+    def predict(self, x: np.ndarray, batch_size: int, verbose: int) -> np.ndarray:
+        return np.repeat(self.p[None], len(x), axis=0)
+
+
+def test_ensemble_averages_softmax() -> None:
+    a, b = np.eye(10)[3] * 0.6 + 0.04, np.eye(10)[5] * 0.9 + 0.01
+    avg = average_probs([_Fixed(a), _Fixed(b)], np.zeros((2, 28, 28, 1), np.uint8))
+    assert np.allclose(avg[0], (a + b) / 2) and avg.argmax(1).tolist() == [5, 5]
+
+
+def test_shift_moves_pixels_without_wrapping() -> None:
+    x = np.zeros((1, 28, 28, 1), np.uint8)
+    x[0, 0, 0, 0] = 255
+    assert shift(x, 1, 0)[0, 1, 0, 0] == 255 and shift(x, -1, 0).sum() == 0
+
+
+def test_submission_validation(tmp_path: Path) -> None:
+    ids = np.arange(1, 6)
+    ok = write_submission(tmp_path / "s.csv", np.array([0, 1, 2, 3, 9]), ids)
+    assert read_submission(tmp_path / "s.csv", ids).equals(ok)
+    cases = {
+        "header": pd.DataFrame({"Id": ids, "Label": 0}),
+        "has 4 rows, expected 5": pd.DataFrame({"ImageId": ids[:4], "Label": 0}),
+        "appears more than once": pd.DataFrame({"ImageId": [1, 2, 2, 4, 5], "Label": 0}),
+        "row 2: ImageId 5, expected 1": pd.DataFrame({"ImageId": ids[::-1], "Label": 0}),
+        "Label 10 is not a digit": pd.DataFrame({"ImageId": ids, "Label": [0, 1, 10, 1, 1]}),
+        "is not an integer": pd.DataFrame({"ImageId": ids, "Label": ["a", 1, 1, 1, 1]}),
+    }
+    for message, df in cases.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            validate_submission(df, ids, "s.csv")
+    with pytest.raises(UserError, match="is not a digit"):
+        write_submission(tmp_path / "bad.csv", np.array([0, 1, 2, 3, 11]), ids)
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def test_every_makefile_target_resolves() -> None:
+    """Each documented target exists, and every script or module it names is real."""
+    text = (PROJ_ROOT / "Makefile").read_text()
+    targets = re.findall(r"^## .*\n([a-zA-Z_-]+):", text, flags=re.M)
+    assert {"help", "install", "demo", "train", "submission", "test", "clean"} <= set(targets)
+    listed = run_cli("--help").stdout
+    for target in targets:
+        dry = subprocess.run(["make", "-n", target], cwd=PROJ_ROOT, capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+        for script in re.findall(r"(scripts/\S+\.py|tests/?\S*)", dry.stdout):
+            assert (PROJ_ROOT / script).exists(), f"make {target} names missing {script}"
+        for command in re.findall(r"-m pipeline (\w[\w-]*)", dry.stdout):
+            assert re.search(rf"^    {command}\s", listed, flags=re.M), f"make {target}: no command {command}"
+    assert subprocess.run(["make"], cwd=PROJ_ROOT, capture_output=True, text=True).stdout.count("\n") \
+        >= len(targets)
