@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--competition", help="competition slug or URL (default: config key competition)")
     p.add_argument("--file", metavar="CSV", help="submit this CSV instead of the run's submission")
     p.add_argument("--message", help="submission description (default: run, profile and CV accuracy)")
-    p.add_argument("--dry-run", action="store_true", help="validate and show what would be sent; send nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and show what would be sent; send nothing")
     p.add_argument("--no-wait", action="store_true", help="do not wait for Kaggle's score")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to wait for the score (default: 600)")

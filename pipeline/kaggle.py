@@ -42,7 +42,6 @@ from pipeline.submission import COLUMNS as SUBMISSION_COLUMNS
 from pipeline.submission import KAGGLE_ROWS, read_sample_ids, read_submission
 from pipeline.train import Paths
 
-DEFAULT_COMPETITION = "digit-recognizer"
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
 # File name -> header; rows come from expected_shapes().
 HEADERS: dict[str, list[str]] = {
@@ -54,11 +53,6 @@ TRAIN_ROWS, TEST_ROWS = 42_000, KAGGLE_ROWS
 ROWS_ENV = "PIPELINE_KAGGLE_ROWS"
 # The real archive unpacks to ~123 MB; anything far beyond that is not the competition's data.
 MAX_UNPACKED_BYTES = 512 * 2**20
-NO_CREDENTIALS = (
-    f"no Kaggle credentials found: create a token on {TOKEN_PAGE} (API → Create New Token), save the "
-    "downloaded kaggle.json as ~/.kaggle/kaggle.json and run `chmod 600 ~/.kaggle/kaggle.json` "
-    "(or set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY)"
-)
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,99}$")
 _URL = re.compile(r"^(?:https?://)?(?:www\.)?kaggle\.com/(?:c|competitions)/([^/?#]+)", re.IGNORECASE)
 
@@ -252,7 +246,7 @@ def _warn_if_shared(path: Path) -> None:
 
 
 def find_credentials() -> Credentials:
-    """The credentials the kaggle client will pick up, in its own order, or a UserError saying how to add them."""
+    """The credentials the kaggle client will use, in its order, or a UserError saying how to add some."""
     token = os.environ.get("KAGGLE_API_TOKEN", "").strip()
     if token:
         if Path(token).expanduser().is_file():
@@ -284,7 +278,10 @@ def find_credentials() -> Credentials:
     if config.is_file():
         raise UserError(f"{config}: not a valid kaggle.json (needs \"username\" and \"key\"); create a new "
                         f"token on {TOKEN_PAGE} and replace the file with the downloaded kaggle.json")
-    raise UserError(NO_CREDENTIALS)
+    where = config if os.environ.get("KAGGLE_CONFIG_DIR") else "~/.kaggle/kaggle.json"
+    raise UserError(f"no Kaggle credentials found: create a token on {TOKEN_PAGE} "
+                    f"(API → Create New Token), save the downloaded kaggle.json as {where} and run "
+                    f"`chmod 600 {where}` (or set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY)")
 
 
 def _client() -> tuple[Any, Credentials]:
@@ -328,11 +325,12 @@ def _explain(exc: Exception, competition: str, creds: Credentials, action: str) 
         code, said = response.status_code, _kaggle_message(response)
         if code == 401:
             return UserError(f"{creds.source}: Kaggle rejected the credentials (401 Unauthorized: {said}); "
-                             f"they are wrong or expired: create a new token on {TOKEN_PAGE} and replace them")
+                             f"they are wrong or expired: create a new token on {TOKEN_PAGE} and replace "
+                             "them")
         if code == 403:
-            return UserError(f"Kaggle refused to {action} {competition!r} (403 Forbidden: {said}); accept the "
-                             f"competition rules on {page}/rules while logged in as this token's user "
-                             "(the API cannot accept them), then run the command again")
+            return UserError(f"Kaggle refused to {action} {competition!r} (403 Forbidden: {said}); "
+                             f"accept the competition rules on {page}/rules while logged in as this "
+                             "token's user (the API cannot accept them), then run the command again")
         if code == 404:
             return UserError(f"competition {competition!r} not found on Kaggle (404: {said}); check "
                              "--competition or the config key competition (e.g. digit-recognizer)")
@@ -377,7 +375,8 @@ def download(competition: str, data_dir: Path, *, force: bool = False, from_zip:
                 api.competition_download_files(competition, path=str(tmp), force=True,
                                                quiet=not sys.stderr.isatty())
         except ValueError as exc:  # the client's size check after a truncated transfer
-            raise UserError(f"download of {competition!r} was incomplete ({exc}); run the command again") from None
+            raise UserError(f"download of {competition!r} was incomplete ({exc}); "
+                            "run the command again") from None
         except Exception as exc:
             raise _explain(exc, competition, creds, "download") from None
         archives = [p for p in tmp.iterdir() if p.is_file()]
@@ -400,7 +399,7 @@ def default_message(run: str | None, run_dir: Path | None, csv: Path) -> str:
         profile = read_json(run_dir / "config.json").get("profile")
         if profile:
             parts.append(f"profile {profile}")
-    with contextlib.suppress(UserError, OSError, AttributeError, TypeError, ValueError):
+    with contextlib.suppress(UserError, OSError, AttributeError, KeyError, TypeError, ValueError):
         parts.append(f"CV accuracy {float(read_json(run_dir / 'metrics.json')['cv_accuracy']):.4f}")
     return f"{run}: {', '.join(parts)}" if parts else run
 
@@ -458,7 +457,8 @@ def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: 
     delay = 1.0
     while True:
         try:
-            submission = api.get_submission(ref)
+            with contextlib.redirect_stdout(io.StringIO()):  # with VERBOSE=1 it prints auth headers
+                submission = api.get_submission(ref)
         except HTTPError as exc:
             if exc.response is None or exc.response.status_code != 404:
                 raise _explain(exc, competition, creds, "check the submission") from None

@@ -1,9 +1,10 @@
 """A fake Kaggle API server for the tests: stdlib http.server on 127.0.0.1, in a thread.
 
-It answers the calls kaggle 2.2.5 / kagglesdk 0.1.38 really make (JSON POSTs to /api/v1/<Service>/<Method>):
-DownloadDataFiles (a 302 to the archive), StartSubmissionUpload → PUT to the upload URL → CreateSubmission,
-GetSubmission / ListSubmissions for polling, and IntrospectToken for access-token sign-in. Every request
-is recorded, so a test can assert that nothing (or exactly what) was sent.
+It answers the calls kaggle 2.2.5 / kagglesdk 0.1.38 really make (JSON POSTs to
+/api/v1/<Service>/<Method>): DownloadDataFiles (a 302 to the archive), StartSubmissionUpload → PUT to
+the upload URL → CreateSubmission, GetSubmission / ListSubmissions for polling, and IntrospectToken for
+access-token sign-in. Every request is recorded, so a test can assert that nothing (or exactly what)
+was sent.
 
 The client is pointed here by `client_env()`: KAGGLE_API_ENVIRONMENT=LOCALHOST selects kagglesdk's LOCAL
 endpoint, and a `sitecustomize.py` written next to the test replaces that endpoint ("http://localhost",
@@ -215,6 +216,7 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             self._json(200, self._submission(ref))
 
         def _api_ListSubmissions(self, req: dict[str, Any]) -> None:
-            self._json(200, {"submissions": [self._submission(r) for r in sorted(state.submissions, reverse=True)]})
+            refs = sorted(state.submissions, reverse=True)
+            self._json(200, {"submissions": [self._submission(r) for r in refs]})
 
     return Handler

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from fake_kaggle import KEY, TOKEN, FakeKaggle, client_env, write_kaggle_json
 from pipeline import kaggle as kg
+from pipeline.config import PROJ_ROOT
 from pipeline.errors import UserError
-from pipeline.sample import write_sample
+from tests.fake_kaggle import KEY, TOKEN, FakeKaggle, client_env, write_kaggle_json
 
-REPO = Path(__file__).resolve().parents[1]
 FILES = ("train.csv", "test.csv", "sample_submission.csv")
 SAMPLE_ROWS = "1257,540"  # the embedded sample's train and test sizes
 RULES = "You must accept this competition's rules before you'll be able to download files."
@@ -48,7 +47,7 @@ def make_zip(members: dict[str, bytes], links: dict[str, str] | None = None) -> 
 
 def cli(env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
     """Run `python -m pipeline ARGS` from the repo root; secrets must never show in its output."""
-    r = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=env,
+    r = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=PROJ_ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert KEY not in r.stdout + r.stderr and TOKEN not in r.stdout + r.stderr
     return r
@@ -72,10 +71,9 @@ def submission_csv(path: Path, rows: int = 540) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """The three competition files, Kaggle format, from the embedded sample."""
-    folder = write_sample(tmp_path_factory.mktemp("sample"))
-    return {name: (folder / name).read_bytes() for name in FILES}
+def sample(sample_dir: Path) -> dict[str, bytes]:
+    """The three competition files, Kaggle format, from the embedded sample (conftest's sample_dir)."""
+    return {name: (sample_dir / name).read_bytes() for name in FILES}
 
 
 @pytest.fixture(scope="session")
@@ -126,10 +124,13 @@ def test_download_installs_archive(env, server, home, data, sample):
     assert json.loads(server.requests[0].body) == {"competitionName": "digit-recognizer"}
 
 
-def test_download_skips_valid_data_without_any_request(env, server, data, archive):
-    # With a token configured, merely importing kaggle would call IntrospectToken: nothing may reach the server.
+def test_from_zip_then_skip_then_force(env, server, data, archive, sample):
+    # With a token set, merely importing kaggle would call IntrospectToken: until --force, nothing may
+    # reach the server (so --from-zip and the skip need no credentials and never load the client).
     env["KAGGLE_API_TOKEN"] = TOKEN
-    assert cli(env, "download", "--from-zip", archive, "--data", data).returncode == 0
+    r = cli(env, "download", "--from-zip", archive, "--data", data)
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == sample
     r = cli(env, "download", "--data", data)
     assert r.returncode == 0 and "skipping" in r.stdout
     assert server.requests == []
@@ -137,15 +138,6 @@ def test_download_skips_valid_data_without_any_request(env, server, data, archiv
     assert r.returncode == 0, r.stderr
     assert "DownloadDataFiles" in server.calls()
     assert server.requests[-2].headers["Authorization"] == f"Bearer {TOKEN}"
-
-
-def test_from_zip_needs_no_credentials(home, data, archive, sample, tmp_path):
-    (home / ".kaggle" / "kaggle.json").unlink()
-    env = client_env(None, home, tmp_path / "hook")
-    env[kg.ROWS_ENV] = SAMPLE_ROWS
-    r = cli(env, "download", "--from-zip", archive, "--data", data)
-    assert r.returncode == 0, r.stderr
-    assert {p.name: p.read_bytes() for p in data.iterdir()} == sample
 
 
 @pytest.mark.parametrize("bad", [
@@ -174,12 +166,13 @@ def test_corrupt_download_leaves_data_untouched(env, server, data, sample):
     assert [p.name for p in data.iterdir()] == ["notes.txt"]
 
 
-def test_wrong_shapes_are_named(env, data, sample, tmp_path):
+def test_wrong_shapes_are_named(data, sample, tmp_path, monkeypatch):
+    monkeypatch.setenv(kg.ROWS_ENV, SAMPLE_ROWS)
     lines = sample["train.csv"].splitlines(keepends=True)
     zpath = tmp_path / "short.zip"
     zpath.write_bytes(make_zip({**sample, "train.csv": b"".join(lines[:1001])}))
-    line = user_error(cli(env, "download", "--from-zip", zpath, "--data", data))
-    assert "train.csv is 1,000 rows × 785 columns, expected 1,257 × 785" in line
+    with pytest.raises(UserError, match="train.csv is 1,000 rows × 785 columns, expected 1,257 × 785"):
+        kg.download("digit-recognizer", data, from_zip=zpath)
     assert not data.exists()
 
 
