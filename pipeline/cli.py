@@ -50,7 +50,9 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline.train import train_run
 
     cfg = _config(args)
-    train_run(cfg, _paths(args), _run_name(args, cfg.profile), log=_log)
+    if args.max_folds is not None and args.max_folds < 1:
+        raise UserError(f"--max-folds {args.max_folds}: must be at least 1")
+    train_run(cfg, _paths(args), _run_name(args, cfg.profile), log=_log, max_folds=args.max_folds)
     return 0
 
 
@@ -145,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(SAMPLE_DIR), help="output folder (default: data/sample/)")
     p.add_argument("--force", action="store_true", help="rewrite even if present")
 
-    add("train", _train, "k-fold train a run (resumes if the run exists)")
+    p = add("train", _train, "k-fold train a run (resumes if the run exists)")
+    p.add_argument("--max-folds", type=int, metavar="N",
+                   help="train at most N more folds, then stop (a quick look; re-run to finish)")
 
     p = add("predict", _predict, "ensemble a run's fold models on test.csv → submissions/submission.csv")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

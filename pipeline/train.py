@@ -295,8 +295,9 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
-              provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train (or resume) every fold of `run` and return its metrics."""
+              provenance: dict[str, Any] | None = None,
+              max_folds: int | None = None) -> dict[str, Any] | None:
+    """Train (or resume) the folds of `run`; its metrics, or None if `max_folds` left some out."""
     run_dir = paths.run_dir(run)
     with run_lock(run_dir):
         check_resumable(run_dir, cfg)
@@ -320,6 +321,9 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         skipped = cfg.folds - len(todo)
         if skipped:
             log(f"resuming: {skipped} finished fold(s) kept, {len(todo)} to train")
+        if max_folds is not None and len(todo) > max_folds:
+            todo = todo[:max_folds]
+            log(f"--max-folds {max_folds}: training fold(s) {', '.join(str(i + 1) for i in todo)} only")
         current = {"fold": -1}
         try:
             for n, i in enumerate(todo):
@@ -342,6 +346,11 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
                 where += f" after epoch {read_json(state)['epoch']}"
             raise Interrupted(f"interrupted in {where}; finished folds and the last epoch are "
                               "saved — run the same command again to resume") from None
+        if any(m is None for m in metas):
+            left = [str(i + 1) for i, m in enumerate(metas) if m is None]
+            log(f"run '{run}' is partial: fold(s) {', '.join(left)} still to train; "
+                "run the command again without --max-folds to finish it")
+            return None
         metrics = summarize(run_dir, cfg, y, [m for m in metas if m is not None], time.time() - t0)
         log(format_table(metrics))
         return metrics

@@ -106,3 +106,15 @@ def test_predict_unfinished_run_is_a_clear_error(tiny_pipeline: dict, tmp_path: 
     proc = run_cli("predict", "--run", "nope", "--data", tiny_pipeline["common"][1],
                    "--runs-dir", str(tmp_path), check=False)
     assert proc.returncode == 2 and "no such run" in last_error_line(proc)
+
+
+def test_max_folds_trains_part_then_finishes(sample_dir: Path, tmp_path: Path) -> None:
+    common = ["--profile", "tiny", "--set", "epochs=2", "--run", "part", "--data", str(sample_dir),
+              "--runs-dir", str(tmp_path)]
+    first = run_cli("train", "--max-folds", "1", *common)
+    assert "=== fold 1/2 ===" in first.stdout and "=== fold 2/2 ===" not in first.stdout
+    assert "run 'part' is partial: fold(s) 2 still to train" in first.stdout
+    assert not (tmp_path / "part" / "metrics.json").exists()
+    second = run_cli("train", *common)
+    assert "resuming: 1 finished fold(s) kept, 1 to train" in second.stdout
+    assert (tmp_path / "part" / "metrics.json").is_file()

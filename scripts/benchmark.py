@@ -1,0 +1,154 @@
+"""Measure the pipeline's speed (and, with --cv, its accuracy) and record it as JSON.
+
+Prints and writes runs/bench/<timestamp>.json: the machine, data load seconds (cold CSV and
+cached), training images/s with and without augmentation, inference images/s, and with
+`--cv PROFILE` a full k-fold run with per-fold accuracy, OOF accuracy and wall time.
+
+    python scripts/benchmark.py --data data                 # speed only (a minute or two)
+    python scripts/benchmark.py --data data --cv cpu        # plus the full 5-fold run of `cpu`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from pipeline import config as config_mod  # noqa: E402
+from pipeline.config import DATA_DIR, RUNS_DIR, SUBMISSIONS_DIR  # noqa: E402
+from pipeline.data import load_test, load_train  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+from pipeline.files import write_json  # noqa: E402
+from pipeline.train import Paths  # noqa: E402
+
+
+def machine() -> dict:
+    """CPU model, cores and library versions."""
+    import keras
+    import tensorflow as tf
+
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "backend": keras.backend.backend(),
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+
+
+def time_load(data: Path) -> dict:
+    """Seconds to parse train.csv cold, and to reload it from the cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        x, _ = load_train(data / "train.csv", cache_dir=Path(cache))
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        load_train(data / "train.csv", cache_dir=Path(cache))
+        cached = time.perf_counter() - t
+    return {"rows": len(x), "cold_csv_s": round(cold, 3), "cached_s": round(cached, 3)}
+
+
+def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
+               images: int) -> dict:
+    """Training images/s with and without augmentation, and inference images/s."""
+    import dataclasses
+
+    import keras
+
+    from pipeline.model import build_model
+
+    n = min(images, len(x))
+    out: dict = {"images": n, "batch_size": cfg.batch_size, "model": cfg.model}
+    for augment in (False, True):
+        keras.utils.set_random_seed(0)
+        c = dataclasses.replace(cfg, augment=augment)
+        model = build_model(c, steps_per_epoch=max(1, n // c.batch_size))
+        warm = min(n, 4 * c.batch_size)
+        model.fit(x[:warm], y[:warm], batch_size=c.batch_size, epochs=1, verbose=0)  # compile
+        t = time.perf_counter()
+        model.fit(x[:n], y[:n], batch_size=c.batch_size, epochs=1, verbose=0)
+        out["train_img_s_augment" if augment else "train_img_s_plain"] = round(n / (time.perf_counter() - t), 1)
+    model.predict(x_test[:2048], batch_size=2048, verbose=0)
+    t = time.perf_counter()
+    model.predict(x_test, batch_size=2048, verbose=0)
+    out["inference_img_s"] = round(len(x_test) / (time.perf_counter() - t), 1)
+    out["augment_cost"] = round(1 - out["train_img_s_augment"] / out["train_img_s_plain"], 3)
+    return out
+
+
+def cross_validate(profile: str, sets: dict, paths: Paths, run: str) -> dict:
+    """A full k-fold run plus prediction of `profile`, timed end to end."""
+    from pipeline.ensemble import predict_run
+    from pipeline.train import train_run
+
+    cfg = config_mod.resolve(profile, None, sets)
+    t = time.perf_counter()
+    metrics = train_run(cfg, paths, run)
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    predict_run(paths, run)
+    predict_s = time.perf_counter() - t
+    return {"profile": profile, "overrides": sets, "run": run, "config": cfg.to_dict(),
+            "fold_accuracy": [m["val_accuracy"] for m in metrics["folds"]],
+            "fold_seconds": [m["seconds"] for m in metrics["folds"]],
+            "oof_accuracy": metrics["cv_accuracy"], "train_wall_s": round(train_s, 1),
+            "predict_wall_s": round(predict_s, 1), "total_wall_s": round(train_s + predict_s, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write its JSON."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(DATA_DIR), help="folder with train.csv/test.csv")
+    p.add_argument("--profile", default="cpu", help="profile whose model is timed (default cpu)")
+    p.add_argument("--images", type=int, default=8192, help="training images per timing epoch")
+    p.add_argument("--cv", metavar="PROFILE", help="also run full k-fold CV of this profile")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the timed model and the CV run")
+    p.add_argument("--run", help="run name for --cv (default bench-<profile>)")
+    p.add_argument("--runs-dir", default=str(RUNS_DIR))
+    p.add_argument("--submissions-dir", default=str(SUBMISSIONS_DIR))
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        data = Path(args.data).resolve()
+        runs = Path(args.runs_dir).resolve()
+        sets = config_mod.parse_sets(args.set)
+        cfg = config_mod.resolve(args.profile, None, sets)
+        result: dict = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "data": str(data), "machine": machine(), "load": time_load(data)}
+        print(json.dumps(result["load"]), flush=True)
+        x, y = load_train(data / "train.csv", cache_dir=runs / "cache")
+        x_test = load_test(data / "test.csv", cache_dir=runs / "cache")
+        result["throughput"] = throughput(cfg, x, y, x_test, args.images)
+        print(json.dumps(result["throughput"]), flush=True)
+        if args.cv:
+            paths = Paths(data=data, runs=runs, submissions=Path(args.submissions_dir).resolve())
+            result["cv"] = cross_validate(args.cv, sets, paths, args.run or f"bench-{args.cv}")
+            print(json.dumps({k: v for k, v in result["cv"].items() if k != "config"}), flush=True)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = runs / "bench" / f"{stamp}.json"
+    write_json(out, result)
+    print(f"benchmark written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
