@@ -49,6 +49,16 @@ train: install
 submission: install
 	$(PYTHON) -m pipeline predict --data $(DATA) --run $(RUN) $(ARGS)
 
+## Download the competition data from Kaggle into DATA (needs credentials, see README "Kaggle")
+download: install
+	$(PYTHON) -m pipeline download --data $(DATA) $(ARGS)
+
+## Validate and upload a run's submission (RUN=name, default: latest finished run), wait for the score
+submit: install
+	$(PYTHON) -m pipeline submit --data $(DATA) $(if $(filter command line environment,$(origin RUN)),--run $(RUN)) $(ARGS)
+
+.PHONY: download submit
+
 #################################################################################
 # QUALITY                                                                       #
 #################################################################################

@@ -98,6 +98,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from pipeline.kaggle import download
+
+    download(args.competition or _config(args).competition, Path(args.data).resolve(), force=args.force,
+             from_zip=Path(args.from_zip).resolve() if args.from_zip else None)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipeline.kaggle import submit_run
+
+    if args.timeout <= 0:
+        raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
+    submit_run(_paths(args), competition=args.competition or _config(args).competition,
+               run=config_mod.check_run_name(args.run) if args.run else None,
+               file=Path(args.file).resolve() if args.file else None, message=args.message,
+               dry_run=args.dry_run, wait=not args.no_wait, timeout=args.timeout, log=_log)
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 def _common(p: argparse.ArgumentParser, profile_default: str | None = "cpu") -> None:
@@ -147,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("blend", _blend, "average finished runs trained on the same folds (seeds/architectures)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="runs to average")
     p.add_argument("--name", help="output name: runs/<name>/, submissions/<name>.csv")
+
+    p = add("download", _download, "download and install the competition data from Kaggle into --data")
+    p.add_argument("--competition", help="competition slug or URL (default: config key competition)")
+    p.add_argument("--force", action="store_true", help="download again even if valid files are present")
+    p.add_argument("--from-zip", metavar="ZIP", help="install from an archive on disk instead of downloading")
+
+    p = add("submit", _submit, "validate a run's submission (default: the latest finished run; built "
+            "if needed) and upload it to Kaggle")
+    p.add_argument("--competition", help="competition slug or URL (default: config key competition)")
+    p.add_argument("--file", metavar="CSV", help="submit this CSV instead of the run's submission")
+    p.add_argument("--message", help="submission description (default: run, profile and CV accuracy)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and show what would be sent; send nothing")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for Kaggle's score")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for the score (default: 600)")
 
     add("demo", _demo, "the whole pipeline on the embedded sample (profile tiny, run 'demo')",
         profile_default=None)

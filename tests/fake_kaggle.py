@@ -1,0 +1,222 @@
+"""A fake Kaggle API server for the tests: stdlib http.server on 127.0.0.1, in a thread.
+
+It answers the calls kaggle 2.2.5 / kagglesdk 0.1.38 really make (JSON POSTs to
+/api/v1/<Service>/<Method>): DownloadDataFiles (a 302 to the archive), StartSubmissionUpload → PUT to
+the upload URL → CreateSubmission, GetSubmission / ListSubmissions for polling, and IntrospectToken for
+access-token sign-in. Every request is recorded, so a test can assert that nothing (or exactly what)
+was sent.
+
+The client is pointed here by `client_env()`: KAGGLE_API_ENVIRONMENT=LOCALHOST selects kagglesdk's LOCAL
+endpoint, and a `sitecustomize.py` written next to the test replaces that endpoint ("http://localhost",
+port 80, in kagglesdk.kaggle_env._env_to_endpoint, which no env var can change) with this server's URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+API = "/api/v1/"
+USERNAME, KEY, TOKEN = "fakeuser", "0123456789abcdef0123456789abcdef", "KGAT_fake_token_0123456789"
+
+SITECUSTOMIZE = '''\
+"""Test hook: send kagglesdk's LOCALHOST environment to the fake Kaggle server in FAKE_KAGGLE_URL."""
+import os
+
+if os.environ.get("FAKE_KAGGLE_URL"):
+    from kagglesdk import kaggle_env
+
+    kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = os.environ["FAKE_KAGGLE_URL"]
+'''
+
+
+@dataclass
+class Seen:
+    """One request as the server received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeKaggle:
+    """Server state: what to serve, which errors to answer with, and every request seen."""
+
+    archive: bytes = b""
+    competition: str = "digit-recognizer"
+    errors: dict[str, tuple[int, str]] = field(default_factory=dict)  # method name -> (status, message)
+    upload_status: int = 200
+    pending_polls: int = 1  # GetSubmission answers PENDING this many times, then COMPLETE
+    score: str = "0.98765"
+    requests: list[Seen] = field(default_factory=list)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    submissions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    url: str = ""
+
+    def start(self) -> FakeKaggle:
+        """Serve on a free port of 127.0.0.1 until stop()."""
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def calls(self) -> list[str]:
+        """The API methods called, in order ("DownloadDataFiles", "PUT /upload/…", "GET /files/…")."""
+        out = []
+        for r in self.requests:
+            out.append(r.path[len(API):].split("/")[-1] if r.path.startswith(API) else f"{r.method} {r.path}")
+        return out
+
+    def authorized(self, headers: dict[str, str]) -> bool:
+        auth = headers.get("Authorization", "")
+        basic = "Basic " + base64.b64encode(f"{USERNAME}:{KEY}".encode()).decode()
+        return auth in (basic, f"Bearer {TOKEN}")
+
+
+def client_env(server: FakeKaggle | None, home: Path, hook_dir: Path) -> dict[str, str]:
+    """Environment for a `python -m pipeline` subprocess: the fake server, a private HOME, no credentials."""
+    hook_dir.mkdir(parents=True, exist_ok=True)
+    (hook_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("KAGGLE_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update({
+        "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "KAGGLE_API_ENVIRONMENT": "LOCALHOST",
+        "PYTHONPATH": str(hook_dir), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+    })
+    if server is not None:
+        env["FAKE_KAGGLE_URL"] = server.url
+    return env
+
+
+def write_kaggle_json(config_dir: Path, username: str = USERNAME, key: str = KEY, mode: int = 0o600) -> Path:
+    """A kaggle.json like the one kaggle.com hands out."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / "kaggle.json"
+    path.write_text(json.dumps({"username": username, "key": key}))
+    path.chmod(mode)
+    return path
+
+
+def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def _record(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            state.requests.append(Seen(self.command, self.path, dict(self.headers), body))
+            return body
+
+        def _send(self, status: int, body: bytes = b"", ctype: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: Any) -> None:
+            self._send(status, json.dumps(obj).encode())
+
+        def _error(self, status: int, message: str) -> None:
+            # Kaggle's error shape; the client raises HTTPError(message) for it.
+            self._json(status, {"code": status, "message": message})
+
+        def do_GET(self) -> None:
+            self._record()
+            if self.path.startswith("/files/") and state.archive:
+                self._send(200, state.archive, "application/zip",
+                           {"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"})
+            else:
+                self._error(404, "Not found")
+
+        def do_PUT(self) -> None:
+            body = self._record()
+            token = self.path.rsplit("/", 1)[-1]
+            if self.path.startswith("/upload/") and state.upload_status in (200, 201):
+                state.uploads[token] = body
+                self._json(state.upload_status, {})
+            else:
+                self._error(state.upload_status if state.upload_status >= 400 else 404, "upload rejected")
+
+        def do_POST(self) -> None:
+            body = self._record()
+            if not self.path.startswith(API):
+                return self._error(404, "Not found")
+            method = self.path.rsplit("/", 1)[-1]
+            try:
+                req = json.loads(body or b"{}")
+            except json.JSONDecodeError:
+                return self._error(400, "bad JSON")
+            if method == "IntrospectToken":
+                ok = req.get("token") == TOKEN
+                return self._json(200, {"active": ok, "username": USERNAME if ok else ""})
+            if method in state.errors:
+                return self._error(*state.errors[method])
+            if not state.authorized(dict(self.headers)):
+                return self._error(401, "Unauthenticated")
+            comp = req.get("competitionName")
+            if comp is not None and comp != state.competition:
+                return self._error(404, f"Competition '{comp}' not found")
+            handler = getattr(self, f"_api_{method}", None)
+            if handler is None:
+                return self._error(404, f"no fake for {method}")
+            handler(req)
+
+        def _api_DownloadDataFiles(self, req: dict[str, Any]) -> None:
+            where = f"{state.url}/files/{state.competition}.zip?token=signed-url-secret"
+            self._send(302, b"", "text/plain", {"Location": where})
+
+        def _api_StartSubmissionUpload(self, req: dict[str, Any]) -> None:
+            token = f"blob{len(state.uploads) + 1}"
+            self._json(200, {"token": token, "createUrl": f"{state.url}/upload/{token}"})
+
+        def _api_CreateSubmission(self, req: dict[str, Any]) -> None:
+            token = req.get("blobFileTokens")
+            if token not in state.uploads:
+                return self._error(400, f"Unknown blob token {token!r}")
+            ref = 40_000_000 + len(state.submissions) + 1
+            state.submissions[ref] = {"ref": ref, "description": req.get("submissionDescription", ""),
+                                      "fileName": "submission.csv", "polls": 0}
+            self._json(200, {"message": "Successfully submitted to Digit Recognizer", "ref": ref})
+
+        def _submission(self, ref: int) -> dict[str, Any]:
+            sub = state.submissions[ref]
+            sub["polls"] += 1
+            done = sub["polls"] > state.pending_polls
+            out = {k: v for k, v in sub.items() if k != "polls"}
+            out.update(status="COMPLETE" if done else "PENDING", date="2024-01-01T00:00:00Z")
+            if done:
+                out["publicScore"] = state.score
+            return out
+
+        def _api_GetSubmission(self, req: dict[str, Any]) -> None:
+            ref = int(req.get("ref", 0))
+            if ref not in state.submissions:
+                return self._error(404, f"Submission {ref} not found")
+            self._json(200, self._submission(ref))
+
+        def _api_ListSubmissions(self, req: dict[str, Any]) -> None:
+            refs = sorted(state.submissions, reverse=True)
+            self._json(200, {"submissions": [self._submission(r) for r in refs]})
+
+    return Handler

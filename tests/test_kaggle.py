@@ -1,0 +1,357 @@
+"""`download` and `submit` against a fake Kaggle API: the real kaggle client, over a socket, no mocks.
+
+Each CLI test runs `python -m pipeline …` in a subprocess whose client is pointed at `fake_kaggle`
+(see its docstring), with a private HOME. The archive is built from the embedded sample, so the
+expected row counts are lowered with the module's test hook; the real 42,000/28,000 check is
+tested on its own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline import kaggle as kg
+from pipeline.config import PROJ_ROOT
+from pipeline.errors import UserError
+from tests.fake_kaggle import KEY, TOKEN, FakeKaggle, client_env, write_kaggle_json
+
+FILES = ("train.csv", "test.csv", "sample_submission.csv")
+SAMPLE_ROWS = "1257,540"  # the embedded sample's train and test sizes
+RULES = "You must accept this competition's rules before you'll be able to download files."
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def make_zip(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    """A zip archive with these files (and symlink members pointing at `links` targets)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return buf.getvalue()
+
+
+def cli(env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pipeline ARGS` from the repo root; secrets must never show in its output."""
+    r = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=PROJ_ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert KEY not in r.stdout + r.stderr and TOKEN not in r.stdout + r.stderr
+    return r
+
+
+def user_error(r: subprocess.CompletedProcess[str]) -> str:
+    """The single `error: …` line of a failed command (exit 2, no traceback, no usage dump)."""
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "usage:" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def submission_csv(path: Path, rows: int = 540) -> Path:
+    path.write_text("ImageId,Label\n" + "".join(f"{i},{i % 10}\n" for i in range(1, rows + 1)))
+    return path
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def sample(sample_dir: Path) -> dict[str, bytes]:
+    """The three competition files, Kaggle format, from the embedded sample (conftest's sample_dir)."""
+    return {name: (sample_dir / name).read_bytes() for name in FILES}
+
+
+@pytest.fixture(scope="session")
+def archive(sample: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("zip") / "digit-recognizer.zip"
+    path.write_bytes(make_zip(sample))
+    return path
+
+
+@pytest.fixture
+def server(archive: Path):
+    fake = FakeKaggle(archive=archive.read_bytes()).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A HOME with a valid kaggle.json (owner-only, as it should be)."""
+    write_kaggle_json(tmp_path / "home" / ".kaggle")
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def env(server: FakeKaggle, home: Path, tmp_path: Path) -> dict[str, str]:
+    e = client_env(server, home, tmp_path / "hook")
+    e[kg.ROWS_ENV] = SAMPLE_ROWS
+    return e
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+# ---------------------------------------------------------------------------- download
+
+
+def test_download_installs_archive(env, server, home, data, sample):
+    (home / ".kaggle" / "kaggle.json").chmod(0o644)
+    r = cli(env, "download", "--data", data)
+    assert r.returncode == 0, r.stderr
+    assert "readable by other users" in r.stderr and "chmod 600" in r.stderr
+    assert sorted(p.name for p in data.iterdir()) == sorted(FILES)  # no temp folder or zip left
+    assert all((data / name).read_bytes() == sample[name] for name in FILES)
+    assert server.calls()[0] == "DownloadDataFiles"
+    assert server.calls()[1].startswith("GET /files/digit-recognizer.zip")
+    assert json.loads(server.requests[0].body) == {"competitionName": "digit-recognizer"}
+
+
+def test_from_zip_then_skip_then_force(env, server, data, archive, sample):
+    # With a token set, merely importing kaggle would call IntrospectToken: until --force, nothing may
+    # reach the server (so --from-zip and the skip need no credentials and never load the client).
+    env["KAGGLE_API_TOKEN"] = TOKEN
+    r = cli(env, "download", "--from-zip", archive, "--data", data)
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == sample
+    r = cli(env, "download", "--data", data)
+    assert r.returncode == 0 and "skipping" in r.stdout
+    assert server.requests == []
+    r = cli(env, "download", "--data", data, "--force")
+    assert r.returncode == 0, r.stderr
+    assert "DownloadDataFiles" in server.calls()
+    assert server.requests[-2].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("bad", [
+    {"members": {"../evil.csv": b"x"}, "says": "'..'"},
+    {"members": {"/tmp/kaggle-test-evil-absolute.csv": b"x"}, "says": "absolute path"},
+    {"links": {"evil.csv": "/etc/passwd"}, "says": "symbolic link"},
+], ids=["dotdot", "absolute", "symlink"])
+def test_unsafe_archive_members_are_refused(data, sample, tmp_path, monkeypatch, bad):
+    # In-process (the extraction needs no client); the CLI's error path is covered by the other tests.
+    monkeypatch.setenv(kg.ROWS_ENV, SAMPLE_ROWS)
+    zpath = tmp_path / "evil.zip"
+    zpath.write_bytes(make_zip({**sample, **bad.get("members", {})}, bad.get("links")))
+    with pytest.raises(UserError, match="refusing to extract member") as err:
+        kg.download("digit-recognizer", data, from_zip=zpath)
+    assert bad["says"] in str(err.value) and "\n" not in str(err.value)
+    assert not data.exists()
+    assert not (tmp_path / "evil.csv").exists() and not Path("/tmp/kaggle-test-evil-absolute.csv").exists()
+
+
+def test_corrupt_download_leaves_data_untouched(env, server, data, sample):
+    data.mkdir()
+    (data / "notes.txt").write_text("mine")
+    server.archive = make_zip(sample)[:5000]  # truncated in transfer
+    line = user_error(cli(env, "download", "--data", data))
+    assert "corrupt or incomplete zip archive" in line and "download it again" in line
+    assert [p.name for p in data.iterdir()] == ["notes.txt"]
+
+
+def test_wrong_shapes_are_named(data, sample, tmp_path, monkeypatch):
+    monkeypatch.setenv(kg.ROWS_ENV, SAMPLE_ROWS)
+    lines = sample["train.csv"].splitlines(keepends=True)
+    zpath = tmp_path / "short.zip"
+    zpath.write_bytes(make_zip({**sample, "train.csv": b"".join(lines[:1001])}))
+    with pytest.raises(UserError, match="train.csv is 1,000 rows × 785 columns, expected 1,257 × 785"):
+        kg.download("digit-recognizer", data, from_zip=zpath)
+    assert not data.exists()
+
+
+def test_real_size_check_rejects_a_small_archive(env, data, archive):
+    del env[kg.ROWS_ENV]
+    line = user_error(cli(env, "download", "--from-zip", archive, "--data", data))
+    assert "train.csv is 1,257 rows × 785 columns, expected 42,000 × 785" in line
+    assert "test.csv is 540 rows × 784 columns, expected 28,000 × 784" in line
+    assert "sample_submission.csv is 540 rows × 2 columns, expected 28,000 × 2" in line
+    assert not data.exists()
+
+
+def test_bad_credentials_401(env, server, home, data):
+    write_kaggle_json(home / ".kaggle", key="expired0000")
+    line = user_error(cli(env, "download", "--data", data))
+    assert "401" in line and "create a new token" in line and "kaggle.json" in line
+    assert not data.exists()
+
+
+def test_rules_not_accepted_403(env, server, data):
+    server.errors["DownloadDataFiles"] = (403, RULES)
+    line = user_error(cli(env, "download", "--data", data))
+    assert "accept the competition rules" in line
+    assert "https://www.kaggle.com/competitions/digit-recognizer/rules" in line
+    assert not data.exists()
+
+
+def test_unknown_competition_404(env, server, data):
+    line = user_error(cli(env, "download", "--data", data, "--competition",
+                          "https://www.kaggle.com/competitions/no-such-contest/data"))
+    assert "'no-such-contest' not found" in line
+    assert json.loads(server.requests[0].body) == {"competitionName": "no-such-contest"}
+
+
+def test_network_failure(env, server, data):
+    server.stop()
+    line = user_error(cli(env, "download", "--data", data))
+    assert "could not reach Kaggle" in line
+
+
+def test_missing_credentials(env, server, home, data):
+    (home / ".kaggle" / "kaggle.json").unlink()
+    line = user_error(cli(env, "download", "--data", data))
+    assert "no Kaggle credentials found" in line and "https://www.kaggle.com/settings/api" in line
+    assert "~/.kaggle/kaggle.json" in line
+    assert server.requests == [] and not data.exists()
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+@pytest.fixture
+def project(tmp_path: Path, sample: dict[str, bytes]) -> dict[str, Path]:
+    """A finished run 'r1' (config.json, metrics.json) with its submission CSV, and a data folder."""
+    runs, subs, data = tmp_path / "runs", tmp_path / "submissions", tmp_path / "data"
+    for d in (runs / "r1", subs, data):
+        d.mkdir(parents=True)
+    (data / "sample_submission.csv").write_bytes(sample["sample_submission.csv"])
+    (runs / "r1" / "config.json").write_text(json.dumps({"profile": "tiny", "folds": 2}))
+    (runs / "r1" / "metrics.json").write_text(json.dumps({"run": "r1", "cv_accuracy": 0.98765432}))
+    csv = submission_csv(subs / "r1.csv")
+    os.utime(runs / "r1" / "metrics.json", (1e9, 1e9))  # trained before its CSV was built
+    return {"runs": runs, "subs": subs, "data": data, "csv": csv}
+
+
+def dirs(p: dict[str, Path]) -> list[object]:
+    return ["--data", p["data"], "--runs-dir", p["runs"], "--submissions-dir", p["subs"]]
+
+
+def test_submit_latest_run_waits_for_score(env, server, project):
+    r = cli(env, "submit", *dirs(project), "--timeout", 30)
+    assert r.returncode == 0, r.stderr
+    assert "public score: 0.98765" in r.stdout
+    assert server.calls() == ["StartSubmissionUpload", "PUT /upload/blob1", "CreateSubmission",
+                              "GetSubmission", "GetSubmission"]
+    assert server.uploads["blob1"] == project["csv"].read_bytes()
+    sent = json.loads(server.requests[2].body)
+    assert sent["submissionDescription"] == "r1: profile tiny, CV accuracy 0.9877"
+    record = json.loads((project["runs"] / "r1" / "kaggle_submission.json").read_text())
+    assert record["ref"] == 40_000_001 and record["status"] == "COMPLETE"
+    assert record["public_score"] == "0.98765" and record["message"] == sent["submissionDescription"]
+    assert record["competition"] == "digit-recognizer" and record["submitted_at"] and record["scored_at"]
+
+
+def test_submit_timeout_keeps_the_ref(env, server, project):
+    server.pending_polls = 1000
+    r = cli(env, "submit", *dirs(project), "--run", "r1", "--message", "mine", "--timeout", 1)
+    assert r.returncode == 0, r.stderr
+    assert "not scored after 1 s" in r.stderr
+    record = json.loads((project["runs"] / "r1" / "kaggle_submission.json").read_text())
+    assert record["status"] == "PENDING" and record["ref"] == 40_000_001 and record["message"] == "mine"
+
+
+def test_submit_file_no_wait(env, server, project, tmp_path):
+    csv = submission_csv(tmp_path / "mine.csv")
+    r = cli(env, "submit", *dirs(project), "--file", csv, "--no-wait")
+    assert r.returncode == 0, r.stderr
+    assert server.calls() == ["StartSubmissionUpload", "PUT /upload/blob1", "CreateSubmission"]
+    assert json.loads(server.requests[2].body)["submissionDescription"] == "mine.csv"
+    assert not (project["runs"] / "r1" / "kaggle_submission.json").exists()
+
+
+def test_submit_upload_rejected(env, server, project):
+    server.upload_status = 403
+    line = user_error(cli(env, "submit", *dirs(project), "--file", project["csv"]))
+    assert "did not accept the upload" in line and "nothing was submitted" in line
+    assert "CreateSubmission" not in server.calls()
+
+
+def test_submit_daily_limit_shows_kaggles_message(env, server, project):
+    said = "Submission not allowed: Your team has used its daily Submission allowance (5) today."
+    server.errors["CreateSubmission"] = (400, said)
+    line = user_error(cli(env, "submit", *dirs(project), "--run", "r1"))
+    assert said in line
+    assert not (project["runs"] / "r1" / "kaggle_submission.json").exists()
+
+
+def test_submit_dry_run_sends_nothing(env, server, project):
+    env["KAGGLE_API_TOKEN"] = TOKEN  # importing kaggle would call IntrospectToken
+    r = cli(env, "submit", *dirs(project), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "dry run" in r.stdout and "r1.csv" in r.stdout and "CV accuracy 0.9877" in r.stdout
+    assert server.requests == []
+
+
+def test_submit_invalid_file_is_not_sent(env, server, project, tmp_path):
+    csv = submission_csv(tmp_path / "short.csv", rows=10)
+    line = user_error(cli(env, "submit", *dirs(project), "--file", csv))
+    assert "short.csv: has 10 rows, expected 540" in line
+    assert server.requests == []
+
+
+# ---------------------------------------------------------------------------- units (in-process)
+
+
+@pytest.mark.parametrize("value", [
+    "digit-recognizer", " digit-recognizer ", "https://www.kaggle.com/competitions/digit-recognizer",
+    "https://www.kaggle.com/competitions/digit-recognizer/data?select=train.csv",
+    "kaggle.com/c/digit-recognizer", "http://kaggle.com/c/digit-recognizer/overview",
+])
+def test_competition_slug_from_urls(value):
+    assert kg.parse_competition(value) == "digit-recognizer"
+
+
+@pytest.mark.parametrize("value", ["", "digit recognizer", "../etc", "https://example.com/c/digit-recognizer",
+                                   "-rm", "owner/dataset"])
+def test_competition_slug_rejected(value):
+    with pytest.raises(UserError, match="not a Kaggle competition slug"):
+        kg.parse_competition(value)
+
+
+def test_crc_corruption_is_reported(tmp_path, sample):
+    raw = bytearray(make_zip({"train.csv": sample["train.csv"]}))
+    raw[len(raw) // 3] ^= 0xFF  # inside the compressed data
+    zpath = tmp_path / "bad.zip"
+    zpath.write_bytes(bytes(raw))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UserError, match="corrupt or incomplete zip archive"):
+        kg.extract_archive(zpath, tmp_path / "out")
+
+
+def test_size_cap(tmp_path):
+    zpath = tmp_path / "bomb.zip"
+    zpath.write_bytes(make_zip({"train.csv": b"0" * 100_000}))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UserError, match="over the .* limit"):
+        kg.extract_archive(zpath, tmp_path / "out", limit=10_000)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_malformed_kaggle_json(tmp_path, monkeypatch):
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "kaggle.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a valid kaggle.json"):
+        kg.find_credentials()
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+    assert kg.find_credentials().source == "KAGGLE_USERNAME/KAGGLE_KEY"
