@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import config as config_mod
-from pipeline.config import DATA_DIR, PROFILES, RUNS_DIR, SAMPLE_DIR, SUBMISSIONS_DIR, Config
-from pipeline.errors import UserError
-from pipeline.train import Interrupted, Paths
+from pipeline.config import DATA_DIR, PROFILES, RUNS_DIR, SAMPLE_DIR, SUBMISSIONS_DIR, Config, Paths
+from pipeline.errors import Interrupted, UserError
 
 
 def _paths(args: argparse.Namespace) -> Paths:

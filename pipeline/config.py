@@ -27,6 +27,21 @@ SAMPLE_DIR = DATA_DIR / "sample"
 RUNS_DIR = PROJ_ROOT / "runs"
 SUBMISSIONS_DIR = PROJ_ROOT / "submissions"
 
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a command reads data and writes outputs (the CLI's --data/--runs-dir/--submissions-dir)."""
+
+    data: Path
+    runs: Path
+    submissions: Path
+
+    def run_dir(self, run: str) -> Path:
+        """The folder of one run."""
+        return self.runs / run
+
+
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

@@ -16,7 +16,8 @@ from pipeline.data import load_test
 from pipeline.errors import UserError
 from pipeline.files import save_npy, write_json
 from pipeline.submission import read_sample_ids, write_submission
-from pipeline.train import Paths, load_run_config
+from pipeline.config import Paths
+from pipeline.train import load_run_config
 
 Log = Callable[[str], None]
 

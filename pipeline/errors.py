@@ -6,3 +6,7 @@ The CLI turns a `UserError` into a single line on stderr and a non-zero exit, wi
 
 class UserError(Exception):
     """A problem in the user's input or setup, with a message that says what to do."""
+
+
+class Interrupted(UserError):
+    """The user stopped a long command (Ctrl-C); finished work is kept and the command resumes."""

@@ -40,7 +40,7 @@ from pipeline.errors import UserError
 from pipeline.files import read_json, write_json
 from pipeline.submission import COLUMNS as SUBMISSION_COLUMNS
 from pipeline.submission import KAGGLE_ROWS, read_sample_ids, read_submission
-from pipeline.train import Paths
+from pipeline.config import Paths
 
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
 # File name -> header; rows come from expected_shapes().

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config as config_mod
-from pipeline.config import PROJ_ROOT, Config
+from pipeline.config import PROJ_ROOT, Config, Paths
 from pipeline.data import file_sha256, load_train
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json, write_text
 from pipeline.folds import load_folds
 
@@ -36,23 +35,6 @@ from pipeline.folds import load_folds
 NON_TRAINING_KEYS = {"tta", "threads", "competition", "deterministic"}
 
 Log = Callable[[str], None]
-
-
-class Interrupted(UserError):
-    """Training was stopped by the user; finished work is kept."""
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where a command reads data and writes outputs."""
-
-    data: Path
-    runs: Path
-    submissions: Path
-
-    def run_dir(self, run: str) -> Path:
-        """The folder of one run."""
-        return self.runs / run
 
 
 def setup_tensorflow(cfg: Config) -> None:

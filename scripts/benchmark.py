@@ -29,7 +29,7 @@ from pipeline.config import DATA_DIR, RUNS_DIR, SUBMISSIONS_DIR  # noqa: E402
 from pipeline.data import load_test, load_train  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
-from pipeline.train import Paths  # noqa: E402
+from pipeline.config import Paths  # noqa: E402
 
 
 def machine() -> dict:
