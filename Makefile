@@ -12,9 +12,11 @@ RUN           ?= $(PROFILE)
 DATA          ?= data
 # Extra flags for the pipeline command, e.g. make train ARGS="--set epochs=20"
 ARGS          ?=
+# report/tensorboard: the run named by RUN=… on the command line, else the latest run (all runs)
+RUN_GIVEN     := $(filter command line environment,$(origin RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train submission test bench clean clean-run
+.PHONY: help install download demo train submission submit report compare tensorboard test bench clean clean-run
 
 #################################################################################
 # SETUP                                                                         #
@@ -57,7 +59,21 @@ download: install
 submit: install
 	$(PYTHON) -m pipeline submit --data $(DATA) $(if $(filter command line environment,$(origin RUN)),--run $(RUN)) $(ARGS)
 
-.PHONY: download submit
+#################################################################################
+# INSPECT                                                                       #
+#################################################################################
+
+## Rebuild runs/<RUN>/report.html and print a summary (default: the latest run)
+report: install
+	$(PYTHON) -m pipeline report $(if $(RUN_GIVEN),--run $(RUN)) $(ARGS)
+
+## Runs side by side to pick a submission: make compare RUNS="cpu simple" (default: all)
+compare: install
+	$(PYTHON) -m pipeline compare $(RUNS) $(ARGS)
+
+## Serve TensorBoard for runs/<RUN> (default: every run) on http://localhost:6006
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir runs$(if $(RUN_GIVEN),/$(RUN))
 
 #################################################################################
 # QUALITY                                                                       #

@@ -35,6 +35,17 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+def _report_after(paths: Paths, run: str) -> None:
+    """Rebuild the run's report after a command; a report problem never fails the command."""
+    from pipeline.report import build_report
+
+    try:
+        build_report(paths.runs, run, data=paths.data, log=_log)
+    except Exception as exc:  # the run's results are saved; the report can be rebuilt later
+        print(f"warning: report not built ({type(exc).__name__}: {exc}); rebuild it with "
+              f"`python -m pipeline report --run {run}`", file=sys.stderr)
+
+
 # --- commands -------------------------------------------------------------------------------
 
 def _sample(args: argparse.Namespace) -> int:
@@ -51,7 +62,9 @@ def _train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.max_folds is not None and args.max_folds < 1:
         raise UserError(f"--max-folds {args.max_folds}: must be at least 1")
-    train_run(cfg, _paths(args), _run_name(args, cfg.profile), log=_log, max_folds=args.max_folds)
+    paths, run = _paths(args), _run_name(args, cfg.profile)
+    if train_run(cfg, paths, run, log=_log, max_folds=args.max_folds) is not None:
+        _report_after(paths, run)
     return 0
 
 
@@ -62,6 +75,7 @@ def _predict(args: argparse.Namespace) -> int:
     paths = _paths(args)
     run = config_mod.check_run_name(args.run) if args.run else latest_complete_run(paths.runs)
     predict_run(paths, run, tta=args.tta, log=_log)
+    _report_after(paths, run)
     return 0
 
 
@@ -94,6 +108,29 @@ def _demo(args: argparse.Namespace) -> int:
     if truth.is_file():
         acc = float(np.mean(pd.read_csv(sub)["Label"].to_numpy() == pd.read_csv(truth)["Label"].to_numpy()))
         _log(f"demo: accuracy on the sample's held-aside test labels: {acc:.4f}")
+    _report_after(paths, run)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.report import build_report, summary_text
+    from pipeline.train import latest_complete_run
+
+    runs = Path(args.runs_dir).resolve()
+    run = config_mod.check_run_name(args.run) if args.run else latest_complete_run(runs)
+    build_report(runs, run, data=Path(args.data).resolve() if args.data_given else None, log=_log)
+    _log(summary_text(runs / run))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pipeline.report import compare_text, finished_runs
+
+    runs_dir = Path(args.runs_dir).resolve()
+    runs = [config_mod.check_run_name(r) for r in args.runs] or finished_runs(runs_dir)
+    if not runs:
+        raise UserError(f"{runs_dir}: no finished run to compare; run `make train` first")
+    _log(compare_text(runs_dir, runs))
     return 0
 
 
@@ -110,10 +147,17 @@ def _submit(args: argparse.Namespace) -> int:
 
     if args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
-    submit_run(_paths(args), competition=args.competition or _config(args).competition,
-               run=config_mod.check_run_name(args.run) if args.run else None,
+    from pipeline.train import latest_complete_run
+
+    paths = _paths(args)
+    run = config_mod.check_run_name(args.run) if args.run else None
+    submit_run(paths, competition=args.competition or _config(args).competition, run=run,
                file=Path(args.file).resolve() if args.file else None, message=args.message,
                dry_run=args.dry_run, wait=not args.no_wait, timeout=args.timeout, log=_log)
+    # The report shows the Kaggle result recorded in the run; rebuild it when there is one.
+    recorded = run or (None if args.file else latest_complete_run(paths.runs))
+    if not args.dry_run and recorded and (paths.run_dir(recorded) / "kaggle_submission.json").is_file():
+        _report_after(paths, recorded)
     return 0
 
 
@@ -121,7 +165,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, profile_default: str | None = "cpu") -> None:
     p.add_argument("--data", default=str(DATA_DIR), help="folder holding train.csv/test.csv (default: data/)")
-    p.add_argument("--run", help="run name: outputs go to runs/<name>/ (default: the profile name)")
+    p.add_argument("--run", help="run name: outputs go to runs/<name>/ (train: default the profile "
+                   "name; predict/submit: default the latest finished run)")
     p.add_argument("--profile", default=profile_default, choices=list(PROFILES),
                    help=f"config preset (default: {profile_default})")
     p.add_argument("--config", help="TOML/YAML/JSON file of config overrides")
@@ -185,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("demo", _demo, "the whole pipeline on the embedded sample (profile tiny, run 'demo')",
         profile_default=None)
+
+    p = add("report", _report, "rebuild runs/<run>/report.html (figures, metrics) and print a "
+            "summary (default: the latest finished run)", common=False)
+    p.add_argument("--run", help="run name (default: the latest finished run)")
+    p.add_argument("--data", default=str(DATA_DIR),
+                   help="folder with the run's train.csv/test.csv (default: the one it was trained on)")
+    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
+
+    p = add("compare", _compare, "runs side by side: settings, CV accuracy with its confidence "
+            "interval, time, Kaggle score", common=False)
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run names (default: every finished run)")
+    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
     return parser
 
 

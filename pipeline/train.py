@@ -161,6 +161,19 @@ def _subsample(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np
     return np.sort(keep)
 
 
+def _tensorboard(fold_dir: Path) -> list:
+    """Per-epoch TensorBoard scalars in `fold_<i>/tb/` for `make tensorboard`; none without the package."""
+    import importlib.util
+
+    import keras
+
+    # Keras' callback writes through tf.summary, which needs the tensorboard package.
+    if importlib.util.find_spec("tensorboard") is None:
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=str(fold_dir / "tb"), histogram_freq=0,
+                                        write_graph=False, update_freq="epoch", profile_batch=0)]
+
+
 def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
                val_idx: np.ndarray, fold_dir: Path, fold: int,
                eta: Callable[[float, int], float] = lambda per_epoch, done: 0.0,
@@ -194,7 +207,7 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
 
     t_start = time.time()
     cbs = [_EpochEnd.make(fold_dir, history, t_start, elapsed_before, fold, cfg.folds, cfg.epochs,
-                          eta, log)]
+                          eta, log), *_tensorboard(fold_dir)]
     if cfg.early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping,
                                                  restore_best_weights=True))
