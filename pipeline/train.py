@@ -32,7 +32,7 @@ from pipeline.folds import load_folds
 
 # Keys that change how a run is executed or submitted but not what its models learn, so a run
 # can be resumed or predicted with different values.
-NON_TRAINING_KEYS = {"tta", "threads", "competition", "deterministic"}
+NON_TRAINING_KEYS = {"threads", "competition", "deterministic"}
 
 Log = Callable[[str], None]
 
@@ -216,7 +216,11 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
         model.fit(x[train_idx], y[train_idx], batch_size=cfg.batch_size, epochs=cfg.epochs,
                   initial_epoch=initial_epoch, validation_data=(x[val_idx], y[val_idx]),
                   callbacks=cbs, verbose=0, shuffle=True)
-    probs = model.predict(x[val_idx], batch_size=1024, verbose=0).astype(np.float32)
+    from pipeline.ensemble import average_probs  # late: ensemble imports this module
+
+    # Out-of-fold predictions are made exactly as test predictions are (TTA included), so the
+    # CV accuracy estimates what the submission will score.
+    probs = average_probs([model], x[val_idx], tta=cfg.tta)
     seconds = elapsed_before + time.time() - t_start
 
     model.save(fold_dir / ".model.tmp.keras")
