@@ -12,9 +12,14 @@ RUN           ?= $(PROFILE)
 DATA          ?= data
 # Extra flags for the pipeline command, e.g. make train ARGS="--set epochs=20"
 ARGS          ?=
+# Hyperparameter search (make tune): study name, target total trials, seconds, local processes
+STUDY         ?= default
+TRIALS        ?= 30
+TIMEOUT       ?= 1800
+WORKERS       ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train submission test clean clean-run
+.PHONY: help install demo train submission tune test clean clean-run
 
 #################################################################################
 # SETUP                                                                         #
@@ -48,6 +53,10 @@ train: install
 ## Ensemble the run's fold models on test.csv → submissions/submission.csv
 submission: install
 	$(PYTHON) -m pipeline predict --data $(DATA) --run $(RUN) $(ARGS)
+
+## Search hyperparameters with Optuna (STUDY, TRIALS, TIMEOUT, WORKERS) → runs/tune/<STUDY>/; re-running resumes
+tune: install
+	$(PYTHON) -m pipeline tune --data $(DATA) --profile $(PROFILE) --study $(STUDY) --trials $(TRIALS) --timeout $(TIMEOUT) --workers $(WORKERS) $(ARGS)
 
 #################################################################################
 # QUALITY                                                                       #
