@@ -496,7 +496,8 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Clai
 def _quiet_optuna() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our own line per trial replaces Optuna's log (which prints a traceback per failed trial).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=r"Fixed parameter .* is out of range")
 
@@ -629,6 +630,8 @@ def trial_line(t: FrozenTrial) -> str:
     else:
         head = f"failed: {t.user_attrs.get('error', 'interrupted')}"
     tag = " (baseline)" if t.user_attrs.get("baseline") else ""
+    if "retry_of" in t.user_attrs:
+        tag += f" (re-run of trial {t.user_attrs['retry_of']})"
     return f"trial {t.number:>3}{tag}: {head} in {secs} · {_short(t.params)}"
 
 
@@ -710,7 +713,10 @@ def trials_table(study: optuna.Study) -> str:
                      "baseline": bool(t.user_attrs.get("baseline")),
                      "retry_of": t.user_attrs.get("retry_of"), "error": t.user_attrs.get("error"),
                      **t.params})
-    return pd.DataFrame(rows).to_csv(index=False)
+    table = pd.DataFrame(rows)
+    for column in ("pruned_at_epoch", "retry_of"):  # integers with gaps, not floats
+        table[column] = table[column].astype("Int64")
+    return table.to_csv(index=False)
 
 
 def best_params_record(settings: Settings, study: optuna.Study) -> dict[str, Any] | None:

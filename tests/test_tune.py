@@ -161,6 +161,20 @@ def test_two_workers_share_one_study(tmp_path, sample):
     assert json.loads((folder / "best_params.json").read_text())["trials"]["complete"] == 3
 
 
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, sample):
+    # 0.1 % of ~630 rows cannot hold all ten digits: every trial raises while preparing data.
+    runs = tmp_path / "runs"
+    proc = cli("tune", "--data", str(sample), "--runs-dir", str(runs), "--study", "f",
+               "--trials", "2", "--subsample", "0.001", "--no-plots", *PINS, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert last_line(proc.stderr).startswith("error: study 'f': no trial has completed yet")
+    trials = trials_of(f"sqlite:///{runs / 'tune' / 'f' / 'study.db'}", "f")
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["error"].startswith("ValueError") for t in trials)
+    assert "complete 0 · pruned 0 · failed 2" in proc.stdout
+    assert not (runs / "tune" / "f" / "best_params.json").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--study", "nope"], "--study 'nope': no "),
     (["tune", "--storage", "nonsense:/x"], "--storage nonsense:/x: cannot open"),
