@@ -45,13 +45,18 @@ from pipeline import config as config_mod
 from pipeline.config import LR_SCHEDULES, MODEL_NAMES, RUN_NAME, Config
 from pipeline.errors import UserError
 from pipeline.files import read_json, write_bytes, write_json, write_text
-from pipeline.train import Interrupted, Paths, _fmt
+from pipeline.train import Interrupted, Paths
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
 Log = Callable[[str], None]
+
+
+def _fmt(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s"
 
 # --- the search space -----------------------------------------------------------------------
 
@@ -310,7 +315,7 @@ def _pruner(budget: Budget, epochs_max: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def load_study(settings: Settings, seed_offset: int = 0) -> optuna.Study:
+def load_study(settings: Settings) -> optuna.Study:
     """The study in its storage (created if new), with the seeded sampler and the pruner."""
     import optuna
 
@@ -318,7 +323,7 @@ def load_study(settings: Settings, seed_offset: int = 0) -> optuna.Study:
     epochs = settings.budget.epochs(settings.pinned)
     return optuna.create_study(study_name=settings.study, storage=storage, direction="maximize",
                                load_if_exists=True,
-                               sampler=_sampler(settings.base.seed + seed_offset,
+                               sampler=_sampler(settings.base.seed,
                                                 settings.budget.startup_trials),
                                pruner=_pruner(settings.budget, epochs[1]))
 
@@ -384,12 +389,14 @@ class _Claim:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Block until this process holds the lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd = fd
 
     def release(self) -> None:
+        """Let go of the lock (a no-op when not held)."""
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -397,6 +404,7 @@ class _Claim:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
+        """The lock for the duration of a `with` block."""
         self.acquire()
         try:
             yield
@@ -456,7 +464,9 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Clai
     t0 = time.time()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     try:
-        params = suggest(trial, settings.pinned, epochs)
+        # A base config without augmentation (profile simple) has no magnitudes to search.
+        pinned = settings.pinned if settings.base.augment else {"augment": False, **settings.pinned}
+        params = suggest(trial, pinned, epochs)
         trial.set_user_attr("hyperparameters", params)
         cfg = config_mod.from_dict({**settings.base.to_dict(), **params,
                                     "subsample": budget.subsample}, f"trial {trial.number}")
