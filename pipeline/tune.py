@@ -639,6 +639,7 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
             _run_workers(settings, study, deadline, bar, multiprocessing.get_context("spawn"), log)
     except KeyboardInterrupt:
         bar.close()
+        write_results(settings, study, log, plots=False)  # what finished so far
         raise Interrupted("interrupted; finished trials are saved in the study — run the same "
                           "command again to resume") from None
     finally:
