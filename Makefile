@@ -14,9 +14,14 @@ DATA          ?= data
 ARGS          ?=
 # report/tensorboard: the run named by RUN=… on the command line, else the latest run (all runs)
 RUN_GIVEN     := $(filter command line environment,$(origin RUN))
+# Hyperparameter search (make tune): study name, target total trials, seconds, local processes
+STUDY         ?= default
+TRIALS        ?= 30
+TIMEOUT       ?= 1800
+WORKERS       ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install download demo train submission submit report compare tensorboard test bench clean clean-run
+.PHONY: help install download tune demo train submission submit report compare tensorboard test bench clean clean-run
 
 #################################################################################
 # SETUP                                                                         #
@@ -43,6 +48,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 demo: install
 	$(PYTHON) -m pipeline demo $(ARGS)
 
+## Download the competition data from Kaggle into DATA (needs credentials, see README "Kaggle")
+download: install
+	$(PYTHON) -m pipeline download --data $(DATA) $(ARGS)
+
+## Search hyperparameters with Optuna (STUDY, TRIALS, TIMEOUT, WORKERS) → runs/tune/<STUDY>/; re-running resumes
+tune: install
+	$(PYTHON) -m pipeline tune --data $(DATA) --profile $(PROFILE) --study $(STUDY) --trials $(TRIALS) --timeout $(TIMEOUT) --workers $(WORKERS) $(ARGS)
+
 ## k-fold train a run on DATA=data (PROFILE=cpu, RUN=<profile>); re-running resumes
 train: install
 	$(PYTHON) -m pipeline train --data $(DATA) --profile $(PROFILE) --run $(RUN) $(ARGS)
@@ -50,10 +63,6 @@ train: install
 ## Ensemble the run's fold models on test.csv → submissions/submission.csv
 submission: install
 	$(PYTHON) -m pipeline predict --data $(DATA) --run $(RUN) $(ARGS)
-
-## Download the competition data from Kaggle into DATA (needs credentials, see README "Kaggle")
-download: install
-	$(PYTHON) -m pipeline download --data $(DATA) $(ARGS)
 
 ## Validate and upload a run's submission (RUN=name, default: latest finished run), wait for the score
 submit: install

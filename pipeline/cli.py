@@ -59,12 +59,55 @@ def _sample(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pipeline.train import train_run
 
-    cfg = _config(args)
+    cfg, provenance = _with_study(args, _config(args))
     if args.max_folds is not None and args.max_folds < 1:
         raise UserError(f"--max-folds {args.max_folds}: must be at least 1")
     paths, run = _paths(args), _run_name(args, cfg.profile)
-    if train_run(cfg, paths, run, log=_log, max_folds=args.max_folds) is not None:
+    if train_run(cfg, paths, run, log=_log, provenance=provenance,
+                 max_folds=args.max_folds) is not None:
         _report_after(paths, run)
+    return 0
+
+
+def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | None]:
+    """Apply a tuning study's best params (--study NAME, or the config key `study`)."""
+    name = getattr(args, "study", None) or cfg.study
+    if not name:
+        return cfg, None
+    from pipeline.tune import load_best_params
+
+    record = load_best_params(Path(args.runs_dir).resolve(), name)
+    cfg = config_mod.resolve(args.profile, Path(args.config) if args.config else None,
+                             config_mod.parse_sets(args.set),
+                             extra={**record["params"], "study": name})
+    if cfg.study != name:
+        raise UserError(f"--study {name!r} conflicts with study={cfg.study!r} from --set")
+    tuned_on = record.get("budget", {}).get("profile", cfg.profile)
+    _log(f"using study '{name}': best trial {record['best_trial']} (tuning val accuracy "
+         f"{record['value']:.4f}" + (f", tuned on profile {tuned_on})" if tuned_on != cfg.profile
+                                     else ")"))
+    keys = ("study", "storage", "best_trial", "value", "metric", "budget", "written")
+    return cfg, {"tuned_params": {k: record.get(k) for k in keys}}
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from pipeline import tune
+
+    study = tune.check_study_name(args.study)
+    file = Path(args.config) if args.config else None
+    sets = config_mod.parse_sets(args.set)
+    base = _config(args)
+    paths = _paths(args)
+    budget = tune.Budget(trials=args.trials, timeout=args.timeout, tune_folds=args.tune_folds,
+                         min_epochs=args.min_epochs, max_epochs=args.max_epochs,
+                         subsample=args.subsample, pruner=args.pruner,
+                         startup_trials=args.startup_trials, heartbeat=args.heartbeat)
+    settings = tune.Settings(
+        study=study, storage=args.storage or tune.default_storage(paths.runs, study), paths=paths,
+        base=base, pinned={k: getattr(base, k) for k in sorted(tune.pinned_keys(file, sets))},
+        budget=budget, workers=args.workers,
+        enqueue=tune.read_enqueue(Path(args.enqueue), base) if args.enqueue else ())
+    tune.run_study(settings, log=_log, plots=args.plots)
     return 0
 
 
@@ -177,6 +220,42 @@ def _common(p: argparse.ArgumentParser, profile_default: str | None = "cpu") -> 
                    help="where submission CSVs are written (default: submissions/)")
 
 
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.tune import DEFAULT_HEARTBEAT, PRUNERS, Budget
+
+    b = Budget()
+    p.add_argument("--study", default="default",
+                   help="study name: runs/tune/<STUDY>/ (default: default)")
+    p.add_argument("--trials", type=int, default=b.trials,
+                   help="target total number of trials; a re-run adds only the missing ones "
+                   f"(default: {b.trials})")
+    p.add_argument("--timeout", type=float, default=b.timeout,
+                   help=f"after this many seconds stop the running trial (re-run on resume) and start "
+                   f"no new one (default: {b.timeout:g})")
+    p.add_argument("--storage", help="Optuna storage as an SQLAlchemy URL, e.g. "
+                   "postgresql://user:pw@host/db to share a study between machines "
+                   "(default: sqlite:///runs/tune/<STUDY>/study.db)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default: 1)")
+    p.add_argument("--tune-folds", type=int, default=b.tune_folds,
+                   help=f"folds of the saved split each trial trains (default: {b.tune_folds})")
+    p.add_argument("--min-epochs", type=int, default=b.min_epochs,
+                   help=f"smallest epochs value searched (default: {b.min_epochs})")
+    p.add_argument("--max-epochs", type=int, default=b.max_epochs,
+                   help=f"largest epochs value searched (default: {b.max_epochs})")
+    p.add_argument("--subsample", type=float, default=b.subsample,
+                   help=f"fraction of the training rows a trial uses (default: {b.subsample:g})")
+    p.add_argument("--pruner", default=b.pruner, choices=PRUNERS, help=f"(default: {b.pruner})")
+    p.add_argument("--startup-trials", type=int, default=b.startup_trials,
+                   help=f"trials before TPE and pruning start (default: {b.startup_trials})")
+    p.add_argument("--enqueue", metavar="JSON",
+                   help="JSON list of {param: value} objects to try first")
+    p.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT,
+                   help=f"seconds between a trial's heartbeats; a trial silent for 4x this is "
+                   f"re-run (default: {DEFAULT_HEARTBEAT})")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="save Optuna's plots as PNG in the study folder (default: on)")
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -203,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", _train, "k-fold train a run (resumes if the run exists)")
     p.add_argument("--max-folds", type=int, metavar="N",
                    help="train at most N more folds, then stop (a quick look; re-run to finish)")
+    p.add_argument("--study", help="use the best params of runs/tune/<STUDY>/best_params.json "
+                   "(from `tune`); --set still overrides them")
+
+    p = add("tune", _tune, "search hyperparameters with Optuna (re-running resumes; "
+            "--workers/--storage to scale out)")
+    _tune_args(p)
 
     p = add("predict", _predict, "ensemble a run's fold models on test.csv → submissions/submission.csv")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -1,0 +1,702 @@
+"""Optuna hyperparameter search for the CNN: resumable, pruned, and shareable across machines.
+
+Each trial trains the first fold(s) of the saved split (`pipeline.folds`, the same split `train`
+uses) for a few epochs on a subsample of the training rows, reporting validation accuracy after
+every epoch so a pruner can stop hopeless trials early. Trial 0 of a new study is the base
+config (the profile's values), so the study always measures the default under the same budget.
+
+The study lives in an Optuna storage: by default SQLite at `runs/tune/<study>/study.db`, which
+survives restarts; `--trials` is the target total, so re-running the command resumes. `--workers W`
+runs W local processes on one study; `--storage postgresql://…` lets workers on many machines
+share it. A worker that dies stops sending heartbeats; its trial is marked failed and re-run with
+the same parameters. Outputs in `runs/tune/<study>/` (written by pipeline.tune_report):
+summary.txt, trials.csv, best_params.json (used by `train --study NAME`) and Optuna's plots.
+
+    python -m pipeline tune --study s1 --trials 30 --timeout 1800
+    python -m pipeline tune --study s1 --trials 30 --workers 2
+    python -m pipeline train --study s1 --run tuned
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import hashlib
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline import config as config_mod
+from pipeline.config import LR_SCHEDULES, MODEL_NAMES, RUN_NAME, Config
+from pipeline.errors import UserError
+from pipeline.files import read_json
+from pipeline.train import Interrupted, Paths
+from pipeline.tune_report import Progress, Tally, masked, write_results
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+Log = Callable[[str], None]
+
+
+# --- the search space -----------------------------------------------------------------------
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model": MODEL_NAMES,
+    "filters": (16, 24, 32, 48),  # 64 with kernel 5 costs ~10× the default per epoch on CPU
+    "kernel_size": (3, 5),
+    "dense_units": (64, 128, 256),
+    "batch_size": (32, 64, 128, 256),
+    "lr_schedule": LR_SCHEDULES,
+}
+RANGES: dict[str, tuple[float, float]] = {
+    "learning_rate": (1e-4, 2e-2),  # searched on a log scale
+    "dropout": (0.0, 0.5),
+    "dense_dropout": (0.0, 0.5),
+    "rotation": (0.0, 20.0),
+    "zoom": (0.0, 0.2),
+    "shift": (0.0, 0.2),
+    "warmup_epochs": (0.0, 3.0),  # one-cycle only
+    "lr_decay": (0.5, 0.95),  # exponential only
+}
+SEARCHED = (*CHOICES, *RANGES, "epochs")
+# Config keys that say how a search or a run is executed, not what the model is: never copied
+# into best_params.json, so they stay the training command's own choice.
+NOT_HYPERPARAMETERS = {"profile", "folds", "seed", "subsample", "threads", "deterministic", "tta",
+                       "study", "competition"}
+
+
+def suggest(trial: optuna.Trial, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
+    """One trial's hyperparameters from the search space; pinned keys keep their pinned value."""
+
+    def choose(name: str) -> Any:
+        return pinned[name] if name in pinned else trial.suggest_categorical(name, CHOICES[name])
+
+    def number(name: str, log: bool = False) -> float:
+        lo, hi = RANGES[name]
+        return pinned[name] if name in pinned else trial.suggest_float(name, lo, hi, log=log)
+
+    p: dict[str, Any] = {
+        "model": choose("model"),
+        "filters": choose("filters"),
+        "kernel_size": choose("kernel_size"),
+        "dropout": number("dropout"),
+        "dense_units": choose("dense_units"),
+        "dense_dropout": number("dense_dropout"),
+        "batch_size": choose("batch_size"),
+        "learning_rate": number("learning_rate", log=True),
+        "lr_schedule": choose("lr_schedule"),
+        "epochs": pinned["epochs"] if "epochs" in pinned else trial.suggest_int("epochs", *epochs),
+    }
+    # Each schedule's own parameter is searched only when that schedule is chosen.
+    if p["lr_schedule"] == "onecycle":
+        p["warmup_epochs"] = number("warmup_epochs")
+    if p["lr_schedule"] == "exponential":
+        p["lr_decay"] = number("lr_decay")
+    if pinned.get("augment", True):
+        for name in ("rotation", "zoom", "shift"):
+            p[name] = number(name)
+    # Pinned keys outside the space (label_smoothing, augment, …) are part of the result too.
+    p.update({k: v for k, v in pinned.items() if k not in NOT_HYPERPARAMETERS})
+    return p
+
+
+def baseline_params(base: Config, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
+    """The base config's values for the searched keys, to enqueue as a study's trial 0."""
+    out: dict[str, Any] = {}
+    for key in SEARCHED:
+        value = getattr(base, key)
+        if key in pinned:
+            continue
+        if key == "epochs":
+            out[key] = min(max(value, epochs[0]), epochs[1])
+        elif key in CHOICES and value in CHOICES[key]:
+            out[key] = value
+        elif key in RANGES and RANGES[key][0] <= value <= RANGES[key][1]:
+            out[key] = value
+    return out
+
+
+# --- settings -------------------------------------------------------------------------------
+
+PRUNERS = ("median", "hyperband", "none")
+# Pinned keys that do not change what trials learn: a study may resume with other values.
+EXECUTION_KEYS = {"threads", "deterministic", "tta", "competition", "study"}
+DEFAULT_HEARTBEAT = 10  # seconds between a running trial's heartbeats
+GRACE = 4  # a trial with no heartbeat for GRACE × heartbeat seconds is declared dead
+SQLITE_TIMEOUT = 60.0  # seconds a writer waits for SQLite's lock (see README: measured)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one study may spend, and how trials are cut short."""
+
+    trials: int = 30  # target total number of trials in the study
+    timeout: float = 1800.0  # seconds; then the running trial stops and no new one starts
+    tune_folds: int = 1  # folds of the saved split each trial trains (1 … folds)
+    min_epochs: int = 3
+    max_epochs: int = 6
+    subsample: float = 0.25  # fraction of each fold's training rows a trial uses
+    pruner: str = "median"
+    startup_trials: int = 5  # random trials before TPE models the space, and before pruning
+    heartbeat: int = DEFAULT_HEARTBEAT
+
+    def check(self, folds: int, pinned: dict[str, Any]) -> None:
+        """Reject budgets no study can run, naming the flag."""
+        rules = [
+            (self.trials >= 1, f"--trials {self.trials}: must be at least 1"),
+            (self.timeout > 0, f"--timeout {self.timeout:g}: must be a positive number of seconds"),
+            (1 <= self.tune_folds <= folds,
+             f"--tune-folds {self.tune_folds}: must be between 1 and the config's folds ({folds})"),
+            (1 <= self.min_epochs <= self.max_epochs,
+             f"--min-epochs {self.min_epochs} / --max-epochs {self.max_epochs}: need 1 <= min <= max"),
+            (0 < self.subsample <= 1, f"--subsample {self.subsample:g}: must be in (0, 1]"),
+            (self.pruner in PRUNERS, f"--pruner {self.pruner!r}: choose from {', '.join(PRUNERS)}"),
+            (self.startup_trials >= 0, f"--startup-trials {self.startup_trials}: must be >= 0"),
+            (self.heartbeat >= 1, f"--heartbeat {self.heartbeat}: must be at least 1 second"),
+            ("subsample" not in pinned, "subsample: set the tuning subsample with --subsample, "
+                                        "not --set/--config"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise UserError(message)
+
+    def epochs(self, pinned: dict[str, Any]) -> tuple[int, int]:
+        """The searched epoch range (a single value when epochs is pinned)."""
+        if "epochs" in pinned:
+            return int(pinned["epochs"]), int(pinned["epochs"])
+        return self.min_epochs, self.max_epochs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a tuning worker needs; picklable, so local workers get it as is."""
+
+    study: str
+    storage: str  # SQLAlchemy URL
+    paths: Paths
+    base: Config  # profile + config file + --set: the config every trial starts from
+    pinned: dict[str, Any]  # the keys given by --config/--set, excluded from the search
+    budget: Budget = field(default_factory=Budget)
+    workers: int = 1
+    enqueue: tuple[dict[str, Any], ...] = ()  # params to try first (after the baseline)
+
+    @property
+    def study_dir(self) -> Path:
+        """The folder holding this study's outputs (and its SQLite file by default)."""
+        return study_dir(self.paths.runs, self.study)
+
+
+def study_dir(runs_dir: Path, study: str) -> Path:
+    """`runs/tune/<study>`."""
+    return Path(runs_dir) / "tune" / study
+
+
+def check_study_name(name: str) -> str:
+    """Reject study names that could escape `runs/tune/`."""
+    if not RUN_NAME.match(name) or ".." in name:
+        raise UserError(f"--study {name!r}: use letters, digits, '.', '_' and '-' only "
+                        "(no path separators or '..'), at most 64 characters")
+    return name
+
+
+def pinned_keys(file: Path | None, sets: dict[str, Any]) -> set[str]:
+    """The config keys a user fixed with --config or --set: the search leaves them alone."""
+    keys = set(sets)
+    if file is not None:
+        keys |= set(config_mod.read_config_file(file))
+    return keys
+
+
+def read_enqueue(path: Path, base: Config) -> tuple[dict[str, Any], ...]:
+    """Parameter sets to try first, from a JSON list of {key: value} objects."""
+    data = read_json(path) if path.is_file() else None
+    if data is None:
+        raise UserError(f"--enqueue {path}: file not found")
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise UserError(f"--enqueue {path}: expected a JSON list of objects like "
+                        '[{"learning_rate": 0.001, "model": "deep"}]')
+    out = []
+    for i, item in enumerate(data, start=1):
+        unknown = sorted(set(item) - set(SEARCHED))
+        if unknown:
+            raise UserError(f"--enqueue {path}: item {i}: {', '.join(unknown)} not searched "
+                            f"(searched keys: {', '.join(SEARCHED)})")
+        cfg = config_mod.from_dict({**base.to_dict(), **item}, f"--enqueue {path}: item {i}")
+        params = {k: getattr(cfg, k) for k in item}
+        for k, v in params.items():
+            if k in CHOICES and v not in CHOICES[k]:
+                raise UserError(f"--enqueue {path}: item {i}: {k}={v!r} is not one of "
+                                f"{', '.join(map(str, CHOICES[k]))}")
+        out.append(params)
+    return tuple(out)
+
+
+# --- storage --------------------------------------------------------------------------------
+
+def default_storage(runs_dir: Path, study: str) -> str:
+    """SQLite file in the study's folder: survives restarts, needs no server."""
+    return f"sqlite:///{study_dir(runs_dir, study) / 'study.db'}"
+
+
+def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats, so trials of dead workers are failed and retried."""
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        # Concurrent writers wait for SQLite's lock instead of failing at once (default 5 s).
+        kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                              heartbeat_interval=heartbeat,
+                                              grace_period=GRACE * heartbeat)
+    except Exception as exc:
+        if isinstance(exc, ImportError) or "DB access module" in str(exc):
+            # SQLAlchemy's default driver for postgresql:// is psycopg 3.
+            hint = (" (pip install 'psycopg[binary]', or use postgresql+psycopg2:// with "
+                    "psycopg2-binary)") if url.startswith("postgres") else ""
+            raise UserError(f"--storage {masked(url)}: the database driver for "
+                            f"'{url.split(':', 1)[0]}' is not installed{hint}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--storage {masked(url)}: cannot open ({first}); expected an SQLAlchemy "
+                        "URL such as sqlite:///path/study.db or "
+                        "postgresql://user:password@host/dbname") from None
+
+
+def _sampler(seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    # constant_liar: concurrent workers see running trials as bad, so they explore elsewhere.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials,
+                                      multivariate=True, group=True, constant_liar=True)
+
+
+def _pruner(budget: Budget, epochs_max: int) -> optuna.pruners.BasePruner:
+    import optuna
+
+    if budget.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=budget.startup_trials,
+                                           n_warmup_steps=1)
+    if budget.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1,
+                                              max_resource=budget.tune_folds * epochs_max,
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def load_study(settings: Settings) -> optuna.Study:
+    """The study in its storage (created if new), with the seeded sampler and the pruner."""
+    import optuna
+
+    storage = open_storage(settings.storage, settings.budget.heartbeat)
+    epochs = settings.budget.epochs(settings.pinned)
+    return optuna.create_study(study_name=settings.study, storage=storage, direction="maximize",
+                               load_if_exists=True,
+                               sampler=_sampler(settings.base.seed,
+                                                settings.budget.startup_trials),
+                               pruner=_pruner(settings.budget, epochs[1]))
+
+
+# --- one trial ------------------------------------------------------------------------------
+
+class _Claim:
+    """A lock shared by this machine's workers, held from counting the trials until the next
+    trial exists in the storage, so local workers never start more trials than the target."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Block until this process holds the lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the lock (a no-op when not held)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The lock for the duration of a `with` block."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class OutOfTime(Exception):
+    """The study's --timeout passed during a trial: it stops, and is re-run on resume."""
+
+
+def pruning_callback(trial: optuna.Trial, monitor: str = "val_accuracy", step_offset: int = 0,
+                     deadline: float = math.inf):
+    """A Keras callback reporting `monitor` after each epoch and raising TrialPruned when the
+    pruner says so; a NaN loss fails the trial (FloatingPointError), and passing `deadline`
+    (a time.time() value) stops it (OutOfTime)."""
+    import keras
+    import optuna
+
+    class Pruning(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            if monitor not in logs:
+                raise KeyError(f"pruning: metric {monitor!r} not in the epoch's logs "
+                               f"({', '.join(sorted(logs)) or 'none'}); cannot prune on it")
+            loss, value = float(logs.get("loss", 0.0)), float(logs[monitor])
+            if not (math.isfinite(loss) and math.isfinite(value)):
+                raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1}")
+            step = step_offset + epoch
+            trial.report(value, step)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", epoch + 1)
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} ({monitor} {value:.4f})")
+            if time.time() > deadline:
+                raise OutOfTime(f"--timeout reached after epoch {epoch + 1}")
+
+    return Pruning()
+
+
+@dataclass
+class _Data:
+    x: np.ndarray
+    y: np.ndarray
+    fold_of: np.ndarray
+
+
+def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Claim,
+              deadline: float = math.inf) -> float:
+    """Train the trial's config on the tuning fold(s); return the mean validation accuracy."""
+    import keras
+    import optuna
+
+    from pipeline.train import train_fold
+
+    claim.release()  # the trial exists now: other local workers may start theirs
+    budget, epochs = settings.budget, settings.budget.epochs(settings.pinned)
+    t0 = time.time()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    try:
+        # A base config without augmentation (profile simple) has no magnitudes to search.
+        pinned = settings.pinned if settings.base.augment else {"augment": False, **settings.pinned}
+        params = suggest(trial, pinned, epochs)
+        trial.set_user_attr("hyperparameters", params)
+        cfg = config_mod.from_dict({**settings.base.to_dict(), **params,
+                                    "subsample": budget.subsample}, f"trial {trial.number}")
+        accs: list[float] = []
+        trials_dir = settings.study_dir / "trials"
+        trials_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{trial.number}-", dir=trials_dir) as tmp:
+            for k in range(budget.tune_folds):
+                cb = pruning_callback(trial, "val_accuracy", step_offset=k * epochs[1],
+                                      deadline=deadline)
+                meta = train_fold(cfg, data.x, data.y, np.flatnonzero(data.fold_of != k),
+                                  np.flatnonzero(data.fold_of == k), Path(tmp) / f"fold_{k}", k,
+                                  callbacks=[cb], log=lambda message: None)
+                accs.append(meta["val_accuracy"])
+                trial.set_user_attr("fold_accuracies", accs)
+        value = float(np.mean(accs))
+        if not math.isfinite(value):
+            raise FloatingPointError(f"validation accuracy is {value}")
+        return value
+    except optuna.TrialPruned:
+        raise
+    except OutOfTime:
+        trial.set_user_attr("stopped", "timeout")
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr("stopped", "Ctrl-C")
+        raise
+    except Exception as exc:  # the parameters' fault: recorded as failed, the study goes on
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    finally:
+        trial.set_user_attr("seconds", round(time.time() - t0, 1))
+        keras.backend.clear_session()
+        gc.collect()
+
+
+# --- the worker loop ------------------------------------------------------------------------
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    # Our own line per trial replaces Optuna's log (which prints a traceback per failed trial).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=r"Fixed parameter .* is out of range")
+
+
+def _load_data(settings: Settings) -> _Data:
+    from pipeline.data import load_train
+    from pipeline.folds import load_folds
+
+    x, y = load_train(settings.paths.data / "train.csv", cache_dir=settings.paths.runs / "cache")
+    fold_of = load_folds(settings.paths.runs, y, settings.base.folds, settings.base.seed)
+    return _Data(x, y, fold_of)
+
+
+def _remove_leftovers(trials_dir: Path, trials: list[FrozenTrial]) -> None:
+    """Delete the checkpoint folders that killed workers left behind (not a running trial's)."""
+    running = {str(t.number) for t in trials if t.state.name == "RUNNING"}
+    for folder in trials_dir.glob("*-*"):
+        if folder.is_dir() and folder.name.split("-")[0] not in running:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class _SilentTrials:
+    """Fails RUNNING trials whose worker died inside Optuna's ask(), before the first heartbeat
+    and before the objective started: Optuna's heartbeat check never sees those. Time is
+    measured on this worker's own clock from when it first saw the trial, so clock differences
+    between machines do not matter."""
+
+    def __init__(self, heartbeat: int) -> None:
+        self.limit = 2 * GRACE * heartbeat
+        self.first_seen: dict[int, float] = {}
+
+    def check(self, study: optuna.Study, running: list[FrozenTrial], log: Log) -> None:
+        import optuna
+
+        now = time.monotonic()
+        for t in running:
+            if "worker" in t.user_attrs:  # the objective started: heartbeats cover it
+                continue
+            if now - self.first_seen.setdefault(t.number, now) > self.limit:
+                with contextlib.suppress(Exception):  # finished meanwhile, or failed by another
+                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                    log(f"trial {t.number} never started training (its worker died); failed it")
+
+
+def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study], None] | None = None,
+         log: Log = print, study: optuna.Study | None = None, data: _Data | None = None) -> None:
+    """Run trials until the study reaches its target (counting every worker's), or the deadline."""
+    import optuna
+
+    from pipeline.train import setup_tensorflow
+
+    _quiet_optuna()
+    setup_tensorflow(settings.base)
+    data = data or _load_data(settings)
+    study = study or load_study(settings)
+    claim = _Claim(settings.study_dir / ".claim.lock")
+    silent = _SilentTrials(settings.budget.heartbeat)
+    waited = False
+    while time.time() < deadline:
+        claim.acquire()
+        try:
+            optuna.storages.fail_stale_trials(study)
+            silent.check(study, study.get_trials(deepcopy=False,
+                                                 states=(optuna.trial.TrialState.RUNNING,)), log)
+            trials = study.get_trials(deepcopy=False)
+            # Under the claim, so no local worker is between creating a trial and its folder.
+            _remove_leftovers(settings.study_dir / "trials", trials)
+            tally = Tally.of(trials)
+            waiting = [t for t in tally.counted if t.state == optuna.trial.TrialState.WAITING]
+            running = [t for t in tally.counted if t.state == optuna.trial.TrialState.RUNNING]
+            if tally.retry:
+                dead = tally.retry[0]
+                log(f"trial {dead.number} was interrupted; running it again with the same parameters")
+                # Only a dead worker counts toward MAX_RETRIES, not a timeout or Ctrl-C.
+                died = "stopped" not in dead.user_attrs
+                study.enqueue_trial(dead.params, user_attrs={
+                    "retry_of": dead.number, "retries": dead.user_attrs.get("retries", 0) + int(died),
+                    **({"baseline": True} if dead.user_attrs.get("baseline") else {})})
+            elif not waiting and len(tally.counted) >= settings.budget.trials:
+                if not running:
+                    return
+                if not waited:
+                    log(f"waiting for {len(running)} running trial(s) of other workers (a worker "
+                        f"that died is detected after {GRACE * settings.budget.heartbeat} s)")
+                    waited = True
+                claim.release()
+                time.sleep(min(settings.budget.heartbeat, 5))
+                continue
+            # Seed by trial number: resumed studies and parallel workers draw new points.
+            study.sampler = _sampler(settings.base.seed + len(trials), settings.budget.startup_trials)
+            try:
+                study.optimize(lambda t: objective(t, settings, data, claim, deadline),
+                               n_trials=1, catch=(Exception,))
+            except optuna.exceptions.UpdateFinishedTrialError as exc:
+                # Another worker declared this trial dead (its heartbeats were late): its result
+                # is dropped and the trial is re-run; this worker carries on.
+                log(f"a trial was failed by another worker while running; continuing ({exc})")
+        finally:
+            claim.release()
+        if on_trial is not None:
+            on_trial(study)
+
+
+def _worker_main(settings: Settings, index: int, deadline: float, log_path: str) -> None:
+    """Entry point of a local worker process: output to its log file, exit code for the parent."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        print(f"worker {index} (pid {os.getpid()}) on study '{settings.study}'", flush=True)
+        work(settings, deadline, log=lambda m: print(m, flush=True))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except UserError as exc:
+        print(f"error: {exc}", flush=True)
+        sys.exit(2)
+    except BaseException:
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.exit(1)
+
+
+# --- the command ----------------------------------------------------------------------------
+
+def _setup_record(settings: Settings, data: _Data) -> dict[str, Any]:
+    """What a study's trials depend on; a resumed study must match it."""
+    b = settings.budget
+    digest = hashlib.sha1(np.ascontiguousarray(data.y).tobytes()).hexdigest()[:12]
+    pinned = {k: v for k, v in settings.pinned.items() if k not in EXECUTION_KEYS}
+    return {"profile": settings.base.profile, "pinned": pinned,
+            "folds": settings.base.folds, "seed": settings.base.seed, "tune_folds": b.tune_folds,
+            "subsample": b.subsample, "epochs": list(b.epochs(settings.pinned)),
+            "data": f"{len(data.y)} rows, labels sha1 {digest}"}
+
+
+def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> None:
+    """Check a resumed study's settings; give a new one the baseline and any enqueued trials."""
+    setup = _setup_record(settings, data)
+    claim = _Claim(settings.study_dir / ".claim.lock")
+    with claim.held():
+        saved = study.user_attrs.get("setup")
+        if saved is None:
+            study.set_user_attr("setup", setup)
+        elif saved != setup:
+            diff = [f"{k}: {saved.get(k)!r} → {setup[k]!r}" for k in setup
+                    if saved.get(k) != setup[k]]
+            raise UserError(f"study '{settings.study}' was started with other settings "
+                            f"({'; '.join(diff[:3])}); use a new --study name, or the same settings")
+        trials = study.get_trials(deepcopy=False)
+        epochs = settings.budget.epochs(settings.pinned)
+        if not trials:
+            study.enqueue_trial(baseline_params(settings.base, settings.pinned, epochs),
+                                user_attrs={"baseline": True})
+        for params in settings.enqueue:
+            if len(study.get_trials(deepcopy=False)) < settings.budget.trials:
+                study.enqueue_trial(params, skip_if_exists=True)
+    done = len(Tally.of(study.get_trials(deepcopy=False)).finished())
+    log(f"study '{settings.study}' in {masked(settings.storage)}: {done} of "
+        f"{settings.budget.trials} trials done; each trial trains {settings.budget.tune_folds} "
+        f"fold(s) of {settings.base.folds} for {epochs[0]}–{epochs[1]} epochs on "
+        f"{settings.budget.subsample:g} of the training rows")
+
+
+def run_study(settings: Settings, log: Log = print, progress: bool = True,
+              plots: bool = True) -> dict[str, Any]:
+    """Run (or resume) a study to its target number of trials and write its results."""
+    import multiprocessing
+
+    _quiet_optuna()
+    if settings.workers < 1:
+        raise UserError(f"--workers {settings.workers}: must be at least 1")
+    settings.budget.check(settings.base.folds, settings.pinned)
+    study = load_study(settings)  # a bad --storage fails here, before the data is read
+    data = _load_data(settings)
+    counts = np.bincount(data.y)
+    if counts[counts > 0].min() < settings.base.folds:
+        raise UserError(f"{settings.paths.data / 'train.csv'}: too few rows for "
+                        f"folds={settings.base.folds}")
+    _prepare(settings, study, data, log)
+    deadline = time.time() + settings.budget.timeout
+    bar = Progress(study, settings.budget.trials, enabled=progress)
+    try:
+        if settings.workers == 1:
+            work(settings, deadline, on_trial=bar.update, log=bar.bar.write, study=study,
+                 data=data)
+        else:
+            _run_workers(settings, study, deadline, bar, multiprocessing.get_context("spawn"), log)
+    except KeyboardInterrupt:
+        bar.close()
+        write_results(settings, study, log, plots=False)  # what finished so far
+        raise Interrupted("interrupted; finished trials are saved in the study — run the same "
+                          "command again to resume") from None
+    finally:
+        bar.close()
+    if len(Tally.of(study.get_trials(deepcopy=False)).finished()) < settings.budget.trials:
+        log(f"--timeout {settings.budget.timeout:g} s reached before {settings.budget.trials} "
+            "trials; run the same command again to continue")
+    record = write_results(settings, study, log, plots=plots)
+    if record is None:
+        raise UserError(f"study '{settings.study}': no trial has completed yet (errors are in "
+                        f"{settings.study_dir / 'trials.csv'}); raise --timeout or fix the errors")
+    return record
+
+
+def _run_workers(settings: Settings, study: optuna.Study, deadline: float, bar: Progress,
+                 ctx: Any, log: Log) -> None:
+    """Start local worker processes on the study and follow their trials until all exit."""
+    threads = settings.base.threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    worker_settings = replace(settings, base=replace(settings.base, threads=threads))
+    procs = []
+    for i in range(settings.workers):
+        log_path = settings.study_dir / f"worker-{i}.log"
+        p = ctx.Process(target=_worker_main, args=(worker_settings, i, deadline, str(log_path)),
+                        name=f"tune-worker-{i}")
+        p.start()
+        procs.append((p, log_path))
+    log(f"{settings.workers} worker processes ({threads} TensorFlow thread(s) each); "
+        f"their logs: {settings.study_dir}/worker-<i>.log")
+    try:
+        while any(p.is_alive() for p, _ in procs):
+            time.sleep(1.0)
+            bar.update(study)
+    except KeyboardInterrupt:
+        for p, _ in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        raise
+    bar.update(study)
+    bad = [(p, path) for p, path in procs if p.exitcode != 0]
+    if bad:
+        p, path = bad[0]
+        last = path.read_text(errors="replace").strip().splitlines()[-1:] if path.is_file() else []
+        raise UserError(f"tune worker {p.name} exited with code {p.exitcode}"
+                        f"{': ' + last[0] if last else ''} (see {path})")
+
+
+# --- using a study's result -----------------------------------------------------------------
+
+def load_best_params(runs_dir: Path, study: str) -> dict[str, Any]:
+    """The best_params.json record of a finished study, checked."""
+    check_study_name(study)
+    path = study_dir(runs_dir, study) / "best_params.json"
+    if not path.is_file():
+        raise UserError(f"--study {study!r}: no {path} (unknown study, or no trial completed); "
+                        f"run `make tune STUDY={study}` first")
+    record = read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
+        raise UserError(f"{path}: not a best_params.json written by `tune`; re-run `make tune`")
+    return record

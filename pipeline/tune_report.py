@@ -1,0 +1,267 @@
+"""What a tuning study has produced: which trials count, progress, the summary and the files.
+
+Reads the study from its storage and writes `runs/tune/<study>/`: summary.txt (also printed),
+trials.csv, best_params.json and Optuna's plots (optimization history, parameter importances,
+parallel coordinates, slice) as PNG. `Progress` is the progress bar over trials with the best
+value so far. `python -m pipeline tune` (pipeline.tune) calls these; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.files import write_bytes, write_json, write_text
+
+if TYPE_CHECKING:  # type hints only: pipeline.tune imports this module
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from pipeline.tune import Settings
+
+Log = Callable[[str], None]
+MAX_RETRIES = 2  # re-runs of a trial whose worker died, before it counts as failed
+
+
+def _fmt(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def masked(url: str) -> str:
+    """The URL with any password hidden, for messages and saved files."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _interrupted(t: FrozenTrial) -> bool:
+    """A failed trial whose parameters are not to blame: Ctrl-C, or a worker that died."""
+    from optuna.trial import TrialState
+
+    return t.state == TrialState.FAIL and "error" not in t.user_attrs
+
+
+@dataclass
+class Tally:
+    """The study's trials sorted into what counts toward the target and what must be re-run."""
+
+    counted: list[FrozenTrial]
+    retry: list[FrozenTrial]  # interrupted trials to run again with the same parameters
+    superseded: list[FrozenTrial]  # interrupted trials already re-run
+
+    @classmethod
+    def of(cls, trials: list[FrozenTrial]) -> Tally:
+        """Sort a study's trials."""
+        retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+        counted, retry, superseded = [], [], []
+        for t in trials:
+            if _interrupted(t) and t.number in retried:
+                superseded.append(t)
+            elif _interrupted(t) and t.user_attrs.get("retries", 0) < MAX_RETRIES:
+                retry.append(t)
+            else:
+                counted.append(t)
+        return cls(counted, retry, superseded)
+
+    def states(self) -> dict[str, int]:
+        """Counts of counted trials by state name."""
+        out: dict[str, int] = {}
+        for t in self.counted:
+            out[t.state.name] = out.get(t.state.name, 0) + 1
+        return out
+
+    def finished(self) -> list[FrozenTrial]:
+        """Counted trials that ended (complete, pruned or failed)."""
+        return [t for t in self.counted if t.state.is_finished()]
+
+    def best(self) -> FrozenTrial | None:
+        """The complete trial with the highest value (the earliest on ties)."""
+        from optuna.trial import TrialState
+
+        done = [t for t in self.counted if t.state == TrialState.COMPLETE and t.value is not None]
+        return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def _short(params: dict[str, Any]) -> str:
+    parts = []
+    for k, v in params.items():
+        parts.append(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}")
+    return ", ".join(parts)
+
+
+def trial_line(t: FrozenTrial) -> str:
+    """One line describing a finished trial."""
+    secs = _fmt(t.user_attrs.get("seconds", 0.0))
+    if t.state.name == "COMPLETE":
+        head = f"val acc {t.value:.4f}"
+    elif t.state.name == "PRUNED":
+        head = f"pruned after epoch {t.user_attrs.get('pruned_at_epoch', '?')}"
+    else:
+        head = f"failed: {t.user_attrs.get('error', 'interrupted')}"
+    tag = " (baseline)" if t.user_attrs.get("baseline") else ""
+    if "retry_of" in t.user_attrs:
+        tag += f" (re-run of trial {t.user_attrs['retry_of']})"
+    return f"trial {t.number:>3}{tag}: {head} in {secs} · {_short(t.params)}"
+
+
+class Progress:
+    """A progress bar over the target number of trials showing the best value, and one printed
+    line per trial as it finishes (from this process or any other worker)."""
+
+    def __init__(self, study: optuna.Study, target: int, enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        tally = Tally.of(study.get_trials(deepcopy=False))
+        self.seen = {t.number for t in tally.finished()}
+        self.bar = tqdm(total=target, initial=min(len(self.seen), target), unit="trial",
+                        desc=f"tune {study.study_name}", disable=not enabled, dynamic_ncols=True)
+        self._postfix(tally)
+
+    def _postfix(self, tally: Tally) -> None:
+        best = tally.best()
+        if best is not None:
+            self.bar.set_postfix_str(f"best {best.value:.4f} (trial {best.number})")
+
+    def update(self, study: optuna.Study) -> None:
+        """Print trials finished since the last call and move the bar."""
+        tally = Tally.of(study.get_trials(deepcopy=False))
+        new = [t for t in tally.finished() if t.number not in self.seen]
+        for t in sorted(new, key=lambda t: t.number):
+            self.seen.add(t.number)
+            self.bar.write(trial_line(t))
+        self.bar.update(max(0, min(len(self.seen), self.bar.total) - self.bar.n))
+        self._postfix(tally)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def summary_text(settings: Settings, study: optuna.Study) -> str:
+    """The summary table: trial counts by state, the best value and params, the top trials."""
+    tally = Tally.of(study.get_trials(deepcopy=False))
+    n = tally.states()
+    lines = [f"study '{settings.study}' ({masked(settings.storage)}), target {settings.budget.trials} "
+             "trials",
+             f"  complete {n.get('COMPLETE', 0)} · pruned {n.get('PRUNED', 0)} · "
+             f"failed {n.get('FAIL', 0)} · running {n.get('RUNNING', 0)} · "
+             f"waiting {n.get('WAITING', 0)} · interrupted and re-run {len(tally.superseded)}"
+             + (f" · interrupted, to re-run on resume {len(tally.retry)}" if tally.retry else "")]
+    base = next((t for t in tally.counted if t.user_attrs.get("baseline")
+                 and t.state.name == "COMPLETE"), None)
+    best = tally.best()
+    if best is None:
+        lines.append("no trial has completed yet")
+        return "\n".join(lines)
+    lines.append(f"best: trial {best.number}, validation accuracy {best.value:.4f}"
+                 + (f" (baseline trial {base.number}: {base.value:.4f})" if base else ""))
+    for k, v in best.user_attrs.get("hyperparameters", best.params).items():
+        lines.append(f"  {k:<14} {_fmt_value(v)}")
+    done = sorted((t for t in tally.counted if t.state.name == "COMPLETE"),
+                  key=lambda t: -(t.value or 0.0))[:10]
+    lines.append(f"top {len(done)} complete trials:")
+    lines.append(f"  {'trial':>5}  {'val_acc':>7}  {'time':>6}  params")
+    for t in done:
+        lines.append(f"  {t.number:>5}  {t.value:>7.4f}  {_fmt(t.user_attrs.get('seconds', 0)):>6}  "
+                     f"{_short(t.params)}")
+    return "\n".join(lines)
+
+
+def trials_table(study: optuna.Study) -> str:
+    """Every trial as CSV: number, state, value, time, why it failed, and its parameters."""
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+                     "seconds": t.user_attrs.get("seconds"),
+                     "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
+                     "baseline": bool(t.user_attrs.get("baseline")),
+                     "retry_of": t.user_attrs.get("retry_of"), "error": t.user_attrs.get("error"),
+                     **t.params})
+    table = pd.DataFrame(rows)
+    for column in ("pruned_at_epoch", "retry_of"):  # integers with gaps, not floats
+        table[column] = table[column].astype("Int64")
+    return table.to_csv(index=False)
+
+
+def best_params_record(settings: Settings, study: optuna.Study) -> dict[str, Any] | None:
+    """What best_params.json holds: the best trial's hyperparameters and where they came from."""
+    tally = Tally.of(study.get_trials(deepcopy=False))
+    best = tally.best()
+    if best is None:
+        return None
+    n = tally.states()
+    b = settings.budget
+    return {
+        "study": settings.study, "storage": masked(settings.storage), "best_trial": best.number,
+        "value": best.value, "metric": f"val_accuracy (mean over {b.tune_folds} fold(s))",
+        "params": best.user_attrs.get("hyperparameters", best.params),
+        "searched": sorted(best.params), "pinned": settings.pinned,
+        "budget": {"profile": settings.base.profile, "folds": settings.base.folds,
+                   "seed": settings.base.seed, "tune_folds": b.tune_folds,
+                   "subsample": b.subsample, "epochs": list(b.epochs(settings.pinned)),
+                   "pruner": b.pruner},
+        "trials": {"complete": n.get("COMPLETE", 0), "pruned": n.get("PRUNED", 0),
+                   "failed": n.get("FAIL", 0)},
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_plots(study: optuna.Study, out_dir: Path, log: Log = print) -> list[Path]:
+    """Optuna's matplotlib plots as PNG files; a plot the study cannot make yet is skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    plots = {"optimization_history": ovm.plot_optimization_history,
+             "param_importances": ovm.plot_param_importances,
+             "parallel_coordinate": ovm.plot_parallel_coordinate, "slice": ovm.plot_slice}
+    written = []
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = plot(study)
+                fig = np.asarray(axes).flat[0].figure
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            plt.close("all")
+            write_bytes(out_dir / f"{name}.png", buf.getvalue())
+            written.append(out_dir / f"{name}.png")
+        except Exception as exc:  # e.g. importances need two complete trials
+            plt.close("all")
+            why = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            log(f"plot {name} skipped: {why}")
+    return written
+
+
+def write_results(settings: Settings, study: optuna.Study, log: Log = print,
+                  plots: bool = True) -> dict[str, Any] | None:
+    """Write summary.txt, trials.csv, best_params.json and the plots; print the summary."""
+    out = settings.study_dir
+    text = summary_text(settings, study)
+    write_text(out / "summary.txt", text + "\n")
+    write_text(out / "trials.csv", trials_table(study))
+    record = best_params_record(settings, study)
+    if record is not None:
+        write_json(out / "best_params.json", record)
+    if plots:
+        save_plots(study, out, log)
+    log(text)
+    if record is not None:
+        log(f"best params → {out / 'best_params.json'}; train with them: "
+            f"python -m pipeline train --study {settings.study} --run tuned")
+    return record
