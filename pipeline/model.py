@@ -30,6 +30,14 @@ def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1) 
     return layers.ReLU()(x)
 
 
+def _dense_head(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
+    x = layers.Flatten()(x)
+    x = layers.Dense(cfg.dense_units, use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+    x = layers.ReLU()(x)
+    return layers.Dropout(cfg.dense_dropout)(x)
+
+
 def simple(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
     """The classic Conv-Pool-Conv-Pool-Dense network (Keras' mnist_convnet), the baseline."""
     x = layers.Conv2D(cfg.filters, cfg.kernel_size, activation="relu")(x)
@@ -48,11 +56,7 @@ def deep(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
         x = _conv_bn(x, width, cfg.kernel_size)
         x = layers.MaxPooling2D()(x)
         x = layers.Dropout(cfg.dropout)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(cfg.dense_units, use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
-    x = layers.ReLU()(x)
-    return layers.Dropout(cfg.dense_dropout)(x)
+    return _dense_head(x, cfg)
 
 
 def strided(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
@@ -62,11 +66,7 @@ def strided(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
         x = _conv_bn(x, width, cfg.kernel_size)
         x = _conv_bn(x, width, 5, strides=2)
         x = layers.Dropout(cfg.dropout)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(cfg.dense_units, use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
-    x = layers.ReLU()(x)
-    return layers.Dropout(cfg.dense_dropout)(x)
+    return _dense_head(x, cfg)
 
 
 MODELS: dict[str, Callable[[keras.KerasTensor, Config], keras.KerasTensor]] = {
