@@ -23,9 +23,15 @@ def _paths(args: argparse.Namespace) -> Paths:
                  submissions=Path(args.submissions_dir).resolve())
 
 
+def _sets(args: argparse.Namespace) -> dict[str, str]:
+    sets = config_mod.parse_sets(args.set)
+    if getattr(args, "deterministic", False):
+        sets["deterministic"] = "true"
+    return sets
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return config_mod.resolve(args.profile, Path(args.config) if args.config else None,
-                              config_mod.parse_sets(args.set))
+    return config_mod.resolve(args.profile, Path(args.config) if args.config else None, _sets(args))
 
 
 def _run_name(args: argparse.Namespace, default: str) -> str:
@@ -72,12 +78,13 @@ def _demo(args: argparse.Namespace) -> int:
     from pipeline.sample import write_sample
     from pipeline.train import train_run
 
+    # Check the config and run name before writing anything.
+    cfg = config_mod.resolve(args.profile or "tiny", Path(args.config) if args.config else None,
+                             _sets(args))
+    run = _run_name(args, "demo")
     data = write_sample(Path(args.data).resolve() if args.data_given else SAMPLE_DIR)
     paths = Paths(data=data, runs=Path(args.runs_dir).resolve(),
                   submissions=Path(args.submissions_dir).resolve())
-    cfg = config_mod.resolve(args.profile or "tiny", Path(args.config) if args.config else None,
-                             config_mod.parse_sets(args.set))
-    run = _run_name(args, "demo")
     train_run(cfg, paths, run, log=_log)
     sub = predict_run(paths, run, log=_log)
     truth = data / "test_labels.csv"
@@ -100,6 +107,12 @@ def _common(p: argparse.ArgumentParser, profile_default: str | None = "cpu") -> 
     p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs are written (default: runs/)")
     p.add_argument("--submissions-dir", default=str(SUBMISSIONS_DIR),
                    help="where submission CSVs are written (default: submissions/)")
+
+
+def _deterministic_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-identical results for the same config and seed on one machine "
+                        "(TensorFlow op determinism; same as --set deterministic=true)")
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -125,14 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(SAMPLE_DIR), help="output folder (default: data/sample/)")
     p.add_argument("--force", action="store_true", help="rewrite even if present")
 
-    add("train", _train, "k-fold train a run (resumes if the run exists)")
+    p = add("train", _train, "k-fold train a run (resumes if the run exists)")
+    _deterministic_flag(p)
 
     p = add("predict", _predict, "ensemble a run's fold models on test.csv → submissions/submission.csv")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation (default: the run's config)")
 
-    add("demo", _demo, "the whole pipeline on the embedded sample (profile tiny, run 'demo')",
-        profile_default=None)
+    p = add("demo", _demo, "the whole pipeline on the embedded sample (profile tiny, run 'demo')",
+            profile_default=None)
+    _deterministic_flag(p)
     return parser
 
 
