@@ -22,9 +22,15 @@ def _paths(args: argparse.Namespace) -> Paths:
                  submissions=Path(args.submissions_dir).resolve())
 
 
+def _sets(args: argparse.Namespace) -> dict[str, str]:
+    sets = config_mod.parse_sets(args.set)
+    if getattr(args, "deterministic", False):
+        sets["deterministic"] = "true"
+    return sets
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return config_mod.resolve(args.profile, Path(args.config) if args.config else None,
-                              config_mod.parse_sets(args.set))
+    return config_mod.resolve(args.profile, Path(args.config) if args.config else None, _sets(args))
 
 
 def _run_name(args: argparse.Namespace, default: str) -> str:
@@ -139,12 +145,13 @@ def _demo(args: argparse.Namespace) -> int:
     from pipeline.sample import write_sample
     from pipeline.train import train_run
 
+    # Check the config and run name before writing anything.
+    cfg = config_mod.resolve(args.profile or "tiny", Path(args.config) if args.config else None,
+                             _sets(args))
+    run = _run_name(args, "demo")
     data = write_sample(Path(args.data).resolve() if args.data_given else SAMPLE_DIR)
     paths = Paths(data=data, runs=Path(args.runs_dir).resolve(),
                   submissions=Path(args.submissions_dir).resolve())
-    cfg = config_mod.resolve(args.profile or "tiny", Path(args.config) if args.config else None,
-                             config_mod.parse_sets(args.set))
-    run = _run_name(args, "demo")
     train_run(cfg, paths, run, log=_log)
     sub = predict_run(paths, run, log=_log)
     truth = data / "test_labels.csv"
@@ -256,6 +263,12 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help="save Optuna's plots as PNG in the study folder (default: on)")
 
 
+def _deterministic_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-identical results for the same config and seed on one machine "
+                        "(TensorFlow op determinism; same as --set deterministic=true)")
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -282,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", _train, "k-fold train a run (resumes if the run exists)")
     p.add_argument("--max-folds", type=int, metavar="N",
                    help="train at most N more folds, then stop (a quick look; re-run to finish)")
+    _deterministic_flag(p)
     p.add_argument("--study", help="use the best params of runs/tune/<STUDY>/best_params.json "
                    "(from `tune`); --set still overrides them")
 
@@ -313,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to wait for the score (default: 600)")
 
-    add("demo", _demo, "the whole pipeline on the embedded sample (profile tiny, run 'demo')",
-        profile_default=None)
+    p = add("demo", _demo, "the whole pipeline on the embedded sample (profile tiny, run 'demo')",
+            profile_default=None)
+    _deterministic_flag(p)
 
     p = add("report", _report, "rebuild runs/<run>/report.html (figures, metrics) and print a "
             "summary (default: the latest finished run)", common=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, fields
@@ -134,8 +135,17 @@ def _check(cfg: Config) -> None:
         (0 <= cfg.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
         (cfg.early_stopping >= 0, "early_stopping", "must be >= 0"),
         (cfg.threads >= 0, "threads", "must be >= 0"),
-        (cfg.model_seed >= 0, "model_seed", "must be >= 0"),
+        (0 <= cfg.model_seed < 10_000, "model_seed", "must be in [0, 9999]"),
         (cfg.profile in PROFILES, "profile", f"must be one of {', '.join(PROFILES)}"),
+        # Upper bounds: values past these are typos that would crash deep inside TensorFlow.
+        # Each fold seeds Keras with seed + 1000·fold, which must stay below 2**32.
+        (0 <= cfg.seed < 2**31, "seed", "must be in [0, 2147483647]"),
+        (cfg.folds <= 100, "folds", "must be at most 100"),
+        (cfg.epochs <= 10_000, "epochs", "must be at most 10000"),
+        (cfg.batch_size <= 65_536, "batch_size", "must be at most 65536"),
+        (cfg.filters <= 1024, "filters", "must be at most 1024"),
+        (cfg.dense_units <= 16_384, "dense_units", "must be at most 16384"),
+        (cfg.threads <= 1024, "threads", "must be at most 1024"),
     ]
     for ok, key, why in rules:
         if not ok:
@@ -166,12 +176,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if kind == "float":
         if isinstance(value, bool):
             raise wrong
-        if isinstance(value, (int, float)):
-            return float(value)
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise wrong from None
+        if not math.isfinite(number):
+            raise UserError(f"{source}: {key}={value!r} must be a finite number")
+        return number
     if not isinstance(value, str):
         raise wrong
     return value

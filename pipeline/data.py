@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -34,6 +35,16 @@ def _raw_line(path: Path, row: int) -> str:
     return ""
 
 
+def _first_wrong_width(path: Path, width: int) -> tuple[int, int] | None:
+    """(row, field count) of the first row whose number of fields is not `width`, or None."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, start=1):
+            n = line.rstrip("\r\n").count(",") + 1
+            if n != width:
+                return i, n
+    return None
+
+
 def _first_bad(mask: np.ndarray) -> tuple[int, int] | None:
     """(row index, column index) of the first True in a 2-D mask, row-major, or None."""
     rows = np.flatnonzero(mask.any(axis=1))
@@ -52,8 +63,15 @@ def read_csv(path: Path, columns: list[str]) -> np.ndarray:
     if path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty; download it again")
     try:
-        # index_col=False: never let pandas turn an extra first field into an index silently.
-        df = pd.read_csv(path, index_col=False, skip_blank_lines=False, low_memory=False)
+        # index_col=False: never let pandas turn an extra first field into an index silently;
+        # it then drops extra trailing fields with only a ParserWarning, made an error here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, index_col=False, skip_blank_lines=False, low_memory=False)
+    except pd.errors.ParserWarning:
+        bad = _first_wrong_width(path, len(columns))
+        where = f"row {bad[0]} has {bad[1]} columns" if bad else "a row has too many columns"
+        raise UserError(f"{path}: {where}, expected {len(columns)}; fix or remove that row") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: file is empty; download it again") from None
     except pd.errors.ParserError as exc:
@@ -67,6 +85,10 @@ def read_csv(path: Path, columns: list[str]) -> np.ndarray:
 
     header = [str(c) for c in df.columns]
     if header != columns:
+        # Report the names as written, not pandas' de-duplicated ones ('pixel4.1').
+        raw = _raw_line(path, 1).lstrip("\ufeff").split(",")
+        if len(raw) == len(header):
+            header = [h.strip().strip('"') for h in raw]
         if len(header) != len(columns):
             raise UserError(f"{path}: row 1 (header) has {len(header)} columns, expected "
                             f"{len(columns)} ({columns[0]}, …, {columns[-1]})")

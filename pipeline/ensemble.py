@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 from pipeline.files import save_npy, write_json
 from pipeline.submission import read_sample_ids, write_submission
 from pipeline.config import Paths
-from pipeline.train import load_run_config
+from pipeline.train import fold_intact, load_run_config
 
 Log = Callable[[str], None]
 
@@ -53,7 +53,21 @@ def fold_models(run_dir: Path, folds: int) -> list:
         raise UserError(f"run '{run_dir.name}' is not finished (fold(s) "
                         f"{', '.join(str(i + 1) for i in missing) or '?'} missing); "
                         f"run `python -m pipeline train --run {run_dir.name}` to complete it")
-    return [load_model(str(run_dir / f"fold_{i}" / "model.keras")) for i in range(folds)]
+    retrain = f"run `python -m pipeline train --run {run_dir.name}` to retrain it"
+    models = []
+    for i in range(folds):
+        path = run_dir / f"fold_{i}" / "model.keras"
+        # A damaged model may still load and predict garbage: trust only what training recorded.
+        if not fold_intact(path.parent):
+            raise UserError(f"{path}: does not match the checksum recorded when it was trained; {retrain}")
+        try:
+            models.append(load_model(str(path)))
+        except Exception as exc:  # Keras raises many types for bad or unsafe files
+            text = str(exc).strip()
+            why = ("it holds Python code, which Keras safe_mode refuses to run" if "safe_mode" in text
+                   else text.splitlines()[0][:160] if text else type(exc).__name__)
+            raise UserError(f"{path}: cannot load ({why}); {retrain}") from None
+    return models
 
 
 def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print) -> Path:

@@ -1,16 +1,19 @@
 """Atomic file writes and the per-run lock: nothing the pipeline writes is ever half-written.
 
 Every writer goes through a temp file in the same folder and `os.replace`, which is atomic on
-POSIX, so a crash leaves either the old file or the new one.
+POSIX, so a crash leaves either the old file or the new one. Temp files carry the writer's pid
+(`.<name>.pid<pid>.<random>.tmp`), so ones left by a killed process can be swept safely.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,21 +26,27 @@ from pipeline.errors import UserError
 
 def _explain(path: Path, exc: OSError) -> UserError:
     """Turn a write failure into one line with what to do."""
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return UserError(f"{path}: disk full while writing; free some space and run the command again")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
         return UserError(f"{path}: cannot write here ({exc.strerror}); check the folder's permissions")
     return UserError(f"{path}: could not write ({exc.strerror})")
+
+
+def _temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """Create an empty temp file next to `path`, named with this process's pid."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=suffix,
+                                dir=path.parent)
+    except OSError as exc:
+        raise _explain(path, exc) from None
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call `write(f)` on a temp file beside `path`, then move it into place."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise _explain(path, exc) from None
+    fd, tmp = _temp_beside(path)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as f:
@@ -88,7 +97,7 @@ def read_json(path: Path) -> Any:
     """Read a JSON file the pipeline wrote, reporting corruption as a UserError."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise UserError(f"{path}: unreadable ({exc}); delete it and re-run the command") from None
 
 
@@ -109,6 +118,42 @@ def load_npy(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def save_keras(model: Any, path: Path) -> None:
+    """Save a Keras model atomically (Keras needs a `.keras` name, so the temp file gets one)."""
+    path = Path(path)
+    fd, tmp = _temp_beside(path, suffix=".tmp.keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _explain(path, exc) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+_TEMP_NAME = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp(\.keras)?$")
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temp files under `folder` whose writer is no longer running; return them."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp*"):
+        m = _TEMP_NAME.match(tmp.name)
+        if m and tmp.is_file() and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -119,33 +164,88 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir/.lock` (owner's pid) so two commands never write one run at once."""
-    lock = Path(run_dir) / ".lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _pid_alive(owner):
-                raise UserError(f"{run_dir}: another command (pid {owner}) is using this run; "
-                                "wait for it to finish or stop it first") from None
-            # The owner died without cleaning up: the lock is stale, take it over.
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
-    else:
-        raise UserError(f"{lock}: could not take the run lock; delete the file and retry")
+def _missing_parents(folder: Path) -> list[Path]:
+    """`folder` and those of its ancestors that do not exist yet, deepest first."""
+    out = []
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        out.append(p)
+    return out
+
+
+def _read_owner(fd: int) -> int:
     try:
+        return int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "0")
+    except (OSError, ValueError):
+        return 0
+
+
+def _acquire(lock: Path, run_dir: Path) -> int:
+    """Open and flock `lock`; return the held descriptor, or raise if a live process holds it."""
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise UserError(f"{run_dir}: another command (pid {owner or '?'}) is using this run; "
+                            "wait for it to finish or stop it first") from None
+        except OSError:
+            os.close(fd)
+            raise
+        # The previous holder may have deleted the file between our open and flock: retry.
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold `run_dir/.lock` (owner's pid) so two commands never write one run at once.
+
+    The lock is an flock on that file, which the kernel drops when its holder dies (even on
+    SIGKILL), so a lock file left by a dead process is taken over, never obeyed. Folders this
+    creates are removed again if nothing was written into them (e.g. the input was bad).
+    """
+    run_dir = Path(run_dir)
+    lock = run_dir / ".lock"
+    created = _missing_parents(run_dir)
+    fd = -1
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(lock, run_dir)
+        previous = _read_owner(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except (OSError, UserError) as exc:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+        _remove_empty(created)
+        if isinstance(exc, UserError):
+            raise
+        raise _explain(lock, exc) from None
+    try:
+        if previous and previous != os.getpid() and log is not None:
+            log(f"{run_dir.name}: took over the lock left by pid {previous}, which is no longer running")
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
+        os.close(fd)
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the given folders (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break

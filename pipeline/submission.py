@@ -46,7 +46,9 @@ def validate_submission(df: pd.DataFrame, expected_ids: np.ndarray, source: str)
         bad = np.flatnonzero(values.isna().to_numpy() | (values.to_numpy() % 1 != 0))
         if bad.size:
             r = int(bad[0])
-            raise UserError(f"{source}: row {r + 2}, column {col}: {df[col].iloc[r]!r} is not an integer")
+            value = df[col].iloc[r]
+            shown = repr(value) if isinstance(value, str) else str(getattr(value, "item", lambda: value)())
+            raise UserError(f"{source}: row {r + 2}, column {col}: {shown} is not an integer")
     ids = df["ImageId"].to_numpy().astype(np.int64)
     dup = pd.Series(ids).duplicated().to_numpy()
     if dup.any():

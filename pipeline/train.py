@@ -27,7 +27,8 @@ from pipeline import config as config_mod
 from pipeline.config import PROJ_ROOT, Config, Paths
 from pipeline.data import file_sha256, load_train
 from pipeline.errors import Interrupted, UserError
-from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json, write_text
+from pipeline.files import (load_npy, read_json, remove_stale_temps, run_lock, save_keras, save_npy,
+                            write_json, write_text)
 from pipeline.folds import load_folds
 
 # Keys that change how a run is executed or submitted but not what its models learn, so a run
@@ -61,6 +62,15 @@ def _checksum_ok(fold_dir: Path, meta: dict[str, Any]) -> bool:
         if not path.is_file() or file_sha256(path) != digest:
             return False
     return bool(meta.get("sha256"))
+
+
+def fold_intact(fold_dir: Path) -> bool:
+    """True when the fold finished and its files still match the checksums it recorded."""
+    try:
+        meta = read_json(fold_dir / "metrics.json") if (fold_dir / "metrics.json").is_file() else {}
+    except UserError:
+        return False
+    return isinstance(meta, dict) and _checksum_ok(fold_dir, meta)
 
 
 def fold_done(fold_dir: Path, log: Log = print) -> dict[str, Any] | None:
@@ -134,13 +144,13 @@ class _EpochEnd:
                        "learning_rate": float(np.asarray(lr))}
                 history.append(row)
                 elapsed = elapsed_before + time.time() - t_start
-                # Model first, then history, then state: state.json names only an epoch whose
-                # model and history are already on disk.
-                tmp = fold_dir / ".last.keras.tmp.keras"
-                self.model.save(tmp)
-                os.replace(tmp, fold_dir / "last.keras")
+                # History first, then the model, then state: a kill between any two leaves a
+                # history at least as long as the checkpoint, whose optimizer step count says
+                # which epoch it holds (see `_resume`).
                 write_text(fold_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
-                write_json(fold_dir / "state.json", {"epoch": epoch + 1, "elapsed": elapsed})
+                save_keras(self.model, fold_dir / "last.keras")
+                write_json(fold_dir / "state.json", {"epoch": epoch + 1, "elapsed": elapsed,
+                                                     "rng": _rng_states(self.model)})
                 per_epoch = elapsed / max(1, len(history))
                 scores = " ".join(f"{k} {row[k]:.4f}" for k in
                                   ("loss", "accuracy", "val_loss", "val_accuracy") if k in row)
@@ -174,6 +184,50 @@ def _tensorboard(fold_dir: Path) -> list:
                                         write_graph=False, update_freq="epoch", profile_batch=0)]
 
 
+def _seed_generators(model: Any) -> list[Any]:
+    """The random-number streams of the model's augmentation and dropout layers, in layer order."""
+    import keras
+
+    return [v for layer in model.layers for v in vars(layer).values()
+            if isinstance(v, keras.random.SeedGenerator)]
+
+
+def _rng_states(model: Any) -> list[list[int]]:
+    """Where each random layer's stream stands; Keras does not save it with the model."""
+    return [np.asarray(g.state.value).tolist() for g in _seed_generators(model)]
+
+
+def _resume(fold_dir: Path, fold: int, steps: int,
+            log: Log) -> tuple[Any, int, float, list[dict[str, Any]]]:
+    """The fold's last checkpoint as (model, epochs done, seconds spent, history); no model if none."""
+    from pipeline.model import load_model
+
+    state_path, last, hist_path = (fold_dir / n for n in ("state.json", "last.keras", "history.csv"))
+    if not (last.is_file() and hist_path.is_file()):
+        return None, 0, 0.0, []
+    try:
+        model = load_model(str(last))
+        # The optimizer's step count is saved inside the model, so it cannot disagree with it.
+        done = int(model.optimizer.iterations) // steps
+        history = pd.read_csv(hist_path).head(done).to_dict("records")
+        if done < 1 or len(history) != done:
+            raise ValueError(f"history has {len(history)} rows, checkpoint {done} epochs")
+        state = read_json(state_path) if state_path.is_file() else {}
+        state = state if isinstance(state, dict) else {}
+        elapsed = float(state.get("elapsed", 0.0))
+        # Continue the augmentation/dropout streams instead of replaying epoch 1's draws.
+        generators, rng = _seed_generators(model), state.get("rng", [])
+        if len(rng) == len(generators):
+            for gen, value in zip(generators, rng):
+                gen.state.assign(np.asarray(value, dtype=gen.state.dtype))
+    except Exception as exc:  # a checkpoint torn by a kill or damaged on disk: never use it
+        log(f"  fold {fold + 1}: checkpoint unreadable ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); restarting this fold")
+        return None, 0, 0.0, []
+    log(f"  resuming fold {fold + 1} after epoch {done} ({_fmt(elapsed)} done)")
+    return model, done, elapsed, history
+
+
 def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
                val_idx: np.ndarray, fold_dir: Path, fold: int,
                eta: Callable[[float, int], float] = lambda per_epoch, done: 0.0,
@@ -181,29 +235,21 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
     """Train one fold (continuing from its last checkpoint if any); return its metrics."""
     import keras
 
-    from pipeline.model import build_model, load_model
+    from pipeline.model import build_model
 
     fold_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed + 1000 * fold + 100_003 * cfg.model_seed)
+    base_seed = cfg.seed + 1000 * fold + 100_003 * cfg.model_seed
+    keras.utils.set_random_seed(base_seed)
     train_idx = _subsample(train_idx, y, cfg.subsample, cfg.seed + fold)
     steps = math.ceil(len(train_idx) / cfg.batch_size)
 
-    history: list[dict[str, Any]] = []
-    initial_epoch, elapsed_before = 0, 0.0
     state_path, last = fold_dir / "state.json", fold_dir / "last.keras"
-    model = None
-    if state_path.is_file() and last.is_file() and (fold_dir / "history.csv").is_file():
-        try:
-            state = read_json(state_path)
-            model = load_model(str(last))
-            initial_epoch, elapsed_before = int(state["epoch"]), float(state["elapsed"])
-            history = pd.read_csv(fold_dir / "history.csv").head(initial_epoch).to_dict("records")
-            log(f"  resuming fold {fold + 1} after epoch {initial_epoch} ({_fmt(elapsed_before)} done)")
-        except Exception as exc:  # a checkpoint torn by a kill: start the fold again
-            log(f"  fold {fold + 1}: checkpoint unreadable ({type(exc).__name__}); restarting the fold")
-            model, initial_epoch, elapsed_before, history = None, 0, 0.0, []
+    model, initial_epoch, elapsed_before, history = _resume(fold_dir, fold, steps, log)
     if model is None:
         model = build_model(cfg, steps_per_epoch=steps)
+    else:
+        # A new fit() would otherwise shuffle its first epoch exactly like epoch 1.
+        keras.utils.set_random_seed(base_seed + initial_epoch)
 
     t_start = time.time()
     cbs = [_EpochEnd.make(fold_dir, history, t_start, elapsed_before, fold, cfg.folds, cfg.epochs,
@@ -223,8 +269,7 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
     probs = average_probs([model], x[val_idx], tta=cfg.tta)
     seconds = elapsed_before + time.time() - t_start
 
-    model.save(fold_dir / ".model.tmp.keras")
-    os.replace(fold_dir / ".model.tmp.keras", fold_dir / "model.keras")
+    save_keras(model, fold_dir / "model.keras")
     save_npy(fold_dir / "oof.npy", probs)
     save_npy(fold_dir / "val_idx.npy", val_idx.astype(np.int64))
     hist = pd.DataFrame(history)
@@ -298,7 +343,8 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
               max_folds: int | None = None) -> dict[str, Any] | None:
     """Train (or resume) the folds of `run`; its metrics, or None if `max_folds` left some out."""
     run_dir = paths.run_dir(run)
-    with run_lock(run_dir):
+    with run_lock(run_dir, log):
+        remove_stale_temps(run_dir)  # left by a killed run; safe to sweep while we hold the lock
         check_resumable(run_dir, cfg)
         t0 = time.time()
         x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
