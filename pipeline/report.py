@@ -15,7 +15,6 @@ import base64
 import datetime as dt
 import html
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,7 +27,7 @@ from pipeline import figures
 from pipeline.config import DATA_DIR, PROFILES, Config
 from pipeline.data import file_sha256, load_test, load_train
 from pipeline.errors import UserError
-from pipeline.files import load_npy, read_json, run_lock, write_json, write_text
+from pipeline.files import load_npy, read_json, run_lock, write_bytes, write_json, write_text
 
 Log = Callable[[str], None]
 
@@ -361,7 +360,7 @@ def tuning_figures(rd: RunData, out_dir: Path) -> dict[str, Path]:
         for src in sorted(study_dir.glob("*.png")):
             stem = src.stem if src.stem.startswith("tuning_") else f"tuning_{src.stem}"
             dst = out_dir / f"{stem}.png"
-            shutil.copyfile(src, dst)
+            write_bytes(dst, src.read_bytes())
             made[stem] = dst
     if not made:
         rd.notes.append(f"study '{rd.study}': nothing found under {study_dir}")

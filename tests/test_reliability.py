@@ -41,8 +41,11 @@ EXPECTED = RUN_FILES | {f"fold_{i}/{name}" for i in range(FOLDS) for name in FOL
 
 
 def _files(run: Path) -> set[str]:
-    """Every file under a run folder (hidden ones included), relative to it."""
-    return {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
+    """Every file under a run folder (hidden ones included), relative to it, but the report's
+    figures and the TensorBoard event logs (named by time and pid, one per process that trained)."""
+    return {rel for p in run.rglob("*") if p.is_file()
+            if not (rel := p.relative_to(run).as_posix()).startswith("figures/")
+            and "/tb/" not in rel and rel != "report.html"}
 
 
 def _sha(path: Path) -> str:
