@@ -43,16 +43,15 @@ def _temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
         raise _explain(path, exc) from None
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(f)` on a temp file beside `path`, then move it into place."""
+def _publish(path: Path, fill: Callable[[int, str], None], suffix: str = ".tmp") -> None:
+    """Let `fill(fd, tmp)` write a temp file beside `path`, then rename it into place.
+
+    Any failure removes the temp file; an OSError becomes one line saying what to do.
+    """
     path = Path(path)
-    fd, tmp = _temp_beside(path)
+    fd, tmp = _temp_beside(path, suffix)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        fill(fd, tmp)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -62,6 +61,18 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(f)` on a temp file beside `path`, then move it into place."""
+    def fill(fd: int, tmp: str) -> None:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _publish(path, fill)
 
 
 def _umask() -> int:
@@ -120,23 +131,14 @@ def load_npy(path: Path) -> np.ndarray:
 
 def save_keras(model: Any, path: Path) -> None:
     """Save a Keras model atomically (Keras needs a `.keras` name, so the temp file gets one)."""
-    path = Path(path)
-    fd, tmp = _temp_beside(path, suffix=".tmp.keras")
-    os.close(fd)
-    try:
+    def fill(fd: int, tmp: str) -> None:
+        os.close(fd)
         model.save(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise _explain(path, exc) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    _publish(path, fill, suffix=".tmp.keras")
 
 
 _TEMP_NAME = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp(\.keras)?$")
