@@ -7,6 +7,7 @@ Writes `runs/<run>/test_probs.npy`, `submissions/<run>.csv` and `submissions/sub
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,8 +73,6 @@ def fold_models(run_dir: Path, folds: int) -> list:
 
 def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print) -> Path:
     """Ensemble a finished run's fold models on test.csv and write its submission files."""
-    import time
-
     run_dir = paths.run_dir(run)
     cfg = load_run_config(run_dir)
     use_tta = cfg.tta if tta is None else tta

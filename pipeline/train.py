@@ -55,22 +55,27 @@ def _fmt(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def _checksum_ok(fold_dir: Path, meta: dict[str, Any]) -> bool:
-    """True when the fold's files exist and match the checksums its metrics.json recorded."""
-    for name, digest in meta.get("sha256", {}).items():
+def _intact_meta(fold_dir: Path) -> dict[str, Any] | None:
+    """The fold's metrics.json if it exists and every file still matches its recorded checksum."""
+    meta_path = fold_dir / "metrics.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = read_json(meta_path)
+    except UserError:
+        return None
+    if not isinstance(meta, dict) or not meta.get("sha256"):
+        return None
+    for name, digest in meta["sha256"].items():
         path = fold_dir / name
         if not path.is_file() or file_sha256(path) != digest:
-            return False
-    return bool(meta.get("sha256"))
+            return None
+    return meta
 
 
 def fold_intact(fold_dir: Path) -> bool:
     """True when the fold finished and its files still match the checksums it recorded."""
-    try:
-        meta = read_json(fold_dir / "metrics.json") if (fold_dir / "metrics.json").is_file() else {}
-    except UserError:
-        return False
-    return isinstance(meta, dict) and _checksum_ok(fold_dir, meta)
+    return _intact_meta(fold_dir) is not None
 
 
 def fold_done(fold_dir: Path, log: Log = print) -> dict[str, Any] | None:
@@ -78,15 +83,11 @@ def fold_done(fold_dir: Path, log: Log = print) -> dict[str, Any] | None:
     meta_path = fold_dir / "metrics.json"
     if not meta_path.is_file():
         return None
-    try:
-        meta = read_json(meta_path)
-    except UserError:
-        meta = {}
-    if isinstance(meta, dict) and _checksum_ok(fold_dir, meta):
-        return meta
-    log(f"{fold_dir.name}: saved files are missing or corrupt (checksum mismatch); retraining this fold")
-    meta_path.unlink(missing_ok=True)
-    return None
+    meta = _intact_meta(fold_dir)
+    if meta is None:
+        log(f"{fold_dir.name}: saved files are missing or corrupt (checksum mismatch); retraining this fold")
+        meta_path.unlink(missing_ok=True)
+    return meta
 
 
 def check_resumable(run_dir: Path, cfg: Config) -> None:
