@@ -24,8 +24,9 @@ INPUT_SHAPE = (28, 28, 1)
 BN_MOMENTUM = 0.9
 
 
-def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1) -> keras.KerasTensor:
-    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
+def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1,
+             padding: str = "same") -> keras.KerasTensor:
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False)(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     return layers.ReLU()(x)
 
@@ -59,6 +60,16 @@ def deep(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
     return _dense_head(x, cfg)
 
 
+def lean(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
+    """Like `deep` but with unpadded convs (28→24→12→8→4): half the multiply-adds per image."""
+    for width in (cfg.filters, cfg.filters * 2):
+        x = _conv_bn(x, width, cfg.kernel_size, padding="valid")
+        x = _conv_bn(x, width, cfg.kernel_size, padding="valid")
+        x = layers.MaxPooling2D()(x)
+        x = layers.Dropout(cfg.dropout)(x)
+    return _dense_head(x, cfg)
+
+
 def strided(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
     """Like `deep` but downsampling with a learned 5×5 stride-2 conv instead of pooling."""
     for width in (cfg.filters, cfg.filters * 2):
@@ -72,6 +83,7 @@ def strided(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
 MODELS: dict[str, Callable[[keras.KerasTensor, Config], keras.KerasTensor]] = {
     "simple": simple,
     "deep": deep,
+    "lean": lean,
     "strided": strided,
 }
 

@@ -35,7 +35,7 @@ BOOTSTRAP_RESAMPLES = 2000
 ERROR_GALLERY_SIZE = 24
 KAGGLE_FILE = "kaggle_submission.json"
 # Config keys that say how a run was executed rather than what it learned; left out of `compare`.
-EXECUTION_KEYS = {"profile", "threads", "deterministic", "competition", "tta"}
+EXECUTION_KEYS = {"profile", "threads", "workers", "deterministic", "competition", "tta"}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from pipeline.folds import load_folds
 
 # Keys that change how a run is executed or submitted but not what its models learn, so a run
 # can be resumed or predicted with different values.
-NON_TRAINING_KEYS = {"threads", "competition", "deterministic"}
+NON_TRAINING_KEYS = {"threads", "workers", "competition", "deterministic"}
 
 Log = Callable[[str], None]
 
@@ -44,6 +44,11 @@ def setup_tensorflow(cfg: Config) -> None:
 
     if cfg.threads:
         tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+    if cfg.workers > 1:
+        # Fold workers share the GPU; by default each process would reserve all of its memory.
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
@@ -262,6 +267,7 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
     if initial_epoch < cfg.epochs:
         model.fit(x[train_idx], y[train_idx], batch_size=cfg.batch_size, epochs=cfg.epochs,
                   initial_epoch=initial_epoch, validation_data=(x[val_idx], y[val_idx]),
+                  validation_batch_size=1024,  # inference needs no small batches
                   callbacks=cbs, verbose=0, shuffle=True)
     from pipeline.ensemble import average_probs  # late: ensemble imports this module
 
@@ -371,21 +377,28 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             todo = todo[:max_folds]
             log(f"--max-folds {max_folds}: training fold(s) {', '.join(str(i + 1) for i in todo)} only")
         current = {"fold": -1}
+        parallel = cfg.workers > 1 and len(todo) > 1
         try:
-            for n, i in enumerate(todo):
-                current["fold"] = i
-                log(f"=== fold {i + 1}/{cfg.folds} ===")
-                folds_left = len(todo) - n - 1
+            if parallel:
+                _train_parallel(cfg, paths, run, todo, metas, log)
+            else:
+                for n, i in enumerate(todo):
+                    current["fold"] = i
+                    log(f"=== fold {i + 1}/{cfg.folds} ===")
+                    folds_left = len(todo) - n - 1
 
-                def eta(per_epoch: float, done: int, folds_left: int = folds_left) -> float:
-                    return per_epoch * ((cfg.epochs - done) + folds_left * cfg.epochs)
+                    def eta(per_epoch: float, done: int, folds_left: int = folds_left) -> float:
+                        return per_epoch * ((cfg.epochs - done) + folds_left * cfg.epochs)
 
-                metas[i] = train_fold(cfg, x, y, np.flatnonzero(fold_of != i),
-                                      np.flatnonzero(fold_of == i), run_dir / f"fold_{i}", i,
-                                      eta=eta, log=log)
-                log(f"fold {i + 1}: val accuracy {metas[i]['val_accuracy']:.4f} "
-                    f"in {_fmt(metas[i]['seconds'])}")
+                    metas[i] = train_fold(cfg, x, y, np.flatnonzero(fold_of != i),
+                                          np.flatnonzero(fold_of == i), run_dir / f"fold_{i}", i,
+                                          eta=eta, log=log)
+                    log(f"fold {i + 1}: val accuracy {metas[i]['val_accuracy']:.4f} "
+                        f"in {_fmt(metas[i]['seconds'])}")
         except KeyboardInterrupt:
+            if parallel:
+                raise Interrupted("interrupted; finished folds and the last epoch of each running "
+                                  "fold are saved — run the same command again to resume") from None
             where = f"fold {current['fold'] + 1}/{cfg.folds}"
             state = run_dir / f"fold_{current['fold']}" / "state.json"
             if state.is_file():
@@ -400,6 +413,114 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         metrics = summarize(run_dir, cfg, y, [m for m in metas if m is not None], time.time() - t0)
         log(format_table(metrics))
         return metrics
+
+
+def _fold_threads(cfg: Config, n: int, total: int) -> int:
+    """Threads for the n-th of `total` folds trained `cfg.workers` at a time: the cores split
+    among the folds that start together, so a last fold trained alone gets them all."""
+    if cfg.threads:
+        return cfg.threads
+    start = n - n % cfg.workers
+    return max(1, (os.cpu_count() or 1) // min(cfg.workers, total - start))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process if its parent dies, so a killed run leaves no fold training behind it."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _fold_main(cfg: Config, paths: Paths, run: str, fold: int, later_rounds: int, parent: int,
+               conn: Any) -> None:
+    """Entry point of a fold's worker process: train the fold, send back its metrics or error."""
+    import signal
+
+    _exit_with_parent(parent)
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        setup_tensorflow(cfg)
+        x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
+        fold_of = load_npy(paths.run_dir(run) / "folds.npy")
+
+        def eta(per_epoch: float, done: int) -> float:
+            return per_epoch * ((cfg.epochs - done) + later_rounds * cfg.epochs)
+
+        meta = train_fold(cfg, x, y, np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold),
+                          paths.run_dir(run) / f"fold_{fold}", fold, eta=eta,
+                          log=lambda m: print(m, flush=True))
+        conn.send(("ok", meta))
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the reply
+        conn.send(("interrupted", ""))
+    except UserError as exc:
+        conn.send(("error", str(exc)))
+    except BaseException:
+        import traceback
+
+        conn.send(("crash", traceback.format_exc()))
+
+
+def _train_parallel(cfg: Config, paths: Paths, run: str, todo: list[int],
+                    metas: list[dict[str, Any] | None], log: Log) -> None:
+    """Train the folds in `todo`, `cfg.workers` at a time, each in a fresh process."""
+    import multiprocessing
+    import signal
+    from dataclasses import replace
+
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once TensorFlow has threads
+    pending = list(enumerate(todo))
+    running: list[tuple[int, Any, Any]] = []
+    try:
+        while pending or running:
+            while pending and len(running) < cfg.workers:
+                n, i = pending.pop(0)
+                threads = _fold_threads(cfg, n, len(todo))
+                start = n - n % cfg.workers
+                later = math.ceil(max(0, len(todo) - start - cfg.workers) / cfg.workers)
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_fold_main, name=f"fold-{i + 1}",
+                                   args=(replace(cfg, threads=threads), paths, run, i, later,
+                                         os.getpid(), send))
+                proc.start()
+                send.close()
+                log(f"=== fold {i + 1}/{cfg.folds} (process {proc.pid}, {threads} thread(s)) ===")
+                running.append((i, proc, receive))
+            time.sleep(0.2)
+            for entry in [r for r in running if r[2].poll() or not r[1].is_alive()]:
+                i, proc, receive = entry
+                kind, value = receive.recv() if receive.poll() else ("died", proc.exitcode)
+                proc.join()
+                running.remove(entry)
+                if kind == "ok":
+                    metas[i] = value
+                    log(f"fold {i + 1}: val accuracy {value['val_accuracy']:.4f} "
+                        f"in {_fmt(value['seconds'])}")
+                elif kind == "interrupted":
+                    raise KeyboardInterrupt
+                elif kind == "error":
+                    raise UserError(value)
+                elif kind == "crash":
+                    raise RuntimeError(f"fold {i + 1} failed in its worker process:\n{value}")
+                else:
+                    raise UserError(f"fold {i + 1}: its worker process died (exit code {value}, "
+                                    "e.g. killed for memory); run the same command again to "
+                                    "resume from its last epoch")
+    finally:
+        # On any failure stop the other folds at once; their last epochs are saved.
+        for _, proc, _ in running:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT)
+        for _, proc, _ in running:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
 
 def load_run_config(run_dir: Path) -> Config:

@@ -76,8 +76,8 @@ RANGES: dict[str, tuple[float, float]] = {
 SEARCHED = (*CHOICES, *RANGES, "epochs")
 # Config keys that say how a search or a run is executed, not what the model is: never copied
 # into best_params.json, so they stay the training command's own choice.
-NOT_HYPERPARAMETERS = {"profile", "folds", "seed", "subsample", "threads", "deterministic", "tta",
-                       "study", "competition"}
+NOT_HYPERPARAMETERS = {"profile", "folds", "seed", "subsample", "threads", "workers", "deterministic",
+                       "tta", "study", "competition"}
 
 
 def suggest(trial: optuna.Trial, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def baseline_params(base: Config, pinned: dict[str, Any], epochs: tuple[int, int
 
 PRUNERS = ("median", "hyperband", "none")
 # Pinned keys that do not change what trials learn: a study may resume with other values.
-EXECUTION_KEYS = {"threads", "deterministic", "tta", "competition", "study"}
+EXECUTION_KEYS = {"threads", "workers", "deterministic", "tta", "competition", "study"}
 DEFAULT_HEARTBEAT = 10  # seconds between a running trial's heartbeats
 GRACE = 4  # a trial with no heartbeat for GRACE × heartbeat seconds is declared dead
 SQLITE_TIMEOUT = 60.0  # seconds a writer waits for SQLite's lock (see README: measured)

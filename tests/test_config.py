@@ -38,7 +38,7 @@ def test_model_names_match_registry() -> None:
     ({"epochs": "0"}, "epochs=0 must be at least 1"),
     ({"folds": "1"}, "folds=1 must be at least 2"),
     ({"augment": "maybe"}, "augment='maybe' is not a valid bool"),
-    ({"model": "resnet"}, "model='resnet' must be one of simple, deep, strided"),
+    ({"model": "resnet"}, "model='resnet' must be one of simple, deep, lean, strided"),
     ({"subsample": "1.5"}, "subsample=1.5 must be in (0, 1]"),
     ({"lr_schedule": "step"}, "lr_schedule='step' must be one of"),
 ])

@@ -31,7 +31,7 @@ def test_folds_disjoint_stratified_and_stable(tmp_path: Path) -> None:
     assert np.array_equal(load_folds(tmp_path, y, 5, 1), f)
 
 
-@pytest.mark.parametrize("name", ["simple", "deep", "strided"])
+@pytest.mark.parametrize("name", ["simple", "deep", "lean", "strided"])
 def test_models_output_probabilities(name: str) -> None:
     from pipeline.model import build_model
 
