@@ -532,7 +532,8 @@ def render_html(rd: RunData, made: dict[str, Path], study: dict[str, Any] | None
         _card("Kaggle public score", _kaggle_score(rd.kaggle),
               (rd.kaggle or {}).get("time", "") or "make submit to get one"),
         _card("Training time", _fmt_seconds(m.get("train_seconds", 0)),
-              f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs"),
+              f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs, summed over folds "
+              f"({cfg.get('workers', 1)} at a time)"),
     ])
 
     cr = m["classification_report"]
@@ -686,7 +687,7 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
     ci_text = f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
     lines.append(f"CV accuracy {m['cv_accuracy']:.4f}{ci_text} · log loss {m['cv_log_loss']:.4f} · "
                  f"folds {m['fold_accuracy_mean']:.4f} ± {m['fold_accuracy_std']:.4f} · "
-                 f"trained in {_fmt_seconds(m.get('train_seconds', 0))}")
+                 f"folds trained in {_fmt_seconds(m.get('train_seconds', 0))} (summed)")
     cr = m.get("classification_report")
     if cr:
         weakest = sorted(figures.DIGITS, key=lambda d: cr[str(d)]["f1-score"])[:3]

@@ -341,7 +341,8 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines.append(f"mean ± std fold accuracy: {metrics['fold_accuracy_mean']:.4f} ± "
                  f"{metrics['fold_accuracy_std']:.4f}")
     lines.append(f"CV (out-of-fold) accuracy: {metrics['cv_accuracy']:.4f}  "
-                 f"log loss {metrics['cv_log_loss']:.4f}  training time {_fmt(metrics['train_seconds'])}")
+                 f"log loss {metrics['cv_log_loss']:.4f}  folds took {_fmt(metrics['train_seconds'])} "
+                 f"in all ({_fmt(metrics['wall_seconds_last_invocation'])} wall this time)")
     return "\n".join(lines)
 
 

@@ -7,13 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import PROJ_ROOT
 
 
 def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "scripts/benchmark.py", "--data", str(sample_dir), "--profile", "tiny",
-         "--images", "256", "--cv", "tiny", "--set", "epochs=1", "--runs-dir", str(tmp_path / "runs"),
+         "--images", "256", "--cv", "tiny", "--set", "epochs=1",
+         "--set", "workers=2", "--oof-tta", "bench-tiny", "--runs-dir", str(tmp_path / "runs"),
          "--submissions-dir", str(tmp_path / "subs")],
         cwd=PROJ_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -23,7 +26,12 @@ def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
     assert result["load"]["rows"] == 1257 and result["load"]["cached_s"] < result["load"]["cold_csv_s"]
     t = result["throughput"]
     assert t["train_img_s_plain"] > 0 and t["train_img_s_augment"] > 0 and t["inference_img_s"] > 0
+    assert t["workers"] == 2 and t["train_img_s_workers"] > 0
     cv = result["cv"]
     assert len(cv["fold_accuracy"]) == 2 and 0 < cv["oof_accuracy"] <= 1
     assert cv["total_wall_s"] >= cv["train_wall_s"] > 0
     assert (tmp_path / "subs" / "submission.csv").is_file()
+    tta = result["oof_tta"]
+    # The same models on the same images (thread counts may move a near-tie by one image).
+    assert tta["oof_accuracy_plain"] == pytest.approx(cv["oof_accuracy"], abs=1.5 / 1257)
+    assert 0 < tta["oof_accuracy_tta"] <= 1 and tta["oof_errors_plain"] >= 0
