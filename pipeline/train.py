@@ -513,7 +513,11 @@ def _train_parallel(cfg: Config, paths: Paths, run: str, todo: list[int],
                                     "e.g. killed for memory); run the same command again to "
                                     "resume from its last epoch")
     finally:
-        # On any failure stop the other folds at once; their last epochs are saved.
+        # On any failure stop the other folds; their last epochs are saved. A Ctrl-C from the
+        # terminal has reached them already: give them a moment before sending one more.
+        deadline = time.time() + 3
+        for _, proc, _ in running:
+            proc.join(timeout=max(0.0, deadline - time.time()))
         for _, proc, _ in running:
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGINT)

@@ -52,10 +52,12 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _interrupt(args: list[str], fold: int, sig: int, meanwhile=None) -> SimpleNamespace:
+def _interrupt(args: list[str], fold: int, sig: int, meanwhile=None,
+               group: bool = False) -> SimpleNamespace:
     """Run `python -m pipeline ARGS`; send `sig` once fold `fold` (1-based) has finished an epoch.
 
     `meanwhile(proc)`, if given, runs in a thread from fold 1 on and is done before the signal.
+    `group` sends it to the whole process group, as a terminal's Ctrl-C does.
     """
     stderr = Path(args[args.index("--runs-dir") + 1]).parent / f"stderr-{fold}-{sig}.txt"
     stderr.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,7 @@ def _interrupt(args: list[str], fold: int, sig: int, meanwhile=None) -> SimpleNa
         # As from a terminal: SIGINT at its default even if the test runner ignores it.
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=PROJ_ROOT,
                                 stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+                                start_new_session=group,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(300, proc.kill)  # never hang the suite
     watchdog.start()
@@ -76,7 +79,10 @@ def _interrupt(args: list[str], fold: int, sig: int, meanwhile=None) -> SimpleNa
             if re.match(rf"  fold {fold}/5 epoch +\d+/", line) and not sent:
                 if side is not None:
                     side.join()
-                proc.send_signal(sig)
+                if group:
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
                 sent = True
         proc.wait(timeout=120)
     finally:
@@ -197,12 +203,13 @@ def _gone(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def parallel(work: Path, sample_dir: Path) -> dict:
-    """A 5-fold run trained two folds at a time (`workers=2`): Ctrl-C in fold 2, the same
-    command again killed (SIGKILL) in fold 3, and once more to the end."""
+    """A 5-fold run trained two folds at a time (`workers=2`): Ctrl-C (to the process group, as
+    from a terminal) in fold 2, the same command again killed (SIGKILL) in fold 3, and once
+    more to the end."""
     args = [*TRAIN, "--set", "workers=2", "--run", "par", "--data", str(sample_dir),
             "--runs-dir", str(work / "runs")]
     run = work / "runs" / "par"
-    sigint = _interrupt(args, 2, signal.SIGINT)
+    sigint = _interrupt(args, 2, signal.SIGINT, group=True)
     after_sigint = _files(run)
     sigkill = _interrupt(args, 3, signal.SIGKILL)
     children = [int(pid) for pid in re.findall(r"\(process (\d+), ", sigkill.stdout)]
