@@ -163,7 +163,12 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed fold worker is a zombie until init reaps it, which can take seconds: it writes
+    # nothing more, so its temp files are already stale.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _missing_parents(folder: Path) -> list[Path]:
