@@ -47,28 +47,30 @@ def average_probs(models: list, x: np.ndarray, tta: bool = False, batch_size: in
 
 def fold_models(run_dir: Path, folds: int) -> list:
     """Load every fold model of a finished run (Keras safe mode)."""
-    from pipeline.model import load_model
-
     missing = [i for i in range(folds) if not (run_dir / f"fold_{i}" / "model.keras").is_file()]
     if missing or not (run_dir / "metrics.json").is_file():
         raise UserError(f"run '{run_dir.name}' is not finished (fold(s) "
                         f"{', '.join(str(i + 1) for i in missing) or '?'} missing); "
                         f"run `python -m pipeline train --run {run_dir.name}` to complete it")
+    return [load_fold_model(run_dir, i) for i in range(folds)]
+
+
+def load_fold_model(run_dir: Path, fold: int):  # type: ignore[no-untyped-def]
+    """Load one finished fold's model, refusing a file that no longer matches its checksum."""
+    from pipeline.model import load_model
+
+    path = run_dir / f"fold_{fold}" / "model.keras"
     retrain = f"run `python -m pipeline train --run {run_dir.name}` to retrain it"
-    models = []
-    for i in range(folds):
-        path = run_dir / f"fold_{i}" / "model.keras"
-        # A damaged model may still load and predict garbage: trust only what training recorded.
-        if not fold_intact(path.parent):
-            raise UserError(f"{path}: does not match the checksum recorded when it was trained; {retrain}")
-        try:
-            models.append(load_model(str(path)))
-        except Exception as exc:  # Keras raises many types for bad or unsafe files
-            text = str(exc).strip()
-            why = ("it holds Python code, which Keras safe_mode refuses to run" if "safe_mode" in text
-                   else text.splitlines()[0][:160] if text else type(exc).__name__)
-            raise UserError(f"{path}: cannot load ({why}); {retrain}") from None
-    return models
+    # A damaged model may still load and predict garbage: trust only what training recorded.
+    if not fold_intact(path.parent):
+        raise UserError(f"{path}: does not match the checksum recorded when it was trained; {retrain}")
+    try:
+        return load_model(str(path))
+    except Exception as exc:  # Keras raises many types for bad or unsafe files
+        text = str(exc).strip()
+        why = ("it holds Python code, which Keras safe_mode refuses to run" if "safe_mode" in text
+               else text.splitlines()[0][:160] if text else type(exc).__name__)
+        raise UserError(f"{path}: cannot load ({why}); {retrain}") from None
 
 
 def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print) -> Path:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from pipeline import config as config_mod
 from pipeline.config import PROJ_ROOT, Config, Paths
-from pipeline.data import file_sha256, load_train
+from pipeline.data import file_sha256, load_test, load_train
 from pipeline.errors import Interrupted, UserError
 from pipeline.files import (load_npy, read_json, remove_stale_temps, run_lock, save_keras, save_npy,
                             write_json, write_text)
@@ -234,11 +234,65 @@ def _resume(fold_dir: Path, fold: int, steps: int,
     return model, done, elapsed, history
 
 
+def check_teacher(cfg: Config, paths: Paths, run: str, fold_of: np.ndarray) -> None:
+    """Refuse a pseudo-labelling teacher that is this run, unfinished, or trained on other folds."""
+    teacher = cfg.pseudo_from
+    key = f"config: pseudo_from={teacher!r}"
+    if teacher == run:
+        raise UserError(f"{key} names this run itself; name a finished run trained on the same "
+                        "folds (the teacher), or leave pseudo_from empty")
+    teacher_dir = paths.run_dir(teacher)
+    if not ((teacher_dir / "metrics.json").is_file() and (teacher_dir / "folds.npy").is_file()):
+        raise UserError(f"{key}: no finished run '{teacher}' in {paths.runs}; train the teacher "
+                        f"first (`python -m pipeline train --run {teacher}`)")
+    theirs = load_npy(teacher_dir / "folds.npy")
+    if theirs.shape != fold_of.shape or not np.array_equal(theirs, fold_of):
+        raise UserError(f"{key}: run '{teacher}' was trained on other folds (other data, folds or "
+                        "seed), so its models have seen this run's validation images; train the "
+                        "teacher with the same data, folds and seed")
+    load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")  # fail now, not in a fold
+
+
+def pseudo_labels(cfg: Config, paths: Paths, run: str, fold: int,
+                  log: Log = print) -> tuple[np.ndarray, np.ndarray] | None:
+    """The test images and labels fold `fold` adds to its training set; None without a teacher."""
+    if not cfg.pseudo_from:
+        return None
+    x_test = load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")
+    path = paths.run_dir(run) / f"fold_{fold}" / "pseudo.npy"
+    chosen = None
+    if path.is_file():
+        # Chosen once: a resumed fold must train on the same images (its step count depends on them).
+        try:
+            chosen = load_npy(path)
+        except ValueError:
+            chosen = None
+        if chosen is not None and (chosen.ndim != 2 or chosen.shape[1] != 2
+                                   or not 0 <= chosen[:, 0].min() <= chosen[:, 0].max() < len(x_test)):
+            chosen = None
+    if chosen is None:
+        from pipeline.ensemble import average_probs, load_fold_model  # late: ensemble imports us
+
+        teacher = paths.run_dir(cfg.pseudo_from)
+        probs = average_probs([load_fold_model(teacher, fold)], x_test,
+                              tta=load_run_config(teacher).tta)
+        keep = max(1, round(cfg.pseudo_keep * len(x_test)))
+        idx = np.sort(np.argsort(-probs.max(1), kind="stable")[:keep])
+        chosen = np.stack([idx, probs[idx].argmax(1)], axis=1).astype(np.int64)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_npy(path, chosen)
+    log(f"  fold {fold + 1}: + {len(chosen)} test images labelled by run '{cfg.pseudo_from}' "
+        f"(its {cfg.pseudo_keep:.0%} most confident)")
+    return x_test[chosen[:, 0]], chosen[:, 1]
+
+
 def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
                val_idx: np.ndarray, fold_dir: Path, fold: int,
                eta: Callable[[float, int], float] = lambda per_epoch, done: 0.0,
-               callbacks: list | None = None, log: Log = print) -> dict[str, Any]:
-    """Train one fold (continuing from its last checkpoint if any); return its metrics."""
+               callbacks: list | None = None, log: Log = print,
+               extra: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Train one fold (continuing from its last checkpoint if any), on `extra` images and labels
+    too if given (pseudo-labels); return its metrics."""
     import keras
 
     from pipeline.model import build_model
@@ -247,7 +301,11 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
     base_seed = cfg.seed + 1000 * fold + 100_003 * cfg.model_seed
     keras.utils.set_random_seed(base_seed)
     train_idx = _subsample(train_idx, y, cfg.subsample, cfg.seed + fold)
-    steps = math.ceil(len(train_idx) / cfg.batch_size)
+    x_fit, y_fit = x[train_idx], y[train_idx]
+    if extra is not None:
+        x_fit = np.concatenate([x_fit, extra[0]])
+        y_fit = np.concatenate([y_fit, extra[1].astype(y.dtype)])
+    steps = math.ceil(len(x_fit) / cfg.batch_size)
 
     state_path, last = fold_dir / "state.json", fold_dir / "last.keras"
     model, initial_epoch, elapsed_before, history = _resume(fold_dir, fold, steps, log)
@@ -265,7 +323,7 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
                                                  restore_best_weights=True))
     cbs.extend(callbacks or [])
     if initial_epoch < cfg.epochs:
-        model.fit(x[train_idx], y[train_idx], batch_size=cfg.batch_size, epochs=cfg.epochs,
+        model.fit(x_fit, y_fit, batch_size=cfg.batch_size, epochs=cfg.epochs,
                   initial_epoch=initial_epoch, validation_data=(x[val_idx], y[val_idx]),
                   validation_batch_size=1024,  # inference needs no small batches
                   callbacks=cbs, verbose=0, shuffle=True)
@@ -287,9 +345,10 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
     meta = {
         "fold": fold + 1, "val_accuracy": val_acc, "val_loss": val_loss, "best_epoch": best_epoch,
         "epochs_run": len(hist), "seconds": round(seconds, 2), "n_train": int(len(train_idx)),
-        "n_val": int(len(val_idx)),
+        "n_val": int(len(val_idx)), "n_pseudo": int(len(x_fit) - len(train_idx)),
         "sha256": {name: file_sha256(fold_dir / name)
-                   for name in ("model.keras", "oof.npy", "val_idx.npy", "history.csv")},
+                   for name in ("model.keras", "oof.npy", "val_idx.npy", "history.csv", "pseudo.npy")
+                   if name != "pseudo.npy" or extra is not None},
     }
     write_json(fold_dir / "metrics.json", meta)
     last.unlink(missing_ok=True)
@@ -362,11 +421,15 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
                             f"folds={cfg.folds} (each digit needs at least {cfg.folds} examples)")
         setup_tensorflow(cfg)
         fold_of = load_folds(paths.runs, y, cfg.folds, cfg.seed)
+        if cfg.pseudo_from:
+            check_teacher(cfg, paths, run, fold_of)
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "env.json", {**environment(paths), **(provenance or {})})
         save_npy(run_dir / "folds.npy", fold_of)
         log(f"run '{run}': profile {cfg.profile}, model {cfg.model}, {cfg.folds} folds × "
-            f"{cfg.epochs} epochs on {len(y)} images → {run_dir}")
+            f"{cfg.epochs} epochs on {len(y)} images"
+            f"{f' + test images pseudo-labelled by run {cfg.pseudo_from!r}' if cfg.pseudo_from else ''}"
+            f" → {run_dir}")
 
         metas: list[dict[str, Any] | None] = [fold_done(run_dir / f"fold_{i}", log)
                                               for i in range(cfg.folds)]
@@ -393,7 +456,8 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
 
                     metas[i] = train_fold(cfg, x, y, np.flatnonzero(fold_of != i),
                                           np.flatnonzero(fold_of == i), run_dir / f"fold_{i}", i,
-                                          eta=eta, log=log)
+                                          eta=eta, log=log,
+                                          extra=pseudo_labels(cfg, paths, run, i, log))
                     log(f"fold {i + 1}: val accuracy {metas[i]['val_accuracy']:.4f} "
                         f"in {_fmt(metas[i]['seconds'])}")
         except KeyboardInterrupt:
@@ -452,9 +516,12 @@ def _fold_main(cfg: Config, paths: Paths, run: str, fold: int, later_rounds: int
         def eta(per_epoch: float, done: int) -> float:
             return per_epoch * ((cfg.epochs - done) + later_rounds * cfg.epochs)
 
+        def log(message: str) -> None:
+            print(message, flush=True)
+
         meta = train_fold(cfg, x, y, np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold),
-                          paths.run_dir(run) / f"fold_{fold}", fold, eta=eta,
-                          log=lambda m: print(m, flush=True))
+                          paths.run_dir(run) / f"fold_{fold}", fold, eta=eta, log=log,
+                          extra=pseudo_labels(cfg, paths, run, fold, log))
         conn.send(("ok", meta))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the reply
