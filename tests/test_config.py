@@ -41,6 +41,8 @@ def test_model_names_match_registry() -> None:
     ({"model": "resnet"}, "model='resnet' must be one of simple, deep, lean, strided"),
     ({"subsample": "1.5"}, "subsample=1.5 must be in (0, 1]"),
     ({"lr_schedule": "step"}, "lr_schedule='step' must be one of"),
+    ({"pseudo_keep": "0"}, "pseudo_keep=0.0 must be in (0, 1]"),
+    ({"pseudo_from": "../cpu"}, "pseudo_from='../cpu' must be the name of a finished run"),
 ])
 def test_bad_values_name_the_key(sets: dict[str, str], message: str) -> None:
     with pytest.raises(UserError, match=None) as err:

@@ -137,3 +137,52 @@ def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict, sample_dir: 
     run_cli("train", "--profile", "tiny", "--run", "t3", "--set", "seed=7", "--set", "epochs=1", *common)
     bad = run_cli("blend", "t1", "t3", *common, check=False)
     assert bad.returncode == 2 and "used other folds" in last_error_line(bad)
+
+
+def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
+                                                             sample_dir: Path) -> None:
+    """Fold k adds the test images teacher fold k is surest of, labelled as that model says."""
+    from pipeline.data import load_test
+    from pipeline.ensemble import average_probs
+    from pipeline.model import load_model
+
+    common = tiny_pipeline["common"]
+    args = ["train", "--profile", "tiny", "--run", "pl", "--set", "pseudo_from=t1",
+            "--set", "pseudo_keep=0.5", *common]
+    proc = run_cli(*args)
+    runs = tiny_pipeline["root"] / "runs"
+    x_test = load_test(sample_dir / "test.csv")
+    truth = pd.read_csv(sample_dir / "test_labels.csv")["Label"].to_numpy()
+    metrics = json.loads((runs / "pl" / "metrics.json").read_text())
+    teacher = json.loads((runs / "t1" / "metrics.json").read_text())
+    for i in range(2):
+        chosen = np.load(runs / "pl" / f"fold_{i}" / "pseudo.npy")
+        assert chosen.shape == (270, 2) and np.all(np.diff(chosen[:, 0]) > 0)
+        probs = average_probs([load_model(str(runs / "t1" / f"fold_{i}" / "model.keras"))], x_test)
+        conf = probs.max(1)
+        left_out = np.setdiff1d(np.arange(len(x_test)), chosen[:, 0])
+        assert conf[chosen[:, 0]].min() >= conf[left_out].max()
+        assert np.array_equal(chosen[:, 1], probs[chosen[:, 0]].argmax(1))
+        # The confident half is labelled better than the teacher labels the whole test set.
+        assert np.mean(chosen[:, 1] == truth[chosen[:, 0]]) >= np.mean(probs.argmax(1) == truth)
+        fold = metrics["folds"][i]
+        assert fold["n_pseudo"] == 270 and fold["n_train"] == teacher["folds"][i]["n_train"]
+        assert f"fold {i + 1}: + 270 test images labelled by run 't1'" in proc.stdout
+    assert metrics["cv_accuracy"] > 0.85
+    again = run_cli(*args)
+    assert "resuming: 2 finished fold(s) kept, 0 to train" in again.stdout
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["pseudo_from=nope"], "config: pseudo_from='nope': no finished run 'nope' in"),
+    (["pseudo_from=plx"], "config: pseudo_from='plx' names this run itself"),
+    (["pseudo_from=t1", "seed=7"], "config: pseudo_from='t1': run 't1' was trained on other folds"),
+])
+def test_a_bad_pseudo_label_teacher_is_refused(tiny_pipeline: dict, sets: list[str],
+                                               message: str) -> None:
+    flags = [a for s in sets for a in ("--set", s)]
+    proc = run_cli("train", "--profile", "tiny", "--run", "plx", *flags, *tiny_pipeline["common"],
+                   check=False)
+    assert proc.returncode == 2 and message in last_error_line(proc)
+    assert "Traceback" not in proc.stderr
+    assert not (tiny_pipeline["root"] / "runs" / "plx").exists()
