@@ -456,7 +456,9 @@ def _kaggle_score(kaggle: dict[str, Any] | None) -> str:
 
 def _fold_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     return [[f["fold"], f"{f['val_accuracy']:.4f}", f"{f['val_loss']:.4f}", f.get("best_epoch", ""),
-             f.get("epochs_run", ""), _fmt_seconds(f.get("seconds", 0)), f.get("n_train", ""),
+             f.get("epochs_run", ""), _fmt_seconds(f.get("seconds", 0)),
+             # pseudo-labelled test images a fold also trained on (pseudo_from), as "+N"
+             f"{f.get('n_train', '')}" + (f" +{f['n_pseudo']}" if f.get("n_pseudo") else ""),
              f.get("n_val", "")] for f in metrics["folds"]]
 
 
@@ -555,6 +557,7 @@ def render_html(rd: RunData, made: dict[str, Path], study: dict[str, Any] | None
     parts: list[str] = []
     parts.append('<section id="training"><h2>Training</h2>')
     parts.append(_table(["fold", "val accuracy", "val loss", "best epoch", "epochs run", "time",
+                         "train images (+ pseudo-labelled)" if cfg.get("pseudo_from") else
                          "train images", "val images"], _fold_rows(m), cls="folds"))
     parts.append(f"<p>Mean ± std fold accuracy <b>{m['fold_accuracy_mean']:.4f} ± "
                  f"{m['fold_accuracy_std']:.4f}</b>; out-of-fold accuracy <b>{m['cv_accuracy']:.4f}"

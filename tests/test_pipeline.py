@@ -171,6 +171,8 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
     assert metrics["cv_accuracy"] > 0.85
     again = run_cli(*args)
     assert "resuming: 2 finished fold(s) kept, 0 to train" in again.stdout
+    html = (runs / "pl" / "report.html").read_text()
+    assert "train images (+ pseudo-labelled)" in html and f"<td>{fold['n_train']} +270</td>" in html
 
 
 @pytest.mark.parametrize("sets, message", [
