@@ -253,9 +253,27 @@ def check_teacher(cfg: Config, paths: Paths, run: str, fold_of: np.ndarray) -> N
     load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")  # fail now, not in a fold
 
 
-def pseudo_labels(cfg: Config, paths: Paths, run: str, fold: int,
-                  log: Log = print) -> tuple[np.ndarray, np.ndarray] | None:
-    """The test images and labels fold `fold` adds to its training set; None without a teacher."""
+# Rows of `fold_<i>/pseudo.npy`: (source, row, label), source 0 = a test.csv row, 1 = a train.csv
+# row of this fold's validation set (whose own label is never used).
+PSEUDO_TEST, PSEUDO_VAL = 0, 1
+
+
+def _top(probs: np.ndarray, rows: np.ndarray, keep: float, source: int) -> np.ndarray:
+    """(source, row, label) for the `keep` share of `rows` whose predictions are most confident."""
+    n = max(1, round(keep * len(rows)))
+    best = np.sort(np.argsort(-probs.max(1), kind="stable")[:n])
+    return np.stack([np.full(n, source), rows[best], probs[best].argmax(1)], axis=1).astype(np.int64)
+
+
+def pseudo_labels(cfg: Config, paths: Paths, run: str, fold: int, x: np.ndarray,
+                  val_idx: np.ndarray, log: Log = print) -> tuple[np.ndarray, np.ndarray] | None:
+    """The images and labels fold `fold` adds to its training set; None without a teacher.
+
+    The teacher's fold model labels the test images and this fold's validation images, and the
+    most confident `pseudo_keep` share of each is used. The validation images are then in the
+    same position as the test images (unlabelled images the teacher labelled), so the fold's
+    validation accuracy measures what pseudo-labelling does for the submission.
+    """
     if not cfg.pseudo_from:
         return None
     x_test = load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")
@@ -267,23 +285,35 @@ def pseudo_labels(cfg: Config, paths: Paths, run: str, fold: int,
             chosen = load_npy(path)
         except ValueError:
             chosen = None
-        if chosen is not None and (chosen.ndim != 2 or chosen.shape[1] != 2
-                                   or not 0 <= chosen[:, 0].min() <= chosen[:, 0].max() < len(x_test)):
+        if chosen is not None and (
+                chosen.ndim != 2 or chosen.shape[1] != 3
+                or not np.isin(chosen[chosen[:, 0] == PSEUDO_VAL, 1], val_idx).all()
+                or not np.all((chosen[chosen[:, 0] == PSEUDO_TEST, 1] >= 0)
+                              & (chosen[chosen[:, 0] == PSEUDO_TEST, 1] < len(x_test)))
+                or not np.isin(chosen[:, 0], (PSEUDO_TEST, PSEUDO_VAL)).all()):
             chosen = None
     if chosen is None:
         from pipeline.ensemble import average_probs, load_fold_model  # late: ensemble imports us
 
         teacher = paths.run_dir(cfg.pseudo_from)
-        probs = average_probs([load_fold_model(teacher, fold)], x_test,
-                              tta=load_run_config(teacher).tta)
-        keep = max(1, round(cfg.pseudo_keep * len(x_test)))
-        idx = np.sort(np.argsort(-probs.max(1), kind="stable")[:keep])
-        chosen = np.stack([idx, probs[idx].argmax(1)], axis=1).astype(np.int64)
+        model = load_fold_model(teacher, fold)  # also checks the fold's files against their checksums
+        test_probs = average_probs([model], x_test, tta=load_run_config(teacher).tta)
+        # The teacher's out-of-fold predictions on these very images, made as its test ones were.
+        if not np.array_equal(load_npy(teacher / f"fold_{fold}" / "val_idx.npy"), val_idx):
+            raise UserError(f"config: pseudo_from={cfg.pseudo_from!r}: its fold {fold + 1} "
+                            "validated on other rows; train the teacher with the same data, folds and seed")
+        val_probs = load_npy(teacher / f"fold_{fold}" / "oof.npy")
+        chosen = np.concatenate([_top(test_probs, np.arange(len(x_test)), cfg.pseudo_keep, PSEUDO_TEST),
+                                 _top(val_probs, val_idx, cfg.pseudo_keep, PSEUDO_VAL)])
         path.parent.mkdir(parents=True, exist_ok=True)
         save_npy(path, chosen)
-    log(f"  fold {fold + 1}: + {len(chosen)} test images labelled by run '{cfg.pseudo_from}' "
-        f"(its {cfg.pseudo_keep:.0%} most confident)")
-    return x_test[chosen[:, 0]], chosen[:, 1]
+    is_val = chosen[:, 0] == PSEUDO_VAL
+    log(f"  fold {fold + 1}: + {int((~is_val).sum())} test and {int(is_val.sum())} validation "
+        f"images labelled by run '{cfg.pseudo_from}' (its {cfg.pseudo_keep:.0%} most confident of each)")
+    images = np.empty((len(chosen), *x.shape[1:]), dtype=x.dtype)
+    images[is_val] = x[chosen[is_val, 1]]
+    images[~is_val] = x_test[chosen[~is_val, 1]]
+    return images, chosen[:, 2]
 
 
 def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
@@ -457,7 +487,8 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
                     metas[i] = train_fold(cfg, x, y, np.flatnonzero(fold_of != i),
                                           np.flatnonzero(fold_of == i), run_dir / f"fold_{i}", i,
                                           eta=eta, log=log,
-                                          extra=pseudo_labels(cfg, paths, run, i, log))
+                                          extra=pseudo_labels(cfg, paths, run, i, x,
+                                                              np.flatnonzero(fold_of == i), log))
                     log(f"fold {i + 1}: val accuracy {metas[i]['val_accuracy']:.4f} "
                         f"in {_fmt(metas[i]['seconds'])}")
         except KeyboardInterrupt:
@@ -521,7 +552,8 @@ def _fold_main(cfg: Config, paths: Paths, run: str, fold: int, later_rounds: int
 
         meta = train_fold(cfg, x, y, np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold),
                           paths.run_dir(run) / f"fold_{fold}", fold, eta=eta, log=log,
-                          extra=pseudo_labels(cfg, paths, run, fold, log))
+                          extra=pseudo_labels(cfg, paths, run, fold, x,
+                                              np.flatnonzero(fold_of == fold), log))
         conn.send(("ok", meta))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the reply

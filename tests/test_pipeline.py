@@ -141,7 +141,8 @@ def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict, sample_dir: 
 
 def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
                                                              sample_dir: Path) -> None:
-    """Fold k adds the test images teacher fold k is surest of, labelled as that model says."""
+    """Fold k adds the test images and the validation images that teacher fold k is surest of,
+    labelled as that model says, and never a true validation label."""
     from pipeline.data import load_test
     from pipeline.ensemble import average_probs
     from pipeline.model import load_model
@@ -153,26 +154,38 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
     runs = tiny_pipeline["root"] / "runs"
     x_test = load_test(sample_dir / "test.csv")
     truth = pd.read_csv(sample_dir / "test_labels.csv")["Label"].to_numpy()
+    y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
+    folds = np.load(runs / "t1" / "folds.npy")
     metrics = json.loads((runs / "pl" / "metrics.json").read_text())
     teacher = json.loads((runs / "t1" / "metrics.json").read_text())
     for i in range(2):
         chosen = np.load(runs / "pl" / f"fold_{i}" / "pseudo.npy")
-        assert chosen.shape == (270, 2) and np.all(np.diff(chosen[:, 0]) > 0)
+        test, val = chosen[chosen[:, 0] == 0], chosen[chosen[:, 0] == 1]
+        val_idx = np.flatnonzero(folds == i)
+        assert len(test) == 270 and len(val) == round(0.5 * len(val_idx))
+        assert len(test) + len(val) == len(chosen) and np.all(np.diff(test[:, 1]) > 0)
+        # Test images: the teacher fold model's most confident half, with its labels.
         probs = average_probs([load_model(str(runs / "t1" / f"fold_{i}" / "model.keras"))], x_test)
         conf = probs.max(1)
-        left_out = np.setdiff1d(np.arange(len(x_test)), chosen[:, 0])
-        assert conf[chosen[:, 0]].min() >= conf[left_out].max()
-        assert np.array_equal(chosen[:, 1], probs[chosen[:, 0]].argmax(1))
-        # The confident half is labelled better than the teacher labels the whole test set.
-        assert np.mean(chosen[:, 1] == truth[chosen[:, 0]]) >= np.mean(probs.argmax(1) == truth)
+        assert conf[test[:, 1]].min() >= conf[np.setdiff1d(np.arange(len(x_test)), test[:, 1])].max()
+        assert np.array_equal(test[:, 2], probs[test[:, 1]].argmax(1))
+        assert np.mean(test[:, 2] == truth[test[:, 1]]) >= np.mean(probs.argmax(1) == truth)
+        # Validation images: the same from the teacher's out-of-fold predictions on them.
+        oof = np.load(runs / "t1" / "oof_probs.npy")
+        assert set(val[:, 1]) <= set(val_idx)
+        rest = np.setdiff1d(val_idx, val[:, 1])
+        assert oof[val[:, 1]].max(1).min() >= oof[rest].max(1).max()
+        assert np.array_equal(val[:, 2], oof[val[:, 1]].argmax(1))
         fold = metrics["folds"][i]
-        assert fold["n_pseudo"] == 270 and fold["n_train"] == teacher["folds"][i]["n_train"]
-        assert f"fold {i + 1}: + 270 test images labelled by run 't1'" in proc.stdout
+        assert fold["n_pseudo"] == len(chosen) and fold["n_train"] == teacher["folds"][i]["n_train"]
+        assert (f"fold {i + 1}: + 270 test and {len(val)} validation images labelled by run 't1'"
+                in proc.stdout)
     assert metrics["cv_accuracy"] > 0.85
     again = run_cli(*args)
     assert "resuming: 2 finished fold(s) kept, 0 to train" in again.stdout
     html = (runs / "pl" / "report.html").read_text()
-    assert "train images (+ pseudo-labelled)" in html and f"<td>{fold['n_train']} +270</td>" in html
+    assert "train images (+ pseudo-labelled)" in html
+    assert f"<td>{fold['n_train']} +{fold['n_pseudo']}</td>" in html
 
 
 @pytest.mark.parametrize("sets, message", [
