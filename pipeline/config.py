@@ -82,11 +82,11 @@ class Config:
     # 179 OOF errors instead of 184 (below the noise; worse on 2 of 5 folds) for ~1 minute
     # more, so off by default and on in `full` (README, Performance).
     tta: bool = False
-    # pseudo-labelling (opt-in; README, Performance): fold k also trains on the test images that
-    # the teacher run's fold-k model labels most confidently. That model never saw fold k's
-    # validation images, so the out-of-fold accuracy stays honest.
+    # pseudo-labelling (opt-in; README): fold k also trains on the test images and on its own
+    # validation images as labelled by the teacher run's fold-k model, which never saw the
+    # latter, so the out-of-fold accuracy measures what pseudo-labels do for the submission.
     pseudo_from: str = ""  # a finished run on the same folds (the teacher); "" = off
-    pseudo_keep: float = 0.97  # share of test images used, the teacher's most confident first
+    pseudo_keep: float = 0.97  # share of each image set used, the teacher's most confident first
     # execution
     # Two single-threaded folds at once train ~1.2–1.3× faster than one fold on two threads
     # (README, Performance).

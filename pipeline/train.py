@@ -3,7 +3,8 @@
 Writes `runs/<run>/` — config.json, env.json, folds.npy, oof_probs.npy, metrics.json, folds.csv —
 and per fold `fold_<i>/` with model.keras, history.csv and metrics.json. A checkpoint after
 every epoch (`fold_<i>/last.keras` + `state.json`) lets an interrupted run continue where it
-stopped; finished folds are verified by checksum and skipped.
+stopped; finished folds are verified by checksum and skipped. With `pseudo_from` each fold also
+trains on images its teacher fold labelled (`fold_<i>/pseudo.npy`).
 
     python -m pipeline train --profile cpu --run cpu
 """
