@@ -457,7 +457,7 @@ def _kaggle_score(kaggle: dict[str, Any] | None) -> str:
 def _fold_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     return [[f["fold"], f"{f['val_accuracy']:.4f}", f"{f['val_loss']:.4f}", f.get("best_epoch", ""),
              f.get("epochs_run", ""), _fmt_seconds(f.get("seconds", 0)),
-             # pseudo-labelled test images a fold also trained on (pseudo_from), as "+N"
+             # pseudo-labelled images a fold also trained on (pseudo_from), as "+N"
              f"{f.get('n_train', '')}" + (f" +{f['n_pseudo']}" if f.get("n_pseudo") else ""),
              f.get("n_val", "")] for f in metrics["folds"]]
 

@@ -266,6 +266,20 @@ def _top(probs: np.ndarray, rows: np.ndarray, keep: float, source: int) -> np.nd
     return np.stack([np.full(n, source), rows[best], probs[best].argmax(1)], axis=1).astype(np.int64)
 
 
+def _saved_choice(path: Path, val_idx: np.ndarray, n_test: int) -> np.ndarray | None:
+    """A fold's saved `pseudo.npy` if it is readable and points at rows that exist, else None."""
+    try:
+        chosen = load_npy(path) if path.is_file() else None
+    except ValueError:
+        return None
+    if chosen is None or chosen.ndim != 2 or chosen.shape[1] != 3:
+        return None
+    source, rows = chosen[:, 0], chosen[:, 1]
+    ok = np.where(source == PSEUDO_VAL, np.isin(rows, val_idx),
+                  (source == PSEUDO_TEST) & (rows >= 0) & (rows < n_test))
+    return chosen if ok.all() else None
+
+
 def pseudo_labels(cfg: Config, paths: Paths, run: str, fold: int, x: np.ndarray,
                   val_idx: np.ndarray, log: Log = print) -> tuple[np.ndarray, np.ndarray] | None:
     """The images and labels fold `fold` adds to its training set; None without a teacher.
@@ -279,30 +293,16 @@ def pseudo_labels(cfg: Config, paths: Paths, run: str, fold: int, x: np.ndarray,
         return None
     x_test = load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")
     path = paths.run_dir(run) / f"fold_{fold}" / "pseudo.npy"
-    chosen = None
-    if path.is_file():
-        # Chosen once: a resumed fold must train on the same images (its step count depends on them).
-        try:
-            chosen = load_npy(path)
-        except ValueError:
-            chosen = None
-        if chosen is not None and (
-                chosen.ndim != 2 or chosen.shape[1] != 3
-                or not np.isin(chosen[chosen[:, 0] == PSEUDO_VAL, 1], val_idx).all()
-                or not np.all((chosen[chosen[:, 0] == PSEUDO_TEST, 1] >= 0)
-                              & (chosen[chosen[:, 0] == PSEUDO_TEST, 1] < len(x_test)))
-                or not np.isin(chosen[:, 0], (PSEUDO_TEST, PSEUDO_VAL)).all()):
-            chosen = None
+    # Chosen once: a resumed fold must train on the same images (its step count depends on them).
+    chosen = _saved_choice(path, val_idx, len(x_test))
     if chosen is None:
         from pipeline.ensemble import average_probs, load_fold_model  # late: ensemble imports us
 
         teacher = paths.run_dir(cfg.pseudo_from)
         model = load_fold_model(teacher, fold)  # also checks the fold's files against their checksums
         test_probs = average_probs([model], x_test, tta=load_run_config(teacher).tta)
-        # The teacher's out-of-fold predictions on these very images, made as its test ones were.
-        if not np.array_equal(load_npy(teacher / f"fold_{fold}" / "val_idx.npy"), val_idx):
-            raise UserError(f"config: pseudo_from={cfg.pseudo_from!r}: its fold {fold + 1} "
-                            "validated on other rows; train the teacher with the same data, folds and seed")
+        # The teacher's out-of-fold predictions on these very images (check_teacher made sure
+        # its folds are ours), made as its test ones were.
         val_probs = load_npy(teacher / f"fold_{fold}" / "oof.npy")
         chosen = np.concatenate([_top(test_probs, np.arange(len(x_test)), cfg.pseudo_keep, PSEUDO_TEST),
                                  _top(val_probs, val_idx, cfg.pseudo_keep, PSEUDO_VAL)])
@@ -378,8 +378,8 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
         "epochs_run": len(hist), "seconds": round(seconds, 2), "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)), "n_pseudo": int(len(x_fit) - len(train_idx)),
         "sha256": {name: file_sha256(fold_dir / name)
-                   for name in ("model.keras", "oof.npy", "val_idx.npy", "history.csv", "pseudo.npy")
-                   if name != "pseudo.npy" or extra is not None},
+                   for name in ("model.keras", "oof.npy", "val_idx.npy", "history.csv",
+                                *(("pseudo.npy",) if extra is not None else ()))},
     }
     write_json(fold_dir / "metrics.json", meta)
     last.unlink(missing_ok=True)
@@ -459,7 +459,7 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         save_npy(run_dir / "folds.npy", fold_of)
         log(f"run '{run}': profile {cfg.profile}, model {cfg.model}, {cfg.folds} folds × "
             f"{cfg.epochs} epochs on {len(y)} images"
-            f"{f' + test images pseudo-labelled by run {cfg.pseudo_from!r}' if cfg.pseudo_from else ''}"
+            f"{f' + images pseudo-labelled by run {cfg.pseudo_from!r}' if cfg.pseudo_from else ''}"
             f" → {run_dir}")
 
         metas: list[dict[str, Any] | None] = [fold_done(run_dir / f"fold_{i}", log)

@@ -183,6 +183,14 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
     assert metrics["cv_accuracy"] > 0.85
     again = run_cli(*args)
     assert "resuming: 2 finished fold(s) kept, 0 to train" in again.stdout
+    # A fold trained again reuses its saved choice rather than asking the teacher anew.
+    saved = runs / "pl" / "fold_1" / "pseudo.npy"
+    before = (saved.read_bytes(), saved.stat().st_mtime_ns)
+    (runs / "pl" / "fold_1" / "metrics.json").unlink()
+    retrain = run_cli(*args)
+    assert "resuming: 1 finished fold(s) kept, 1 to train" in retrain.stdout
+    assert (saved.read_bytes(), saved.stat().st_mtime_ns) == before
+    assert json.loads((runs / "pl" / "metrics.json").read_text())["folds"][1]["n_pseudo"] == len(chosen)
     html = (runs / "pl" / "report.html").read_text()
     assert "train images (+ pseudo-labelled)" in html
     assert f"<td>{fold['n_train']} +{fold['n_pseudo']}</td>" in html
