@@ -68,7 +68,6 @@ class Config:
     rotation: float = 10.0  # degrees, ±
     zoom: float = 0.10  # fraction, ±
     shift: float = 0.10  # fraction of width/height, ±
-    elastic: float = 0.0  # elastic distortion strength α in pixels (Simard et al.: 34); 0 = off
     # optimisation
     epochs: int = 25
     batch_size: int = 64
@@ -144,7 +143,6 @@ def _check(cfg: Config) -> None:
         (0 <= cfg.rotation <= 180, "rotation", "must be in [0, 180] degrees"),
         (0 <= cfg.zoom < 1, "zoom", "must be in [0, 1)"),
         (0 <= cfg.shift < 1, "shift", "must be in [0, 1)"),
-        (0 <= cfg.elastic <= 100, "elastic", "must be in [0, 100] pixels"),
         (cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}"),
         (cfg.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
         (0 < cfg.lr_decay <= 1, "lr_decay", "must be in (0, 1]"),

@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 
 import keras
-import numpy as np
 from keras import layers, ops
 
 from pipeline.config import Config
@@ -122,82 +121,12 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
                 "epochs": self.epochs, "warmup_epochs": self.warmup_epochs, "decay": self.decay}
 
 
-# Width in pixels of the Gaussian that smooths the elastic displacement field: Simard et al.'s
-# value for 28-pixel digits. Narrower fields wobble strokes instead of bending them.
-ELASTIC_SIGMA = 4.0
-
-
-@keras.saving.register_keras_serializable(package="pipeline")
-class ElasticDistortion(layers.Layer):
-    """Elastic distortion (Simard et al. 2003): each image is warped by its own random field,
-    uniform noise in [-1, 1] smoothed by a Gaussian of width `sigma` and scaled by `alpha` pixels.
-    Identity at inference. (Keras' RandomElasticTransform draws the same noise for both axes
-    and caps the strength far below this.)"""
-
-    def __init__(self, alpha: float, sigma: float = ELASTIC_SIGMA, seed: int | None = None,
-                 **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.alpha, self.sigma, self.seed = float(alpha), float(sigma), seed
-        self.generator = keras.random.SeedGenerator(seed)
-
-    def _blur(self, size: int) -> np.ndarray:
-        """The Gaussian blur along one axis as a (size, size) matrix, zero outside the image:
-        a matrix product is several times faster than a depthwise convolution on CPU."""
-        radius = math.ceil(3 * self.sigma)
-        norm = np.exp(-0.5 * (np.arange(-radius, radius + 1) / self.sigma) ** 2).sum()
-        offsets = np.arange(size)[None, :] - np.arange(size)[:, None]
-        taps = np.exp(-0.5 * (offsets / self.sigma) ** 2) * (np.abs(offsets) <= radius)
-        return (taps / norm).astype("float32")
-
-    def call(self, images, training=None):  # type: ignore[no-untyped-def]
-        if not training or self.alpha <= 0:
-            return images
-        return self.warp(images, self.displacement(ops.shape(images)[0], *images.shape[1:3]))
-
-    def displacement(self, batch, height: int, width: int):  # type: ignore[no-untyped-def]
-        """A random field (batch, height, width, 2) of (row, column) displacements in pixels."""
-        noise = keras.random.uniform((batch, height, width, 2), -1.0, 1.0, seed=self.generator)
-        return self.alpha * ops.einsum("ij,bjkc,lk->bilc", self._blur(height), noise,
-                                       self._blur(width))
-
-    @staticmethod
-    def warp(images, field):  # type: ignore[no-untyped-def]
-        """Images (batch, height, width, 1) sampled bilinearly at each pixel plus its displacement;
-        pixels from outside the image are background (0)."""
-        batch = ops.shape(images)[0]
-        height, width = int(images.shape[1]), int(images.shape[2])
-        rows = ops.reshape(ops.arange(height, dtype="float32"), (1, height, 1))
-        cols = ops.reshape(ops.arange(width, dtype="float32"), (1, 1, width))
-        src_y, src_x = rows + field[..., 0], cols + field[..., 1]
-        y0, x0 = ops.floor(src_y), ops.floor(src_x)
-        wy, wx = src_y - y0, src_x - x0
-        flat = ops.reshape(images, (batch, height * width))
-        out = ops.zeros_like(src_y)
-        for dy, dx, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx),
-                               (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
-            y, x = y0 + dy, x0 + dx
-            inside = (y >= 0) & (y <= height - 1) & (x >= 0) & (x <= width - 1)
-            index = ops.cast(ops.clip(y, 0, height - 1) * width + ops.clip(x, 0, width - 1), "int32")
-            value = ops.take_along_axis(flat, ops.reshape(index, (batch, height * width)), axis=1)
-            out = out + ops.where(inside, weight, 0.0) * ops.reshape(value, (batch, height, width))
-        return ops.expand_dims(out, -1)
-
-    def compute_output_shape(self, input_shape):  # type: ignore[no-untyped-def]
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "alpha": self.alpha, "sigma": self.sigma, "seed": self.seed}
-
-
 def augmentation(cfg: Config) -> list[layers.Layer]:
-    """Random elastic distortion, rotation, zoom and shift layers (identity at inference), empty
-    if switched off."""
+    """Random rotation, zoom and shift layers (identity at inference), empty if switched off."""
     if not cfg.augment:
         return []
     out: list[layers.Layer] = []
     seed = cfg.seed + 100_003 * cfg.model_seed
-    if cfg.elastic > 0:
-        out.append(ElasticDistortion(cfg.elastic, seed=seed + 3))
     if cfg.rotation > 0:
         out.append(layers.RandomRotation(cfg.rotation / 360.0, fill_mode="constant", seed=seed))
     if cfg.zoom > 0:

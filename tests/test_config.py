@@ -41,7 +41,6 @@ def test_model_names_match_registry() -> None:
     ({"model": "resnet"}, "model='resnet' must be one of simple, deep, lean, strided"),
     ({"subsample": "1.5"}, "subsample=1.5 must be in (0, 1]"),
     ({"lr_schedule": "step"}, "lr_schedule='step' must be one of"),
-    ({"elastic": "-1"}, "elastic=-1.0 must be in [0, 100] pixels"),
     ({"pseudo_keep": "0"}, "pseudo_keep=0.0 must be in (0, 1]"),
     ({"pseudo_from": "../cpu"}, "pseudo_from='../cpu' must be the name of a finished run"),
 ])

@@ -60,41 +60,6 @@ def test_models_output_probabilities(name: str) -> None:
     assert np.allclose(p, model.predict(x, verbose=0))
 
 
-def test_elastic_distortion_warps_like_scipy_and_only_in_training(tmp_path: Path) -> None:
-    from scipy.ndimage import gaussian_filter, map_coordinates
-
-    from pipeline.model import ElasticDistortion, build_model, load_model
-
-    rng = np.random.default_rng(0)
-    x = rng.random((3, 28, 28, 1)).astype(np.float32)
-    layer = ElasticDistortion(12.0, seed=5)
-    assert np.array_equal(np.asarray(layer(x, training=False)), x)
-    field = np.asarray(layer.displacement(3, 28, 28))
-    # The blur is a Gaussian of width 4 px, zero outside the image, as scipy computes it.
-    noise = rng.uniform(-1, 1, (28, 28)).astype(np.float32)
-    blur = layer._blur(28)
-    assert np.allclose(blur @ noise @ blur.T, gaussian_filter(noise.astype(float), 4.0,
-                                                              mode="constant", truncate=3.0), atol=1e-5)
-    # Smoothed uniform noise has std sqrt(1/3 · Σw²) ≈ 0.0407 per unit of alpha in the middle.
-    assert 0.25 < field[:, 10:18, 10:18].std() / 12.0 / 0.0407 < 2.5
-    warped = np.asarray(ElasticDistortion.warp(x, field))
-    for i in range(3):
-        grid = np.mgrid[0:28, 0:28].astype(np.float32)
-        ref = map_coordinates(x[i, :, :, 0], grid + field[i].transpose(2, 0, 1), order=1,
-                              mode="grid-constant", cval=0.0)
-        assert np.allclose(warped[i, :, :, 0], ref, atol=1e-5)
-    moved = np.asarray(layer(x, training=True))
-    assert moved.shape == x.shape and not np.allclose(moved, x)
-    # A model with the layer saves and loads in safe mode and predicts the same.
-    cfg = resolve("tiny", None, {"elastic": "12"})
-    model = build_model(cfg, steps_per_epoch=2)
-    assert any(isinstance(lay, ElasticDistortion) for lay in model.layers)
-    model.save(tmp_path / "m.keras")
-    digits = rng.integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
-    assert np.allclose(load_model(str(tmp_path / "m.keras")).predict(digits, verbose=0),
-                       model.predict(digits, verbose=0), atol=1e-6)
-
-
 def test_lr_schedules() -> None:
     from pipeline.model import LearningRate
 
