@@ -79,8 +79,8 @@ class Config:
     early_stopping: int = 0  # patience in epochs on val_accuracy; 0 = off (train all epochs)
     # prediction
     # Average predictions over the image and its four one-pixel shifts. For the `cpu` profile
-    # it removed 5 and 10 of 184 and 189 OOF errors with two seeds, for ~1 minute more
-    # (README, Performance).
+    # it removed 5, 10 and 6 of 184, 189 and 197 OOF errors with three seeds, for ~1 minute
+    # more (README, Performance).
     tta: bool = True
     # pseudo-labelling (opt-in; README): fold k also trains on the test images and on its own
     # validation images as labelled by the teacher run's fold-k model, which never saw the

@@ -387,6 +387,16 @@ def train_fold(cfg: Config, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
     return meta
 
 
+def _train_run_fold(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndarray,
+                    fold_of: np.ndarray, fold: int, eta: Callable[[float, int], float],
+                    log: Log) -> dict[str, Any]:
+    """Train fold `fold` of run `run`, with its pseudo-labelled images if it has a teacher."""
+    val_idx = np.flatnonzero(fold_of == fold)
+    return train_fold(cfg, x, y, np.flatnonzero(fold_of != fold), val_idx,
+                      paths.run_dir(run) / f"fold_{fold}", fold, eta=eta, log=log,
+                      extra=pseudo_labels(cfg, paths, run, fold, x, val_idx, log))
+
+
 def summarize(run_dir: Path, cfg: Config, y: np.ndarray, fold_meta: list[dict[str, Any]],
               wall: float) -> dict[str, Any]:
     """Assemble out-of-fold probabilities and write the run's metrics.json and folds.csv."""
@@ -485,11 +495,7 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
                     def eta(per_epoch: float, done: int, folds_left: int = folds_left) -> float:
                         return per_epoch * ((cfg.epochs - done) + folds_left * cfg.epochs)
 
-                    metas[i] = train_fold(cfg, x, y, np.flatnonzero(fold_of != i),
-                                          np.flatnonzero(fold_of == i), run_dir / f"fold_{i}", i,
-                                          eta=eta, log=log,
-                                          extra=pseudo_labels(cfg, paths, run, i, x,
-                                                              np.flatnonzero(fold_of == i), log))
+                    metas[i] = _train_run_fold(cfg, paths, run, x, y, fold_of, i, eta, log)
                     log(f"fold {i + 1}: val accuracy {metas[i]['val_accuracy']:.4f} "
                         f"in {_fmt(metas[i]['seconds'])}")
         except KeyboardInterrupt:
@@ -551,10 +557,7 @@ def _fold_main(cfg: Config, paths: Paths, run: str, fold: int, later_rounds: int
         def log(message: str) -> None:
             print(message, flush=True)
 
-        meta = train_fold(cfg, x, y, np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold),
-                          paths.run_dir(run) / f"fold_{fold}", fold, eta=eta, log=log,
-                          extra=pseudo_labels(cfg, paths, run, fold, x,
-                                              np.flatnonzero(fold_of == fold), log))
+        meta = _train_run_fold(cfg, paths, run, x, y, fold_of, fold, eta, log)
         conn.send(("ok", meta))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the reply
