@@ -56,6 +56,9 @@ class Config:
     seed: int = 42  # seeds the folds, and (with model_seed) weights, augmentation and shuffling
     model_seed: int = 0  # vary to train another ensemble member on the same folds
     subsample: float = 1.0  # fraction of train.csv to use (stratified); <1 for quick experiments
+    # share of train.csv held out of every fold, trial and pseudo-label (stratified, seeded): after
+    # `predict` the fold ensemble is scored on it, an estimate of what Kaggle's test will score
+    holdout: float = 0.0
     # model
     model: str = "lean"  # a name in pipeline.model.MODELS
     filters: int = 32  # width of the first conv block; later blocks double it
@@ -136,6 +139,7 @@ def _check(cfg: Config) -> None:
         (cfg.batch_size >= 1, "batch_size", "must be at least 1"),
         (cfg.learning_rate > 0, "learning_rate", "must be positive"),
         (0 < cfg.subsample <= 1, "subsample", "must be in (0, 1]"),
+        (0 <= cfg.holdout <= 0.5, "holdout", "must be in [0, 0.5] (a share of train.csv; 0 = none)"),
         (cfg.model in MODEL_NAMES, "model", f"must be one of {', '.join(MODEL_NAMES)}"),
         (cfg.filters >= 1, "filters", "must be at least 1"),
         (cfg.kernel_size in (3, 5, 7), "kernel_size", "must be 3, 5 or 7"),

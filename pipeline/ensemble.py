@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import load_test
+from pipeline.data import load_test, load_train
 from pipeline.errors import UserError
-from pipeline.files import save_npy, write_json
+from pipeline.evaluate import score
+from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json
+from pipeline.folds import holdout_rows
 from pipeline.submission import read_sample_ids, write_submission
 from pipeline.config import Paths
 from pipeline.train import fold_intact, load_run_config
@@ -85,21 +87,60 @@ def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = prin
     elif len(ids) != len(x):
         raise UserError(f"{paths.data / 'sample_submission.csv'}: {len(ids)} rows but test.csv "
                         f"has {len(x)}; download the competition files again")
-    t0 = time.time()
-    models = fold_models(run_dir, cfg.folds)
-    probs = average_probs(models, x, tta=use_tta)
-    seconds = time.time() - t0
+    with run_lock(run_dir, log):
+        t0 = time.time()
+        models = fold_models(run_dir, cfg.folds)
+        probs = average_probs(models, x, tta=use_tta)
+        seconds = time.time() - t0
+        holdout = score_holdout(paths, run, models, use_tta)
+        per_run = _write_outputs(paths, run, probs, ids, {"tta": use_tta, "models": len(models),
+                                                          "seconds": round(seconds, 2)})
+    log(f"{len(models)} fold models{' × 5 TTA views' if use_tta else ''} on {len(x)} test images in "
+        f"{seconds:.1f}s → {paths.submissions / 'submission.csv'} (copy: {per_run})")
+    if holdout:
+        log(holdout_line(holdout))
+    return per_run
+
+
+def score_holdout(paths: Paths, run: str, models: list, tta: bool) -> dict | None:
+    """Score the fold ensemble on the run's held-out rows (none: None); saved in metrics.json."""
+    run_dir = paths.run_dir(run)
+    rows = holdout_rows(load_npy(run_dir / "folds.npy"))
+    if not len(rows):
+        return None
+    x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
+    if len(y) != len(load_npy(run_dir / "folds.npy")):
+        raise UserError(f"{paths.data / 'train.csv'}: not the train.csv run '{run}' was trained on "
+                        "(other row count); pass --data with the folder it used")
+    probs = average_probs(models, x[rows], tta=tta)
+    save_npy(run_dir / "holdout_probs.npy", probs)
+    result = {**score(y[rows], probs), "share": load_run_config(run_dir).holdout, "tta": tta,
+              "models": len(models)}
+    metrics = read_json(run_dir / "metrics.json")
+    write_json(run_dir / "metrics.json", {**metrics, "holdout": result})
+    return result
+
+
+def holdout_line(h: dict) -> str:
+    """The holdout estimate as one console line."""
+    return (f"holdout estimate: the ensemble scores {h['accuracy']:.4f} on {h['n']} held-out "
+            f"train.csv images ({h['errors']} errors, 95% CI {h['ci95'][0]:.4f}–{h['ci95'][1]:.4f}); "
+            "conservative: its models trained without them")
+
+
+def _write_outputs(paths: Paths, run: str, probs: np.ndarray, ids: np.ndarray,
+                   info: dict) -> Path:
+    """The run's submission, its copy as submissions/submission.csv, and prediction.json."""
+    run_dir = paths.run_dir(run)
     save_npy(run_dir / "test_probs.npy", probs)
     labels = probs.argmax(1)
     per_run = paths.submissions / f"{run}.csv"
     df = write_submission(per_run, labels, ids)
     write_submission(paths.submissions / "submission.csv", labels, ids)
     write_json(run_dir / "prediction.json", {
-        "submission": str(per_run), "rows": len(df), "tta": use_tta, "models": len(models),
-        "seconds": round(seconds, 2), "label_counts": np.bincount(labels, minlength=10).tolist(),
+        "submission": str(per_run), "rows": len(df), **info,
+        "label_counts": np.bincount(labels, minlength=10).tolist(),
     })
-    log(f"{len(models)} fold models{' × 5 TTA views' if use_tta else ''} on {len(x)} test images in "
-        f"{seconds:.1f}s → {paths.submissions / 'submission.csv'} (copy: {per_run})")
     return per_run
 
 

@@ -1,7 +1,9 @@
-"""Stratified k-fold split, computed once per (labels, k, seed) and reused by every command.
+"""The split of train.csv: an optional held-out set, then a stratified k-fold of the rest.
 
-The split is stored as one fold index per training row in `runs/folds/`, named by a hash of
-the labels, k and the seed, so `tune`, `train` and `predict` always see the same folds.
+Computed once per (labels, k, seed, holdout share) and reused by every command. It is stored as
+one number per training row in `runs/folds/`: the row's fold (0..k-1), or `HOLDOUT` (-1) for a
+row held out of every fold, so `tune`, `train` and `predict` always see the same split and no
+fold, trial or pseudo-label ever touches a held-out row.
 """
 
 from __future__ import annotations
@@ -10,33 +12,76 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from pipeline.errors import UserError
 from pipeline.files import load_npy, save_npy
 
+HOLDOUT = -1  # the fold number of a held-out row
 
-def folds_file(runs_dir: Path, y: np.ndarray, k: int, seed: int) -> Path:
-    """Where the split for these labels, k and seed lives."""
+
+def folds_file(runs_dir: Path, y: np.ndarray, k: int, seed: int, holdout: float = 0.0) -> Path:
+    """Where the split for these labels, k, seed and holdout share lives."""
     digest = hashlib.sha1(np.ascontiguousarray(y).tobytes()).hexdigest()[:12]
-    return Path(runs_dir) / "folds" / f"folds-{digest}-k{k}-s{seed}.npy"
+    tail = f"-h{holdout:g}" if holdout > 0 else ""
+    return Path(runs_dir) / "folds" / f"folds-{digest}-k{k}-s{seed}{tail}.npy"
 
 
-def make_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold number (0..k-1) of every row, from a seeded shuffled StratifiedKFold."""
-    fold_of = np.full(len(y), -1, dtype=np.int8)
+def check_labels(y: np.ndarray, k: int, holdout: float, source: str) -> None:
+    """Refuse labels that no split can use: digits missing, or too rare for k folds (and a holdout)."""
+    counts = np.bincount(y, minlength=10)[:10]
+    missing = [str(d) for d in range(10) if counts[d] == 0]
+    if missing:
+        raise UserError(f"{source}: no image of digit(s) {', '.join(missing)} among {len(y)} rows; "
+                        "a model trained on it cannot predict those digits — use the full train.csv")
+    need = k + (2 if holdout > 0 else 0)  # the holdout takes at least one image of each digit
+    rare = [f"{d} ({counts[d]})" for d in range(10) if counts[d] < need]
+    if rare:
+        raise UserError(f"{source}: digit(s) {', '.join(rare)} have fewer than {need} images, too "
+                        f"few for folds={k}{f' and holdout={holdout:g}' if holdout > 0 else ''}; "
+                        "use more rows or fewer folds")
+
+
+def make_folds(y: np.ndarray, k: int, seed: int, holdout: float = 0.0) -> np.ndarray:
+    """Fold number (0..k-1, or HOLDOUT) of every row: a seeded stratified holdout share, then a
+    seeded shuffled StratifiedKFold of the remaining rows."""
+    fold_of = np.full(len(y), HOLDOUT, dtype=np.int8)
+    rows = np.arange(len(y))
+    if holdout > 0:
+        rows, _ = train_test_split(rows, test_size=holdout, stratify=y, random_state=seed)
+        rows = np.sort(rows)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for i, (_, val) in enumerate(skf.split(np.zeros(len(y)), y)):
-        fold_of[val] = i
+    for i, (_, val) in enumerate(skf.split(np.zeros(len(rows)), y[rows])):
+        fold_of[rows[val]] = i
     return fold_of
 
 
-def load_folds(runs_dir: Path, y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """The saved split for (y, k, seed), creating it on first use."""
-    path = folds_file(runs_dir, y, k, seed)
+def load_folds(runs_dir: Path, y: np.ndarray, k: int, seed: int, holdout: float = 0.0) -> np.ndarray:
+    """The saved split for (y, k, seed, holdout), creating it on first use."""
+    path = folds_file(runs_dir, y, k, seed, holdout)
     if path.is_file():
-        fold_of = load_npy(path)
-        if fold_of.shape == y.shape and fold_of.min() == 0 and fold_of.max() == k - 1:
+        try:
+            fold_of = load_npy(path)
+        except ValueError:  # a damaged cache file is rebuilt: the split is deterministic
+            fold_of = None
+        if (fold_of is not None and fold_of.shape == y.shape and fold_of.max() == k - 1
+                and fold_of.min() == (HOLDOUT if holdout > 0 else 0)):
             return fold_of
-    fold_of = make_folds(y, k, seed)
+    fold_of = make_folds(y, k, seed, holdout)
     save_npy(path, fold_of)
     return fold_of
+
+
+def holdout_rows(fold_of: np.ndarray) -> np.ndarray:
+    """Indices of the held-out rows (empty without a holdout)."""
+    return np.flatnonzero(fold_of == HOLDOUT)
+
+
+def train_rows(fold_of: np.ndarray, fold: int) -> np.ndarray:
+    """Indices fold `fold` trains on: every other fold's rows, never a held-out one."""
+    return np.flatnonzero((fold_of != fold) & (fold_of != HOLDOUT))
+
+
+def val_rows(fold_of: np.ndarray, fold: int) -> np.ndarray:
+    """Indices fold `fold` is validated on."""
+    return np.flatnonzero(fold_of == fold)

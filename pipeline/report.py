@@ -27,6 +27,7 @@ from pipeline import figures
 from pipeline.config import DATA_DIR, PROFILES, Config
 from pipeline.data import file_sha256, load_test, load_train
 from pipeline.errors import UserError
+from pipeline.folds import HOLDOUT
 from pipeline.files import load_npy, read_json, run_lock, write_bytes, write_json, write_text
 
 Log = Callable[[str], None]
@@ -200,6 +201,11 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
     folds = pd.read_csv(folds_csv) if folds_csv.is_file() else pd.DataFrame(metrics["folds"])
     fold_path = run_dir / "folds.npy"
     fold_of = load_npy(fold_path) if fold_path.is_file() else None
+    if fold_of is not None and len(fold_of) == len(y) and (fold_of == HOLDOUT).any():
+        # The OOF figures describe the rows that have out-of-fold predictions; the held-out
+        # rows are scored by the ensemble instead (metrics.json "holdout").
+        keep = fold_of != HOLDOUT
+        x, y, oof, fold_of = x[keep], y[keep], oof[keep], fold_of[keep]
     rd = RunData(name=run, run_dir=run_dir, runs_dir=runs_dir, data_dir=data_dir, config=config,
                  metrics=metrics, env=env, folds=folds, histories=histories, x=x, y=y, oof=oof,
                  fold_of=fold_of if fold_of is not None and len(fold_of) == len(y) else None)

@@ -30,7 +30,7 @@ from pipeline.data import file_sha256, load_test, load_train
 from pipeline.errors import Interrupted, UserError
 from pipeline.files import (load_npy, read_json, remove_stale_temps, run_lock, save_keras, save_npy,
                             write_json, write_text)
-from pipeline.folds import load_folds
+from pipeline.folds import HOLDOUT, check_labels, load_folds, train_rows, val_rows
 
 # Keys that change how a run is executed or submitted but not what its models learn, so a run
 # can be resumed or predicted with different values.
@@ -108,6 +108,21 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
         changes = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in diff[:4])
         raise UserError(f"run '{run_dir.name}' was started with another config ({changes}); "
                         "use a new --run name, or `make clean-run RUN=...` to start it over")
+
+
+def check_same_split(run_dir: Path, fold_of: np.ndarray) -> None:
+    """Refuse to resume a run whose saved split (folds and holdout) differs from this one's."""
+    saved = run_dir / "folds.npy"
+    if not saved.is_file():
+        return
+    try:
+        theirs = load_npy(saved)
+    except ValueError:
+        theirs = None
+    if theirs is None or theirs.shape != fold_of.shape or not np.array_equal(theirs, fold_of):
+        raise UserError(f"{saved}: run '{run_dir.name}' was split differently (other train.csv, "
+                        "folds, seed or holdout, or the file is damaged); use a new --run name, or "
+                        "`make clean-run RUN=...` to start it over")
 
 
 def environment(paths: Paths) -> dict[str, Any]:
@@ -391,8 +406,8 @@ def _train_run_fold(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.nd
                     fold_of: np.ndarray, fold: int, eta: Callable[[float, int], float],
                     log: Log) -> dict[str, Any]:
     """Train fold `fold` of run `run`, with its pseudo-labelled images if it has a teacher."""
-    val_idx = np.flatnonzero(fold_of == fold)
-    return train_fold(cfg, x, y, np.flatnonzero(fold_of != fold), val_idx,
+    val_idx = val_rows(fold_of, fold)
+    return train_fold(cfg, x, y, train_rows(fold_of, fold), val_idx,
                       paths.run_dir(run) / f"fold_{fold}", fold, eta=eta, log=log,
                       extra=pseudo_labels(cfg, paths, run, fold, x, val_idx, log))
 
@@ -400,19 +415,22 @@ def _train_run_fold(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.nd
 def summarize(run_dir: Path, cfg: Config, y: np.ndarray, fold_meta: list[dict[str, Any]],
               wall: float) -> dict[str, Any]:
     """Assemble out-of-fold probabilities and write the run's metrics.json and folds.csv."""
+    # Held-out rows have no out-of-fold prediction: their rows stay zero and are left out here.
     oof = np.zeros((len(y), 10), dtype=np.float32)
     for i in range(cfg.folds):
         fold_dir = run_dir / f"fold_{i}"
         oof[load_npy(fold_dir / "val_idx.npy")] = load_npy(fold_dir / "oof.npy")
     save_npy(run_dir / "oof_probs.npy", oof)
-    pred = oof.argmax(1)
+    rows = np.flatnonzero(load_npy(run_dir / "folds.npy") != HOLDOUT)
+    pred = oof[rows].argmax(1)
     accs = np.array([m["val_accuracy"] for m in fold_meta])
     metrics = {
         "run": run_dir.name, "profile": cfg.profile, "model": cfg.model,
-        "cv_accuracy": float(np.mean(pred == y)),
-        "cv_log_loss": float(-np.mean(np.log(np.clip(oof[np.arange(len(y)), y], 1e-7, 1)))),
+        "cv_accuracy": float(np.mean(pred == y[rows])),
+        "cv_log_loss": float(-np.mean(np.log(np.clip(oof[rows, y[rows]], 1e-7, 1)))),
         "fold_accuracy_mean": float(accs.mean()), "fold_accuracy_std": float(accs.std()),
-        "n_train": int(len(y)), "train_seconds": round(sum(m["seconds"] for m in fold_meta), 2),
+        "n_train": int(len(rows)), "n_holdout": int(len(y) - len(rows)),
+        "train_seconds": round(sum(m["seconds"] for m in fold_meta), 2),
         "wall_seconds_last_invocation": round(wall, 2),
         "folds": [{k: v for k, v in m.items() if k != "sha256"} for m in fold_meta],
     }
@@ -420,7 +438,7 @@ def summarize(run_dir: Path, cfg: Config, y: np.ndarray, fold_meta: list[dict[st
     old = run_dir / "metrics.json"
     if old.is_file():
         prev = read_json(old)
-        for key in ("kaggle",):
+        for key in ("kaggle", "holdout"):
             if key in prev:
                 metrics[key] = prev[key]
     write_json(run_dir / "metrics.json", metrics)
@@ -456,12 +474,10 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         check_resumable(run_dir, cfg)
         t0 = time.time()
         x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
-        counts = np.bincount(y)
-        if counts[counts > 0].min() < cfg.folds:
-            raise UserError(f"{paths.data / 'train.csv'}: {len(y)} rows are too few for "
-                            f"folds={cfg.folds} (each digit needs at least {cfg.folds} examples)")
+        check_labels(y, cfg.folds, cfg.holdout, str(paths.data / "train.csv"))
         setup_tensorflow(cfg)
-        fold_of = load_folds(paths.runs, y, cfg.folds, cfg.seed)
+        fold_of = load_folds(paths.runs, y, cfg.folds, cfg.seed, cfg.holdout)
+        check_same_split(run_dir, fold_of)
         if cfg.pseudo_from:
             check_teacher(cfg, paths, run, fold_of)
         write_json(run_dir / "config.json", cfg.to_dict())

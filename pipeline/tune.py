@@ -396,6 +396,7 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Clai
     import keras
     import optuna
 
+    from pipeline.folds import train_rows, val_rows
     from pipeline.train import train_fold
 
     claim.release()  # the trial exists now: other local workers may start theirs
@@ -416,8 +417,8 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Clai
             for k in range(budget.tune_folds):
                 cb = pruning_callback(trial, "val_accuracy", step_offset=k * epochs[1],
                                       deadline=deadline)
-                meta = train_fold(cfg, data.x, data.y, np.flatnonzero(data.fold_of != k),
-                                  np.flatnonzero(data.fold_of == k), Path(tmp) / f"fold_{k}", k,
+                meta = train_fold(cfg, data.x, data.y, train_rows(data.fold_of, k),
+                                  val_rows(data.fold_of, k), Path(tmp) / f"fold_{k}", k,
                                   callbacks=[cb], log=lambda message: None)
                 accs.append(meta["val_accuracy"])
                 trial.set_user_attr("fold_accuracies", accs)
@@ -455,10 +456,13 @@ def _quiet_optuna() -> None:
 
 def _load_data(settings: Settings) -> _Data:
     from pipeline.data import load_train
-    from pipeline.folds import load_folds
+    from pipeline.folds import check_labels, load_folds
 
-    x, y = load_train(settings.paths.data / "train.csv", cache_dir=settings.paths.runs / "cache")
-    fold_of = load_folds(settings.paths.runs, y, settings.base.folds, settings.base.seed)
+    train_csv = settings.paths.data / "train.csv"
+    x, y = load_train(train_csv, cache_dir=settings.paths.runs / "cache")
+    check_labels(y, settings.base.folds, settings.base.holdout, str(train_csv))
+    fold_of = load_folds(settings.paths.runs, y, settings.base.folds, settings.base.seed,
+                         settings.base.holdout)
     return _Data(x, y, fold_of)
 
 
@@ -582,7 +586,9 @@ def _setup_record(settings: Settings, data: _Data) -> dict[str, Any]:
     return {"profile": settings.base.profile, "pinned": pinned,
             "folds": settings.base.folds, "seed": settings.base.seed, "tune_folds": b.tune_folds,
             "subsample": b.subsample, "epochs": list(b.epochs(settings.pinned)),
-            "data": f"{len(data.y)} rows, labels sha1 {digest}"}
+            "data": f"{len(data.y)} rows, labels sha1 {digest}",
+            # Only when set, so studies started before the key existed still resume.
+            **({"holdout": settings.base.holdout} if settings.base.holdout > 0 else {})}
 
 
 def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> None:
@@ -624,10 +630,6 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
     settings.budget.check(settings.base.folds, settings.pinned)
     study = load_study(settings)  # a bad --storage fails here, before the data is read
     data = _load_data(settings)
-    counts = np.bincount(data.y)
-    if counts[counts > 0].min() < settings.base.folds:
-        raise UserError(f"{settings.paths.data / 'train.csv'}: too few rows for "
-                        f"folds={settings.base.folds}")
     _prepare(settings, study, data, log)
     deadline = time.time() + settings.budget.timeout
     bar = Progress(study, settings.budget.trials, enabled=progress)
