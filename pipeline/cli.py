@@ -80,12 +80,11 @@ def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | N
     name = getattr(args, "study", None) or cfg.study
     if not name:
         return cfg, None
-    from pipeline.tune import load_best_params
+    from pipeline.study import load_best_params
 
     record = load_best_params(Path(args.runs_dir).resolve(), name)
     cfg = config_mod.resolve(args.profile, Path(args.config) if args.config else None,
-                             config_mod.parse_sets(args.set),
-                             extra={**record["params"], "study": name})
+                             _sets(args), extra={**record["params"], "study": name})
     if cfg.study != name:
         raise UserError(f"--study {name!r} conflicts with study={cfg.study!r} from --set")
     tuned_on = record.get("budget", {}).get("profile", cfg.profile)
@@ -97,19 +96,20 @@ def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | N
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from pipeline import study as study_mod
     from pipeline import tune
 
-    study = tune.check_study_name(args.study)
+    study = study_mod.check_study_name(args.study)
     file = Path(args.config) if args.config else None
     sets = config_mod.parse_sets(args.set)
     base = _config(args)
     paths = _paths(args)
-    budget = tune.Budget(trials=args.trials, timeout=args.timeout, tune_folds=args.tune_folds,
+    budget = study_mod.Budget(trials=args.trials, timeout=args.timeout, tune_folds=args.tune_folds,
                          min_epochs=args.min_epochs, max_epochs=args.max_epochs,
                          subsample=args.subsample, pruner=args.pruner,
                          startup_trials=args.startup_trials, heartbeat=args.heartbeat)
-    settings = tune.Settings(
-        study=study, storage=args.storage or tune.default_storage(paths.runs, study), paths=paths,
+    settings = study_mod.Settings(
+        study=study, storage=args.storage or study_mod.default_storage(paths.runs, study), paths=paths,
         base=base, pinned={k: getattr(base, k) for k in sorted(tune.pinned_keys(file, sets))},
         budget=budget, workers=args.workers,
         enqueue=tune.read_enqueue(Path(args.enqueue), base) if args.enqueue else ())
@@ -119,7 +119,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from pipeline.ensemble import predict_run
-    from pipeline.train import latest_complete_run
+    from pipeline.runfiles import latest_complete_run
 
     paths = _paths(args)
     run = config_mod.check_run_name(args.run) if args.run else latest_complete_run(paths.runs)
@@ -164,7 +164,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from pipeline.report import build_report, summary_text
-    from pipeline.train import latest_complete_run
+    from pipeline.runfiles import latest_complete_run
 
     runs = Path(args.runs_dir).resolve()
     run = config_mod.check_run_name(args.run) if args.run else latest_complete_run(runs)
@@ -174,7 +174,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pipeline.report import compare_text, finished_runs
+    from pipeline.report import compare_text
+    from pipeline.runfiles import finished_runs
 
     runs_dir = Path(args.runs_dir).resolve()
     runs = [config_mod.check_run_name(r) for r in args.runs] or finished_runs(runs_dir)
@@ -188,7 +189,7 @@ def _download(args: argparse.Namespace) -> int:
     from pipeline.kaggle import download
 
     download(args.competition or _config(args).competition, Path(args.data).resolve(), force=args.force,
-             from_zip=Path(args.from_zip).resolve() if args.from_zip else None)
+             from_zip=Path(args.from_zip).resolve() if args.from_zip else None, log=_log)
     return 0
 
 
@@ -197,7 +198,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     if args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
-    from pipeline.train import latest_complete_run
+    from pipeline.runfiles import latest_complete_run
 
     paths = _paths(args)
     run = config_mod.check_run_name(args.run) if args.run else None
@@ -228,7 +229,7 @@ def _common(p: argparse.ArgumentParser, profile_default: str | None = "cpu") -> 
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
-    from pipeline.tune import DEFAULT_HEARTBEAT, PRUNERS, Budget
+    from pipeline.study import DEFAULT_HEARTBEAT, PRUNERS, Budget
 
     b = Budget()
     p.add_argument("--study", default="default",

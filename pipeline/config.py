@@ -13,7 +13,7 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +48,24 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 @dataclass(frozen=True)
 class Config:
-    """Everything a run depends on; saved as `runs/<run>/config.json`."""
+    """Everything a run depends on; saved as `runs/<run>/config.json`.
 
-    profile: str = "cpu"  # the preset these values started from (recorded, not a knob)
+    Each key has a role (field metadata, default "model"), from which every stage derives what
+    it may ignore: see ROLES.
+    """
+
+    # the preset these values started from (recorded, not a knob)
+    profile: str = field(default="cpu", metadata={"role": "record"})
     # data and folds
-    folds: int = 5  # k of the stratified k-fold CV
-    seed: int = 42  # seeds the folds, and (with model_seed) weights, augmentation and shuffling
+    folds: int = field(default=5, metadata={"role": "split"})  # k of the stratified k-fold CV
+    # seeds the folds, and (with model_seed) weights, augmentation and shuffling
+    seed: int = field(default=42, metadata={"role": "split"})
     model_seed: int = 0  # vary to train another ensemble member on the same folds
-    subsample: float = 1.0  # fraction of train.csv to use (stratified); <1 for quick experiments
+    # fraction of train.csv to use (stratified); <1 for quick experiments
+    subsample: float = field(default=1.0, metadata={"role": "split"})
     # share of train.csv held out of every fold, trial and pseudo-label (stratified, seeded): after
     # `predict` the fold ensemble is scored on it, an estimate of what Kaggle's test will score
-    holdout: float = 0.0
+    holdout: float = field(default=0.0, metadata={"role": "split"})
     # model
     model: str = "lean"  # a name in pipeline.model.MODELS
     filters: int = 32  # width of the first conv block; later blocks double it
@@ -84,7 +91,7 @@ class Config:
     # Average predictions over the image and its four one-pixel shifts. For the `cpu` profile
     # it removed 5, 10 and 6 of 184, 189 and 197 OOF errors with three seeds, for ~1 minute
     # more (README, Performance).
-    tta: bool = True
+    tta: bool = field(default=True, metadata={"role": "prediction"})
     # pseudo-labelling (opt-in; README): fold k also trains on the test images and on its own
     # validation images as labelled by the teacher run's fold-k model, which never saw the
     # latter, so the out-of-fold accuracy measures what pseudo-labels do for the submission.
@@ -93,19 +100,48 @@ class Config:
     # execution
     # Two single-threaded folds at once train ~1.2–1.3× faster than one fold on two threads
     # (README, Performance).
-    workers: int = 2  # folds trained at once, each in its own process
-    threads: int = 0  # TensorFlow threads per process; 0 = the cores shared among the workers
-    deterministic: bool = False  # bit-identical results on one machine (slower)
+    # folds trained at once, each in its own process
+    workers: int = field(default=2, metadata={"role": "execution"})
+    # TensorFlow threads per process; 0 = the cores shared among the workers
+    threads: int = field(default=0, metadata={"role": "execution"})
+    # bit-identical results on one machine (slower)
+    deterministic: bool = field(default=False, metadata={"role": "execution"})
     # tuning and Kaggle
-    study: str = ""  # take model hyperparameters from this Optuna study's best trial
-    competition: str = "digit-recognizer"
+    # take model hyperparameters from this Optuna study's best trial
+    study: str = field(default="", metadata={"role": "source"})
+    competition: str = field(default="digit-recognizer", metadata={"role": "execution"})
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict, in declaration order."""
         return dataclasses.asdict(self)
 
 
-# The names in pipeline.model.MODELS, listed here so checking a config needs no Keras import.
+# What a key's role says about it. Every list of keys that a stage treats alike derives from here.
+ROLES = {
+    "model": "what the models learn: searched or pinned by `tune`, copied from a study",
+    "split": "which rows train and validate each fold: a run's own choice, never from a study",
+    "prediction": "how predictions are made (the OOF ones too, so a run resumes only with the same)",
+    "source": "where hyperparameters came from (the study)",
+    "record": "recorded with the run, not a knob (the profile it started from)",
+    "execution": "how a run is executed or submitted; may change when a run resumes",
+}
+
+
+def role(key: str) -> str:
+    """The role of config key `key` (see ROLES)."""
+    return next(f.metadata.get("role", "model") for f in fields(Config) if f.name == key)
+
+
+def keys_with(*roles: str) -> frozenset[str]:
+    """The config keys whose role is one of `roles`."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s): {', '.join(sorted(unknown))}")
+    return frozenset(f.name for f in fields(Config) if f.metadata.get("role", "model") in roles)
+
+
+# The model builders' names (pipeline.model derives its registry from this tuple), here so
+# checking a config needs no Keras import.
 MODEL_NAMES = ("simple", "deep", "lean", "strided")
 LR_SCHEDULES = ("onecycle", "cosine", "exponential", "constant")
 

@@ -487,11 +487,13 @@ TUNING_PLOTS = (
     ("tuning_history", "plot_optimization_history"),
     ("tuning_importances", "plot_param_importances"),
     ("tuning_parallel", "plot_parallel_coordinate"),
+    ("tuning_slice", "plot_slice"),
 )
 
 
 def tuning(study: Any, out_dir: Path) -> tuple[list[Path], list[str]]:
-    """Optuna's own matplotlib plots of `study`; returns (PNG paths, reasons for skipped plots)."""
+    """Optuna's own matplotlib plots of `study` as PNGs in `out_dir` (the study's folder, or a
+    run report's figures); returns (PNG paths, reasons for skipped plots)."""
     import warnings
 
     import matplotlib

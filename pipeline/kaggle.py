@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.console import warn
 from pipeline.data import TEST_COLUMNS, TRAIN_COLUMNS
 from pipeline.errors import UserError
 from pipeline.files import read_json, write_json
@@ -42,6 +43,7 @@ from pipeline.submission import COLUMNS as SUBMISSION_COLUMNS
 from pipeline.submission import KAGGLE_ROWS, read_sample_ids, read_submission
 from pipeline.config import Paths
 
+Log = Callable[[str], None]
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
 # File name -> header; rows come from expected_shapes().
 HEADERS: dict[str, list[str]] = {
@@ -242,7 +244,7 @@ def _warn_if_shared(path: Path) -> None:
     """Warn (never fail) when a secret file is readable by group or others."""
     with contextlib.suppress(OSError):
         if os.name != "nt" and path.stat().st_mode & 0o044:
-            print(f"warning: {path} is readable by other users; run `chmod 600 {path}`", file=sys.stderr)
+            warn(f"{path} is readable by other users; run `chmod 600 {path}`")
 
 
 def find_credentials() -> Credentials:
@@ -351,24 +353,25 @@ def _explain(exc: Exception, competition: str, creds: Credentials, action: str) 
 # ---------------------------------------------------------------------------- download
 
 
-def download(competition: str, data_dir: Path, *, force: bool = False, from_zip: Path | None = None) -> None:
+def download(competition: str, data_dir: Path, *, force: bool = False, from_zip: Path | None = None,
+             log: Log = print) -> None:
     """Install the competition's train/test/sample files into `data_dir`, from Kaggle or `from_zip`."""
     data_dir = Path(data_dir)
     competition = parse_competition(competition)
     if from_zip is not None:
         install_archive(Path(from_zip), data_dir)
-        print(f"installed {', '.join(HEADERS)} from {from_zip} into {data_dir}")
+        log(f"installed {', '.join(HEADERS)} from {from_zip} into {data_dir}")
         return
     if not force:
         problems = check_files(data_dir)
         if not problems:
-            print(f"{data_dir}: competition data already present and valid; skipping the download "
+            log(f"{data_dir}: competition data already present and valid; skipping the download "
                   "(use --force to download again)")
             return
         if any("missing" not in p for p in problems):
-            print(f"{data_dir}: existing files look wrong ({'; '.join(problems)}); downloading again")
+            log(f"{data_dir}: existing files look wrong ({'; '.join(problems)}); downloading again")
     api, creds = _client()
-    print(f"downloading {competition!r} from Kaggle…", flush=True)
+    log(f"downloading {competition!r} from Kaggle…")
     with _staging(data_dir) as tmp:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # its messages name our temp folder
@@ -384,7 +387,7 @@ def download(competition: str, data_dir: Path, *, force: bool = False, from_zip:
             raise UserError(f"Kaggle sent {len(archives)} files for {competition!r}, expected one .zip; "
                             "download it from the competition's Data page and use --from-zip")
         install_archive(archives[0], data_dir)
-    print(f"installed {', '.join(HEADERS)} into {data_dir}")
+    log(f"installed {', '.join(HEADERS)} into {data_dir}")
 
 
 # ---------------------------------------------------------------------------- submit
@@ -405,9 +408,9 @@ def default_message(run: str | None, run_dir: Path | None, csv: Path) -> str:
 
 
 def prepare_submission(paths: Paths, run: str | None, file: Path | None,
-                       log: Callable[[str], None] = print) -> tuple[Path, str | None]:
+                       log: Log = print) -> tuple[Path, str | None]:
     """The validated CSV to send and the run it belongs to (None for a bare --file)."""
-    from pipeline.train import latest_complete_run
+    from pipeline.runfiles import latest_complete_run
 
     if file is None:
         run = run or latest_complete_run(paths.runs)
@@ -433,7 +436,7 @@ def prepare_submission(paths: Paths, run: str | None, file: Path | None,
 
 def submit_run(paths: Paths, *, competition: str, run: str | None = None, file: Path | None = None,
                message: str | None = None, dry_run: bool = False, wait: bool = True,
-               timeout: float = 600.0, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+               timeout: float = 600.0, log: Log = print) -> dict[str, Any] | None:
     """`python -m pipeline submit`: pick or build the CSV, validate it, upload it and record the score."""
     competition = parse_competition(competition)
     csv, run = prepare_submission(paths, run, file, log)
@@ -441,7 +444,7 @@ def submit_run(paths: Paths, *, competition: str, run: str | None = None, file: 
     message = message if message is not None else default_message(run, run_dir, csv)
     record = run_dir / "kaggle_submission.json" if run_dir else None
     return submit(csv, competition=competition, message=message, record=record, wait=wait,
-                  timeout=timeout, dry_run=dry_run)
+                  timeout=timeout, dry_run=dry_run, log=log)
 
 
 def _status_name(submission: Any) -> str:
@@ -449,7 +452,8 @@ def _status_name(submission: Any) -> str:
     return getattr(status, "name", str(status or "PENDING"))
 
 
-def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: Credentials) -> Any:
+def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: Credentials,
+                   log: Log = print) -> Any:
     """Poll the submission until Kaggle scores it; returns it, or None when `timeout` seconds pass first."""
     from requests import HTTPError
 
@@ -471,23 +475,23 @@ def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: 
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        print(f"  status {status}, checking again in {min(delay, left):.0f} s…", flush=True)
+        log(f"  status {status}, checking again in {min(delay, left):.0f} s…")
         time.sleep(min(delay, left))
         delay = min(delay * 2, 15.0)  # scoring takes seconds to minutes; don't hammer the API
 
 
 def submit(csv: Path, *, competition: str, message: str, record: Path | None = None, wait: bool = True,
-           timeout: float = 300.0, dry_run: bool = False) -> dict[str, Any] | None:
+           timeout: float = 300.0, dry_run: bool = False, log: Log = print) -> dict[str, Any] | None:
     """Upload a validated submission CSV; with `wait`, poll until scored and record the result in `record`."""
     competition = parse_competition(competition)
     csv = Path(csv)
     if dry_run:
-        print(f"dry run: would submit {csv} ({csv.stat().st_size:,} bytes, validated) to {competition!r} "
-              f"with message {message!r}" + (f", recording the score in {record}" if record else "")
-              + "; nothing was sent")
+        log(f"dry run: would submit {csv} ({csv.stat().st_size:,} bytes, validated) to {competition!r} "
+            f"with message {message!r}" + (f", recording the score in {record}" if record else "")
+            + "; nothing was sent")
         return None
     api, creds = _client()
-    print(f"submitting {csv} to {competition!r}: {message!r}", flush=True)
+    log(f"submitting {csv} to {competition!r}: {message!r}")
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
@@ -506,15 +510,15 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
         "status": "PENDING", "public_score": None, "error": None,
         "submitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    print(f"submitted: ref {ref} ({said})")
+    log(f"submitted: ref {ref} ({said})")
     if record is not None:
         write_json(record, entry)  # written now so the ref survives a timeout or Ctrl-C
     if not wait:
         return entry
-    scored = wait_for_score(api, ref, timeout, competition, creds)
+    scored = wait_for_score(api, ref, timeout, competition, creds, log)
     if scored is None:
-        print(f"warning: submission {ref} not scored after {timeout:g} s; see "
-              f"https://www.kaggle.com/competitions/{competition}/submissions", file=sys.stderr)
+        warn(f"submission {ref} not scored after {timeout:g} s; see "
+             f"https://www.kaggle.com/competitions/{competition}/submissions")
         return entry
     entry.update(status=_status_name(scored), public_score=getattr(scored, "public_score", None),
                  error=(getattr(scored, "error_description", None) or None),
@@ -524,5 +528,5 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
     if entry["status"] == "ERROR":
         raise UserError(f"Kaggle could not score submission {ref}: {entry['error'] or 'no reason given'}; "
                         "check the file format against sample_submission.csv")
-    print(f"public score: {entry['public_score']}")
+    log(f"public score: {entry['public_score']}")
     return entry

@@ -24,7 +24,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline import figures
-from pipeline.config import DATA_DIR, PROFILES, Config
+from pipeline.config import DATA_DIR, PROFILES, Config, keys_with
+from pipeline.console import duration
+from pipeline.runfiles import finished_metrics, read_optional
+from pipeline.study import open_saved_study
+from pipeline.train import fold_table
 from pipeline.data import file_sha256, load_test, load_train
 from pipeline.errors import UserError
 from pipeline.folds import HOLDOUT
@@ -36,7 +40,7 @@ BOOTSTRAP_RESAMPLES = 2000
 ERROR_GALLERY_SIZE = 24
 KAGGLE_FILE = "kaggle_submission.json"
 # Config keys that say how a run was executed rather than what it learned; left out of `compare`.
-EXECUTION_KEYS = {"profile", "threads", "workers", "deterministic", "competition", "tta"}
+HIDDEN_KEYS = keys_with("record", "prediction", "execution")
 
 
 @dataclass(frozen=True)
@@ -140,27 +144,6 @@ class RunData:
 
 # --- loading ---------------------------------------------------------------------------------
 
-def _read_optional(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    data = read_json(path)
-    return data if isinstance(data, dict) else None
-
-
-def finished_metrics(run_dir: Path) -> dict[str, Any]:
-    """A finished run's metrics.json, or a UserError saying how to get one."""
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir}: no such run (no config.json); train it first with "
-                        f"`python -m pipeline train --run {run_dir.name}`")
-    if not (run_dir / "metrics.json").is_file():
-        raise UserError(f"run '{run_dir.name}' is not finished (no metrics.json); run "
-                        f"`python -m pipeline train --run {run_dir.name}` to complete it")
-    metrics = read_json(run_dir / "metrics.json")
-    if not isinstance(metrics, dict) or "folds" not in metrics:
-        raise UserError(f"{run_dir / 'metrics.json'}: not a run's metrics; retrain the run")
-    return metrics
-
-
 def _data_dir(env: dict[str, Any], data: Path | None) -> Path:
     """The data a run was trained on: `data` if given, else the folder env.json recorded."""
     if data is not None:
@@ -177,7 +160,7 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
     run_dir = runs_dir / run
     metrics = finished_metrics(run_dir)
     config = read_json(run_dir / "config.json")
-    env = _read_optional(run_dir / "env.json") or {}
+    env = read_optional(run_dir / "env.json") or {}
     data_dir = _data_dir(env, data)
     train_csv = data_dir / "train.csv"
     expected = env.get("data_sha256", {}).get("train.csv")
@@ -212,7 +195,7 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
 
     probs_path = run_dir / "test_probs.npy"
     if probs_path.is_file():
-        rd.prediction = _read_optional(run_dir / "prediction.json")
+        rd.prediction = read_optional(run_dir / "prediction.json")
         test_csv = data_dir / "test.csv"
         probs = load_npy(probs_path)
         if test_csv.is_file():
@@ -224,7 +207,7 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
                                 f"the run predicted {len(probs)}")
         else:
             rd.notes.append(f"test figures skipped: {test_csv} not found")
-    rd.kaggle = _read_optional(run_dir / KAGGLE_FILE)
+    rd.kaggle = read_optional(run_dir / KAGGLE_FILE)
     return rd
 
 
@@ -313,47 +296,13 @@ def build_figures(rd: RunData, out_dir: Path | None = None) -> dict[str, Path]:
     return made
 
 
-def study_storage(study_dir: Path) -> Any | None:
-    """An Optuna storage for the study files in `study_dir` (SQLite or journal), or None."""
-    for pattern in ("*.db", "*.sqlite", "*.sqlite3"):
-        for path in sorted(study_dir.glob(pattern)):
-            return f"sqlite:///{path.resolve()}"
-    for pattern in ("*.journal", "*.jsonl", "*.log"):
-        for path in sorted(study_dir.glob(pattern)):
-            from optuna.storages import JournalStorage
-            from optuna.storages.journal import JournalFileBackend
-
-            return JournalStorage(JournalFileBackend(str(path)))
-    return None
-
-
-def load_study(study_dir: Path, name: str) -> Any | None:
-    """The Optuna study stored under `study_dir` (by name, else its only study), or None."""
-    storage = study_storage(study_dir) if study_dir.is_dir() else None
-    if storage is None:
-        return None
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna imports tqdm.auto, which warns in Jupyter
-        import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for study_name in (name, None):
-        try:
-            return optuna.load_study(study_name=study_name, storage=storage)
-        except (KeyError, ValueError):
-            continue
-    return None
-
-
 def tuning_figures(rd: RunData, out_dir: Path) -> dict[str, Path]:
     """Optuna's plots for the run's study, drawn from its storage or copied from its PNGs."""
     if not rd.study:
         return {}
     study_dir = rd.runs_dir / "tune" / rd.study
     try:
-        study = load_study(study_dir, rd.study)
+        study = open_saved_study(study_dir, rd.study)
     except Exception as exc:  # a storage written by another Optuna version, a locked file, …
         rd.notes.append(f"study '{rd.study}': could not be opened ({type(exc).__name__}: {exc})")
         study = None
@@ -378,7 +327,7 @@ def study_summary(rd: RunData) -> dict[str, Any] | None:
     if not rd.study:
         return None
     try:
-        study = load_study(rd.runs_dir / "tune" / rd.study, rd.study)
+        study = open_saved_study(rd.runs_dir / "tune" / rd.study, rd.study)
     except Exception:
         return None
     if study is None:
@@ -421,13 +370,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(round(float(seconds)))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
     """An HTML table of escaped cells (no header row when every header is empty)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
@@ -462,7 +404,7 @@ def _kaggle_score(kaggle: dict[str, Any] | None) -> str:
 
 def _fold_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     return [[f["fold"], f"{f['val_accuracy']:.4f}", f"{f['val_loss']:.4f}", f.get("best_epoch", ""),
-             f.get("epochs_run", ""), _fmt_seconds(f.get("seconds", 0)),
+             f.get("epochs_run", ""), duration(f.get("seconds", 0)),
              # pseudo-labelled images a fold also trained on (pseudo_from), as "+N"
              f"{f.get('n_train', '')}" + (f" +{f['n_pseudo']}" if f.get("n_pseudo") else ""),
              f.get("n_val", "")] for f in metrics["folds"]]
@@ -539,7 +481,7 @@ def render_html(rd: RunData, made: dict[str, Path], study: dict[str, Any] | None
         _card("CV log loss", f"{m['cv_log_loss']:.4f}", "lower is better"),
         _card("Kaggle public score", _kaggle_score(rd.kaggle),
               (rd.kaggle or {}).get("time", "") or "make submit to get one"),
-        _card("Training time", _fmt_seconds(m.get("train_seconds", 0)),
+        _card("Training time", duration(m.get("train_seconds", 0)),
               f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs, summed over folds "
               f"({cfg.get('workers', 1)} at a time)"),
     ])
@@ -688,15 +630,12 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
     cfg = read_json(run_dir / "config.json")
     lines = [f"run '{run_dir.name}' · profile {cfg.get('profile')} · model {cfg.get('model')} · "
              f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs · {m.get('n_train', '?')} images",
-             f"{'fold':>4}  {'val_acc':>8}  {'val_loss':>8}  {'best_ep':>7}  {'time':>7}"]
-    for f in m["folds"]:
-        lines.append(f"{f['fold']:>4}  {f['val_accuracy']:>8.4f}  {f['val_loss']:>8.4f}  "
-                     f"{f.get('best_epoch', ''):>7}  {_fmt_seconds(f.get('seconds', 0)):>7}")
+             fold_table(m)]
     ci = m.get("cv_accuracy_ci95")
     ci_text = f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
     lines.append(f"CV accuracy {m['cv_accuracy']:.4f}{ci_text} · log loss {m['cv_log_loss']:.4f} · "
                  f"folds {m['fold_accuracy_mean']:.4f} ± {m['fold_accuracy_std']:.4f} · "
-                 f"folds trained in {_fmt_seconds(m.get('train_seconds', 0))} (summed)")
+                 f"folds trained in {duration(m.get('train_seconds', 0))} (summed)")
     cr = m.get("classification_report")
     if cr:
         weakest = sorted(figures.DIGITS, key=lambda d: cr[str(d)]["f1-score"])[:3]
@@ -706,20 +645,14 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
         conf = top_confusions(m["confusion_matrix"])
         lines.append("most confused (true→pred): "
                      + (", ".join(f"{t}→{p} ×{c}" for t, p, c in conf) or "none"))
-    pred = _read_optional(run_dir / "prediction.json")
+    pred = read_optional(run_dir / "prediction.json")
     lines.append(f"submission: {pred['submission']} ({pred['rows']} rows)" if pred else
                  f"submission: not predicted yet (make submission RUN={run_dir.name})")
-    kaggle = _read_optional(run_dir / KAGGLE_FILE)
+    kaggle = read_optional(run_dir / KAGGLE_FILE)
     lines.append(f"Kaggle public score: {_kaggle_score(kaggle)}")
     if (run_dir / "report.html").is_file():
         lines.append(f"report: {run_dir / 'report.html'}")
     return "\n".join(lines)
-
-
-def finished_runs(runs_dir: Path) -> list[str]:
-    """Names of the runs under `runs_dir` that finished training, oldest first."""
-    done = [p for p in Path(runs_dir).glob("*/metrics.json") if (p.parent / "config.json").is_file()]
-    return [p.parent.name for p in sorted(done, key=lambda p: p.stat().st_mtime)]
 
 
 def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
@@ -728,10 +661,10 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
     for run in runs:
         run_dir = Path(runs_dir) / run
         loaded.append((run, finished_metrics(run_dir), read_json(run_dir / "config.json"),
-                       _read_optional(run_dir / KAGGLE_FILE)))
+                       read_optional(run_dir / KAGGLE_FILE)))
     keys = [f.name for f in fields(Config)]
     shown = {"profile", "model", "folds", "epochs"}
-    differ = [k for k in keys if k not in shown | EXECUTION_KEYS
+    differ = [k for k in keys if k not in shown | HIDDEN_KEYS
               and len({json.dumps(c.get(k)) for _, _, c, _ in loaded}) > 1]
     rows = []
     for run, m, cfg, kaggle in loaded:
@@ -744,7 +677,7 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
             "CV acc": f"{m['cv_accuracy']:.4f}",
             "95% CI": f"{ci[0]:.4f}–{ci[1]:.4f}" if ci else "(make report)",
             "fold mean±std": f"{m['fold_accuracy_mean']:.4f}±{m['fold_accuracy_std']:.4f}",
-            "train time": _fmt_seconds(m.get("train_seconds", 0)),
+            "train time": duration(m.get("train_seconds", 0)),
             "Kaggle": _kaggle_score(kaggle),
         })
     return pd.DataFrame(rows)

@@ -27,24 +27,22 @@ import math
 import os
 import shutil
 import socket
-import sys
-import tempfile
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline import config as config_mod
-from pipeline.config import LR_SCHEDULES, MODEL_NAMES, RUN_NAME, Config
-from pipeline.errors import UserError
+from pipeline.config import LR_SCHEDULES, MODEL_NAMES, Config, keys_with
+from pipeline.errors import Interrupted, UserError
 from pipeline.files import read_json
-from pipeline.train import Interrupted, Paths
-from pipeline.tune_report import Progress, Tally, masked, write_results
+from pipeline.pool import Job, run_jobs
+from pipeline.study import EXECUTION_KEYS, GRACE, Settings, Tally, load_study, make_sampler, masked
+from pipeline.tune_report import Progress, write_results
 
 if TYPE_CHECKING:
     import optuna
@@ -76,8 +74,7 @@ RANGES: dict[str, tuple[float, float]] = {
 SEARCHED = (*CHOICES, *RANGES, "epochs")
 # Config keys that say how a search or a run is executed, not what the model is: never copied
 # into best_params.json, so they stay the training command's own choice.
-NOT_HYPERPARAMETERS = {"profile", "folds", "seed", "subsample", "threads", "workers", "deterministic",
-                       "tta", "study", "competition"}
+NOT_HYPERPARAMETERS = keys_with("split", "prediction", "source", "record", "execution")
 
 
 def suggest(trial: optuna.Trial, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
@@ -133,87 +130,6 @@ def baseline_params(base: Config, pinned: dict[str, Any], epochs: tuple[int, int
 
 # --- settings -------------------------------------------------------------------------------
 
-PRUNERS = ("median", "hyperband", "none")
-# Pinned keys that do not change what trials learn: a study may resume with other values.
-EXECUTION_KEYS = {"threads", "workers", "deterministic", "tta", "competition", "study"}
-DEFAULT_HEARTBEAT = 10  # seconds between a running trial's heartbeats
-GRACE = 4  # a trial with no heartbeat for GRACE × heartbeat seconds is declared dead
-SQLITE_TIMEOUT = 60.0  # seconds a writer waits for SQLite's lock (see README: measured)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What one study may spend, and how trials are cut short."""
-
-    trials: int = 30  # target total number of trials in the study
-    timeout: float = 1800.0  # seconds; then the running trial stops and no new one starts
-    tune_folds: int = 1  # folds of the saved split each trial trains (1 … folds)
-    min_epochs: int = 3
-    max_epochs: int = 6
-    subsample: float = 0.25  # fraction of each fold's training rows a trial uses
-    pruner: str = "median"
-    startup_trials: int = 5  # random trials before TPE models the space, and before pruning
-    heartbeat: int = DEFAULT_HEARTBEAT
-
-    def check(self, folds: int, pinned: dict[str, Any]) -> None:
-        """Reject budgets no study can run, naming the flag."""
-        rules = [
-            (self.trials >= 1, f"--trials {self.trials}: must be at least 1"),
-            (self.timeout > 0, f"--timeout {self.timeout:g}: must be a positive number of seconds"),
-            (1 <= self.tune_folds <= folds,
-             f"--tune-folds {self.tune_folds}: must be between 1 and the config's folds ({folds})"),
-            (1 <= self.min_epochs <= self.max_epochs,
-             f"--min-epochs {self.min_epochs} / --max-epochs {self.max_epochs}: need 1 <= min <= max"),
-            (0 < self.subsample <= 1, f"--subsample {self.subsample:g}: must be in (0, 1]"),
-            (self.pruner in PRUNERS, f"--pruner {self.pruner!r}: choose from {', '.join(PRUNERS)}"),
-            (self.startup_trials >= 0, f"--startup-trials {self.startup_trials}: must be >= 0"),
-            (self.heartbeat >= 1, f"--heartbeat {self.heartbeat}: must be at least 1 second"),
-            ("subsample" not in pinned, "subsample: set the tuning subsample with --subsample, "
-                                        "not --set/--config"),
-        ]
-        for ok, message in rules:
-            if not ok:
-                raise UserError(message)
-
-    def epochs(self, pinned: dict[str, Any]) -> tuple[int, int]:
-        """The searched epoch range (a single value when epochs is pinned)."""
-        if "epochs" in pinned:
-            return int(pinned["epochs"]), int(pinned["epochs"])
-        return self.min_epochs, self.max_epochs
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a tuning worker needs; picklable, so local workers get it as is."""
-
-    study: str
-    storage: str  # SQLAlchemy URL
-    paths: Paths
-    base: Config  # profile + config file + --set: the config every trial starts from
-    pinned: dict[str, Any]  # the keys given by --config/--set, excluded from the search
-    budget: Budget = field(default_factory=Budget)
-    workers: int = 1
-    enqueue: tuple[dict[str, Any], ...] = ()  # params to try first (after the baseline)
-
-    @property
-    def study_dir(self) -> Path:
-        """The folder holding this study's outputs (and its SQLite file by default)."""
-        return study_dir(self.paths.runs, self.study)
-
-
-def study_dir(runs_dir: Path, study: str) -> Path:
-    """`runs/tune/<study>`."""
-    return Path(runs_dir) / "tune" / study
-
-
-def check_study_name(name: str) -> str:
-    """Reject study names that could escape `runs/tune/`."""
-    if not RUN_NAME.match(name) or ".." in name:
-        raise UserError(f"--study {name!r}: use letters, digits, '.', '_' and '-' only "
-                        "(no path separators or '..'), at most 64 characters")
-    return name
-
-
 def pinned_keys(file: Path | None, sets: dict[str, Any]) -> set[str]:
     """The config keys a user fixed with --config or --set: the search leaves them alone."""
     keys = set(sets)
@@ -244,77 +160,6 @@ def read_enqueue(path: Path, base: Config) -> tuple[dict[str, Any], ...]:
                                 f"{', '.join(map(str, CHOICES[k]))}")
         out.append(params)
     return tuple(out)
-
-
-# --- storage --------------------------------------------------------------------------------
-
-def default_storage(runs_dir: Path, study: str) -> str:
-    """SQLite file in the study's folder: survives restarts, needs no server."""
-    return f"sqlite:///{study_dir(runs_dir, study) / 'study.db'}"
-
-
-def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats, so trials of dead workers are failed and retried."""
-    import optuna
-
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:"):
-        # Concurrent writers wait for SQLite's lock instead of failing at once (default 5 s).
-        kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                              heartbeat_interval=heartbeat,
-                                              grace_period=GRACE * heartbeat)
-    except Exception as exc:
-        if isinstance(exc, ImportError) or "DB access module" in str(exc):
-            # SQLAlchemy's default driver for postgresql:// is psycopg 3.
-            hint = (" (pip install 'psycopg[binary]', or use postgresql+psycopg2:// with "
-                    "psycopg2-binary)") if url.startswith("postgres") else ""
-            raise UserError(f"--storage {masked(url)}: the database driver for "
-                            f"'{url.split(':', 1)[0]}' is not installed{hint}") from None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"--storage {masked(url)}: cannot open ({first}); expected an SQLAlchemy "
-                        "URL such as sqlite:///path/study.db or "
-                        "postgresql://user:password@host/dbname") from None
-
-
-def _sampler(seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    # constant_liar: concurrent workers see running trials as bad, so they explore elsewhere.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials,
-                                      multivariate=True, group=True, constant_liar=True)
-
-
-def _pruner(budget: Budget, epochs_max: int) -> optuna.pruners.BasePruner:
-    import optuna
-
-    if budget.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=budget.startup_trials,
-                                           n_warmup_steps=1)
-    if budget.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1,
-                                              max_resource=budget.tune_folds * epochs_max,
-                                              reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
-def load_study(settings: Settings) -> optuna.Study:
-    """The study in its storage (created if new), with the seeded sampler and the pruner."""
-    import optuna
-
-    storage = open_storage(settings.storage, settings.budget.heartbeat)
-    epochs = settings.budget.epochs(settings.pinned)
-    return optuna.create_study(study_name=settings.study, storage=storage, direction="maximize",
-                               load_if_exists=True,
-                               sampler=_sampler(settings.base.seed,
-                                                settings.budget.startup_trials),
-                               pruner=_pruner(settings.budget, epochs[1]))
 
 
 # --- one trial ------------------------------------------------------------------------------
@@ -397,7 +242,7 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Clai
     import optuna
 
     from pipeline.folds import train_rows, val_rows
-    from pipeline.train import train_fold
+    from pipeline.train import FoldJob, fit_fold, fold_scores
 
     claim.release()  # the trial exists now: other local workers may start theirs
     budget, epochs = settings.budget, settings.budget.epochs(settings.pinned)
@@ -411,17 +256,16 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Clai
         cfg = config_mod.from_dict({**settings.base.to_dict(), **params,
                                     "subsample": budget.subsample}, f"trial {trial.number}")
         accs: list[float] = []
-        trials_dir = settings.study_dir / "trials"
-        trials_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f"{trial.number}-", dir=trials_dir) as tmp:
-            for k in range(budget.tune_folds):
-                cb = pruning_callback(trial, "val_accuracy", step_offset=k * epochs[1],
-                                      deadline=deadline)
-                meta = train_fold(cfg, data.x, data.y, train_rows(data.fold_of, k),
-                                  val_rows(data.fold_of, k), Path(tmp) / f"fold_{k}", k,
-                                  callbacks=[cb], log=lambda message: None)
-                accs.append(meta["val_accuracy"])
-                trial.set_user_attr("fold_accuracies", accs)
+        for k in range(budget.tune_folds):
+            # A trial is re-run from its start if interrupted: no per-epoch checkpoint, no files.
+            job = FoldJob(cfg, k, train_rows(data.fold_of, k), val_rows(data.fold_of, k),
+                          settings.study_dir / "trials" / f"{trial.number}-fold_{k}",
+                          checkpoint=False)
+            cb = pruning_callback(trial, "val_accuracy", step_offset=k * epochs[1],
+                                  deadline=deadline)
+            fitted = fit_fold(job, data.x, data.y, callbacks=[cb], log=lambda message: None)
+            accs.append(fold_scores(fitted.probs, data.y[job.val_idx])["val_accuracy"])
+            trial.set_user_attr("fold_accuracies", accs)
         value = float(np.mean(accs))
         if not math.isfinite(value):
             raise FloatingPointError(f"validation accuracy is {value}")
@@ -542,7 +386,7 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
                 time.sleep(min(settings.budget.heartbeat, 5))
                 continue
             # Seed by trial number: resumed studies and parallel workers draw new points.
-            study.sampler = _sampler(settings.base.seed + len(trials), settings.budget.startup_trials)
+            study.sampler = make_sampler(settings.base.seed + len(trials), settings.budget.startup_trials)
             try:
                 study.optimize(lambda t: objective(t, settings, data, claim, deadline),
                                n_trials=1, catch=(Exception,))
@@ -556,24 +400,13 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
             on_trial(study)
 
 
-def _worker_main(settings: Settings, index: int, deadline: float, log_path: str) -> None:
-    """Entry point of a local worker process: output to its log file, exit code for the parent."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        print(f"worker {index} (pid {os.getpid()}) on study '{settings.study}'", flush=True)
-        work(settings, deadline, log=lambda m: print(m, flush=True))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except UserError as exc:
-        print(f"error: {exc}", flush=True)
-        sys.exit(2)
-    except BaseException:
-        traceback.print_exc()
-        sys.stdout.flush()
-        sys.exit(1)
+def _tune_worker(settings: Settings, index: int, deadline: float) -> None:
+    """A local worker process (its output goes to worker-<index>.log): run trials until done."""
+    from pipeline.train import setup_tensorflow
+
+    setup_tensorflow(settings.base)
+    print(f"worker {index} (pid {os.getpid()}) on study '{settings.study}'", flush=True)
+    work(settings, deadline, log=lambda m: print(m, flush=True))
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -622,8 +455,6 @@ def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> 
 def run_study(settings: Settings, log: Log = print, progress: bool = True,
               plots: bool = True) -> dict[str, Any]:
     """Run (or resume) a study to its target number of trials and write its results."""
-    import multiprocessing
-
     _quiet_optuna()
     if settings.workers < 1:
         raise UserError(f"--workers {settings.workers}: must be at least 1")
@@ -638,7 +469,7 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
             work(settings, deadline, on_trial=bar.update, log=bar.bar.write, study=study,
                  data=data)
         else:
-            _run_workers(settings, study, deadline, bar, multiprocessing.get_context("spawn"), log)
+            _run_workers(settings, study, deadline, bar, log)
     except KeyboardInterrupt:
         bar.close()
         write_results(settings, study, log, plots=False)  # what finished so far
@@ -657,48 +488,17 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
 
 
 def _run_workers(settings: Settings, study: optuna.Study, deadline: float, bar: Progress,
-                 ctx: Any, log: Log) -> None:
+                 log: Log) -> None:
     """Start local worker processes on the study and follow their trials until all exit."""
     threads = settings.base.threads or max(1, (os.cpu_count() or 1) // settings.workers)
     worker_settings = replace(settings, base=replace(settings.base, threads=threads))
-    procs = []
-    for i in range(settings.workers):
-        log_path = settings.study_dir / f"worker-{i}.log"
-        p = ctx.Process(target=_worker_main, args=(worker_settings, i, deadline, str(log_path)),
-                        name=f"tune-worker-{i}")
-        p.start()
-        procs.append((p, log_path))
+    jobs = [Job(f"tune worker {i}", _tune_worker, (worker_settings, i, deadline),
+                log_path=str(settings.study_dir / f"worker-{i}.log"))
+            for i in range(settings.workers)]
     log(f"{settings.workers} worker processes ({threads} TensorFlow thread(s) each); "
         f"their logs: {settings.study_dir}/worker-<i>.log")
+    settings.study_dir.mkdir(parents=True, exist_ok=True)
     try:
-        while any(p.is_alive() for p, _ in procs):
-            time.sleep(1.0)
-            bar.update(study)
-    except KeyboardInterrupt:
-        for p, _ in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-        raise
-    bar.update(study)
-    bad = [(p, path) for p, path in procs if p.exitcode != 0]
-    if bad:
-        p, path = bad[0]
-        last = path.read_text(errors="replace").strip().splitlines()[-1:] if path.is_file() else []
-        raise UserError(f"tune worker {p.name} exited with code {p.exitcode}"
-                        f"{': ' + last[0] if last else ''} (see {path})")
-
-
-# --- using a study's result -----------------------------------------------------------------
-
-def load_best_params(runs_dir: Path, study: str) -> dict[str, Any]:
-    """The best_params.json record of a finished study, checked."""
-    check_study_name(study)
-    path = study_dir(runs_dir, study) / "best_params.json"
-    if not path.is_file():
-        raise UserError(f"--study {study!r}: no {path} (unknown study, or no trial completed); "
-                        f"run `make tune STUDY={study}` first")
-    record = read_json(path)
-    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
-        raise UserError(f"{path}: not a best_params.json written by `tune`; re-run `make tune`")
-    return record
+        run_jobs(jobs, settings.workers, on_tick=lambda: bar.update(study), poll=1.0)
+    finally:
+        bar.update(study)

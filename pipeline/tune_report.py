@@ -8,85 +8,20 @@ value so far. `python -m pipeline tune` (pipeline.tune) calls these; nothing her
 
 from __future__ import annotations
 
-import io
-import re
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from pipeline import figures
+from pipeline.console import duration
+from pipeline.files import write_json, write_text
+from pipeline.study import Settings, Tally, masked
 
-from pipeline.files import write_bytes, write_json, write_text
-
-if TYPE_CHECKING:  # type hints only: pipeline.tune imports this module
+if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from pipeline.tune import Settings
-
 Log = Callable[[str], None]
-MAX_RETRIES = 2  # re-runs of a trial whose worker died, before it counts as failed
-
-
-def _fmt(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s"
-
-
-def masked(url: str) -> str:
-    """The URL with any password hidden, for messages and saved files."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def _interrupted(t: FrozenTrial) -> bool:
-    """A failed trial whose parameters are not to blame: Ctrl-C, or a worker that died."""
-    from optuna.trial import TrialState
-
-    return t.state == TrialState.FAIL and "error" not in t.user_attrs
-
-
-@dataclass
-class Tally:
-    """The study's trials sorted into what counts toward the target and what must be re-run."""
-
-    counted: list[FrozenTrial]
-    retry: list[FrozenTrial]  # interrupted trials to run again with the same parameters
-    superseded: list[FrozenTrial]  # interrupted trials already re-run
-
-    @classmethod
-    def of(cls, trials: list[FrozenTrial]) -> Tally:
-        """Sort a study's trials."""
-        retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-        counted, retry, superseded = [], [], []
-        for t in trials:
-            if _interrupted(t) and t.number in retried:
-                superseded.append(t)
-            elif _interrupted(t) and t.user_attrs.get("retries", 0) < MAX_RETRIES:
-                retry.append(t)
-            else:
-                counted.append(t)
-        return cls(counted, retry, superseded)
-
-    def states(self) -> dict[str, int]:
-        """Counts of counted trials by state name."""
-        out: dict[str, int] = {}
-        for t in self.counted:
-            out[t.state.name] = out.get(t.state.name, 0) + 1
-        return out
-
-    def finished(self) -> list[FrozenTrial]:
-        """Counted trials that ended (complete, pruned or failed)."""
-        return [t for t in self.counted if t.state.is_finished()]
-
-    def best(self) -> FrozenTrial | None:
-        """The complete trial with the highest value (the earliest on ties)."""
-        from optuna.trial import TrialState
-
-        done = [t for t in self.counted if t.state == TrialState.COMPLETE and t.value is not None]
-        return max(done, key=lambda t: (t.value, -t.number)) if done else None
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -98,7 +33,7 @@ def _short(params: dict[str, Any]) -> str:
 
 def trial_line(t: FrozenTrial) -> str:
     """One line describing a finished trial."""
-    secs = _fmt(t.user_attrs.get("seconds", 0.0))
+    secs = duration(t.user_attrs.get("seconds", 0.0))
     if t.state.name == "COMPLETE":
         head = f"val acc {t.value:.4f}"
     elif t.state.name == "PRUNED":
@@ -172,7 +107,7 @@ def summary_text(settings: Settings, study: optuna.Study) -> str:
     lines.append(f"top {len(done)} complete trials:")
     lines.append(f"  {'trial':>5}  {'val_acc':>7}  {'time':>6}  params")
     for t in done:
-        lines.append(f"  {t.number:>5}  {t.value:>7.4f}  {_fmt(t.user_attrs.get('seconds', 0)):>6}  "
+        lines.append(f"  {t.number:>5}  {t.value:>7.4f}  {duration(t.user_attrs.get('seconds', 0)):>6}  "
                      f"{_short(t.params)}")
     return "\n".join(lines)
 
@@ -218,36 +153,6 @@ def best_params_record(settings: Settings, study: optuna.Study) -> dict[str, Any
     }
 
 
-def save_plots(study: optuna.Study, out_dir: Path, log: Log = print) -> list[Path]:
-    """Optuna's matplotlib plots as PNG files; a plot the study cannot make yet is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    plots = {"optimization_history": ovm.plot_optimization_history,
-             "param_importances": ovm.plot_param_importances,
-             "parallel_coordinate": ovm.plot_parallel_coordinate, "slice": ovm.plot_slice}
-    written = []
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = plot(study)
-                fig = np.asarray(axes).flat[0].figure
-                buf = io.BytesIO()
-                fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-            plt.close("all")
-            write_bytes(out_dir / f"{name}.png", buf.getvalue())
-            written.append(out_dir / f"{name}.png")
-        except Exception as exc:  # e.g. importances need two complete trials
-            plt.close("all")
-            why = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-            log(f"plot {name} skipped: {why}")
-    return written
-
-
 def write_results(settings: Settings, study: optuna.Study, log: Log = print,
                   plots: bool = True) -> dict[str, Any] | None:
     """Write summary.txt, trials.csv, best_params.json and the plots; print the summary."""
@@ -259,7 +164,8 @@ def write_results(settings: Settings, study: optuna.Study, log: Log = print,
     if record is not None:
         write_json(out / "best_params.json", record)
     if plots:
-        save_plots(study, out, log)
+        for why in figures.tuning(study, out)[1]:
+            log(f"tuning plot skipped — {why}")
     log(text)
     if record is not None:
         log(f"best params → {out / 'best_params.json'}; train with them: "

@@ -88,31 +88,25 @@ def _train_speed(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int,
     return best
 
 
-def _speed_worker(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int, barrier: Any,
-                  results: Any) -> None:
+def _speed_worker(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int,
+                  barrier: Any) -> float:
     """One of `cfg.workers` processes timed together, as `train` runs its fold workers."""
     from pipeline.train import setup_tensorflow
 
     setup_tensorflow(cfg)
-    results.put(_train_speed(cfg, x, y, n, barrier, repeats=2))
+    return _train_speed(cfg, x, y, n, barrier, repeats=2)
 
 
 def parallel_speed(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int) -> float:
     """Total training images/s of `cfg.workers` processes training at once (cores split)."""
-    import multiprocessing
+    from pipeline.pool import CONTEXT, Job, run_jobs
 
-    ctx = multiprocessing.get_context("spawn")
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
     worker_cfg = dataclasses.replace(cfg, threads=threads)
-    barrier, results = ctx.Barrier(cfg.workers), ctx.Queue()
-    procs = [ctx.Process(target=_speed_worker, args=(worker_cfg, x[:n], y[:n], n, barrier, results))
-             for _ in range(cfg.workers)]
-    for proc in procs:
-        proc.start()
-    rates = [results.get(timeout=600) for _ in procs]
-    for proc in procs:
-        proc.join()
-    return sum(rates)
+    barrier = CONTEXT.Barrier(cfg.workers)
+    jobs = [Job(f"speed worker {i}", _speed_worker, (worker_cfg, x[:n], y[:n], n, barrier))
+            for i in range(cfg.workers)]
+    return sum(run_jobs(jobs, cfg.workers))
 
 
 def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
@@ -161,8 +155,8 @@ def cross_validate(profile: str, sets: dict, paths: Paths, run: str) -> dict:
 def oof_tta(paths: Paths, run: str, y: np.ndarray, x: np.ndarray) -> dict:
     """Out-of-fold accuracy of a finished run's fold models without and with test-time
     augmentation (what `tta=true` would have scored), and the seconds each took."""
-    from pipeline.ensemble import average_probs, fold_models
-    from pipeline.train import load_run_config
+    from pipeline.predict import average_probs
+    from pipeline.runfiles import RunFiles, fold_models, load_run_config
 
     run_dir = paths.run_dir(run)
     models = fold_models(run_dir, load_run_config(run_dir).folds)
@@ -171,7 +165,7 @@ def oof_tta(paths: Paths, run: str, y: np.ndarray, x: np.ndarray) -> dict:
         t = time.perf_counter()
         oof = np.zeros((len(y), 10), dtype=np.float32)
         for i, model in enumerate(models):
-            idx = np.load(run_dir / f"fold_{i}" / "val_idx.npy")
+            idx = np.load(RunFiles(run_dir).fold(i).val_idx)
             oof[idx] = average_probs([model], x[idx], tta=tta)
         key = "tta" if tta else "plain"
         out[f"oof_accuracy_{key}"] = float(np.mean(oof.argmax(1) == y))

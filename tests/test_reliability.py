@@ -29,7 +29,7 @@ import pytest
 from pipeline.config import PROJ_ROOT
 from pipeline.errors import UserError
 from pipeline.files import remove_stale_temps, run_lock, write_atomic, write_text
-from pipeline.train import fold_done
+from pipeline.runfiles import fold_done
 from tests.conftest import last_error_line, run_cli
 from tests.test_bad_input import _cli, _mutate, _snapshot
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"learning_curves", "fold_accuracy", "confusion_matrix", "per_class_metrics",
            "error_gallery", "oof_predictions", "confidence", "test_predictions",
            "test_least_confident", "class_distribution", "class_examples", "mean_images"}
-TUNING_FIGURES = {"tuning_history", "tuning_importances", "tuning_parallel"}
+TUNING_FIGURES = {"tuning_history", "tuning_importances", "tuning_parallel", "tuning_slice"}
 KAGGLE = {"ref": 41234567, "message": "short run", "status": "SubmissionStatus.COMPLETE",
           "public_score": "0.98917", "time": "2025-06-01 10:00:00"}
 

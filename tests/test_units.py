@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import PROJ_ROOT, resolve
-from pipeline.ensemble import average_probs, shift
+from pipeline.predict import average_probs, shift
 from pipeline.errors import UserError
 from pipeline.folds import load_folds, make_folds
 from pipeline.submission import read_submission, validate_submission, write_submission
@@ -44,7 +44,7 @@ def test_fold_workers_split_the_cores(monkeypatch: pytest.MonkeyPatch, cores: in
 
     monkeypatch.setattr(train.os, "cpu_count", lambda: cores)
     cfg = resolve("cpu", None, {"workers": str(workers), "threads": str(threads)})
-    assert [train._fold_threads(cfg, n, 5) for n in range(5)] == expected
+    assert [train.fold_threads(cfg, n, 5) for n in range(5)] == expected
 
 
 @pytest.mark.parametrize("name", ["simple", "deep", "lean", "strided"])
@@ -61,14 +61,20 @@ def test_models_output_probabilities(name: str) -> None:
 
 
 def test_lr_schedules() -> None:
-    from pipeline.model import LearningRate
+    from pipeline.model import schedule
 
-    one = LearningRate("onecycle", 1e-2, steps_per_epoch=10, epochs=5, warmup_epochs=1)
+    def cfg(**sets: str):  # type: ignore[no-untyped-def]
+        return resolve("cpu", None, {"epochs": "5", **sets})
+
+    one = schedule(cfg(learning_rate="0.01", warmup_epochs="1"), steps_per_epoch=10)
     vals = [float(one(s)) for s in range(50)]
     assert vals[0] == pytest.approx(1e-2 / 25) and max(vals) == pytest.approx(1e-2, rel=0.05)
     assert vals[-1] < 1e-4 and np.argmax(vals) in (9, 10)
-    assert float(LearningRate("constant", 3e-3, 10, 5)(33)) == pytest.approx(3e-3)
-    assert float(LearningRate("exponential", 1e-2, 10, 5, decay=0.5)(20)) == pytest.approx(2.5e-3)
+    assert schedule(cfg(lr_schedule="constant", learning_rate="0.003"), 10) == pytest.approx(3e-3)
+    exp = schedule(cfg(lr_schedule="exponential", learning_rate="0.01", lr_decay="0.5"), 10)
+    assert float(exp(20)) == pytest.approx(2.5e-3)
+    cos = schedule(cfg(lr_schedule="cosine", learning_rate="0.01"), 10)
+    assert float(cos(0)) == pytest.approx(1e-2) and float(cos(50)) == pytest.approx(1e-6)
 
 
 class _Fixed:

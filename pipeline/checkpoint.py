@@ -1,0 +1,102 @@
+"""Per-epoch checkpoints of a fold: `last.keras` + `state.json`, so a killed fold resumes from
+its last finished epoch with the same augmentation and dropout random streams.
+
+Keras saves the weights and the optimizer (whose step count says which epoch the checkpoint
+holds) but not where its random-number streams stand: `state.json` records those.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.console import duration
+from pipeline.files import read_json, save_keras, write_json, write_text
+from pipeline.runfiles import FoldFiles
+
+Log = Callable[[str], None]
+
+
+def seed_generators(model: Any) -> list[Any]:
+    """The random-number streams of the model's augmentation and dropout layers, in layer order."""
+    import keras
+
+    return [v for layer in model.layers for v in vars(layer).values()
+            if isinstance(v, keras.random.SeedGenerator)]
+
+
+def rng_states(model: Any) -> list[list[int]]:
+    """Where each random layer's stream stands."""
+    return [np.asarray(g.state.value).tolist() for g in seed_generators(model)]
+
+
+def epoch_logger(ff: FoldFiles, history: list[dict[str, Any]], t_start: float,
+                 elapsed_before: float, label: str, epochs: int,
+                 eta: Callable[[float, int], float], log: Log, save: bool = True) -> Any:
+    """A Keras callback that records each epoch in `history`, prints one line for it, and (with
+    `save`) checkpoints the fold so that a kill loses at most the epoch in progress."""
+    import keras
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                   "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
+            history.append(row)
+            elapsed = elapsed_before + time.time() - t_start
+            if save:
+                # History first, then the model, then state: a kill between any two leaves a
+                # history at least as long as the checkpoint, whose optimizer step count says
+                # which epoch it holds (see `resume`).
+                write_text(ff.history, pd.DataFrame(history).to_csv(index=False))
+                save_keras(self.model, ff.last)
+                write_json(ff.state, {"epoch": epoch + 1, "elapsed": elapsed,
+                                      "rng": rng_states(self.model)})
+            per_epoch = elapsed / max(1, len(history))
+            scores = " ".join(f"{k} {row[k]:.4f}" for k in
+                              ("loss", "accuracy", "val_loss", "val_accuracy") if k in row)
+            log(f"  {label} epoch {epoch + 1:>2}/{epochs} · {scores} · lr "
+                f"{row['learning_rate']:.1e} · {duration(elapsed)} · run ETA "
+                f"{duration(eta(per_epoch, epoch + 1))}")
+
+    return EpochEnd()
+
+
+def resume(ff: FoldFiles, label: str, steps: int,
+           log: Log) -> tuple[Any, int, float, list[dict[str, Any]]]:
+    """The fold's last checkpoint as (model, epochs done, seconds spent, history); no model if none."""
+    from pipeline.model import load_model
+
+    if not (ff.last.is_file() and ff.history.is_file()):
+        return None, 0, 0.0, []
+    try:
+        model = load_model(ff.last)
+        # The optimizer's step count is saved inside the model, so it cannot disagree with it.
+        done = int(model.optimizer.iterations) // steps
+        history = pd.read_csv(ff.history).head(done).to_dict("records")
+        if done < 1 or len(history) != done:
+            raise ValueError(f"history has {len(history)} rows, checkpoint {done} epochs")
+        state = read_json(ff.state) if ff.state.is_file() else {}
+        state = state if isinstance(state, dict) else {}
+        elapsed = float(state.get("elapsed", 0.0))
+        # Continue the augmentation/dropout streams instead of replaying epoch 1's draws.
+        generators, rng = seed_generators(model), state.get("rng", [])
+        if len(rng) == len(generators):
+            for gen, value in zip(generators, rng):
+                gen.state.assign(np.asarray(value, dtype=gen.state.dtype))
+    except Exception as exc:  # a checkpoint torn by a kill or damaged on disk: never use it
+        log(f"  {label}: checkpoint unreadable ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); restarting this fold")
+        return None, 0, 0.0, []
+    log(f"  resuming {label} after epoch {done} ({duration(elapsed)} done)")
+    return model, done, elapsed, history
+
+
+def clear(ff: FoldFiles) -> None:
+    """Remove the checkpoint once the fold's final files are written."""
+    ff.last.unlink(missing_ok=True)
+    ff.state.unlink(missing_ok=True)

@@ -1,0 +1,248 @@
+"""The run folder `runs/<run>/`: its file names, and every check on what is in it.
+
+Every other module finds a run's files through `RunFiles` / `FoldFiles` and asks this module
+whether a run or fold is finished and intact, so the layout is written down once:
+
+    runs/<run>/config.json env.json folds.npy oof_probs.npy metrics.json folds.csv
+               test_probs.npy holdout_probs.npy prediction.json kaggle_submission.json
+               report.html figures/  fold_<i>/{model.keras,oof.npy,val_idx.npy,history.csv,
+               metrics.json,pseudo.npy,last.keras,state.json,tb/}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import config as config_mod
+from pipeline.config import Config
+from pipeline.data import file_sha256
+from pipeline.errors import UserError
+from pipeline.files import load_npy, read_json
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FoldFiles:
+    """The files of one fold's folder, `runs/<run>/fold_<i>/`."""
+
+    root: Path
+
+    model = property(lambda self: self.root / "model.keras")  # the finished fold model
+    oof = property(lambda self: self.root / "oof.npy")  # its predictions on val_idx
+    val_idx = property(lambda self: self.root / "val_idx.npy")
+    history = property(lambda self: self.root / "history.csv")  # one row per epoch
+    metrics = property(lambda self: self.root / "metrics.json")  # written last, with checksums
+    pseudo = property(lambda self: self.root / "pseudo.npy")  # pseudo-labelled images, if any
+    last = property(lambda self: self.root / "last.keras")  # per-epoch checkpoint
+    state = property(lambda self: self.root / "state.json")  # its epoch, time and RNG state
+    tensorboard = property(lambda self: self.root / "tb")
+
+    # What a finished fold's checksums cover (pseudo.npy only when the fold has one).
+    ARTIFACTS = ("model.keras", "oof.npy", "val_idx.npy", "history.csv")
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one run's folder, `runs/<run>/`."""
+
+    root: Path
+
+    name = property(lambda self: self.root.name)
+    config = property(lambda self: self.root / "config.json")  # the resolved config
+    env = property(lambda self: self.root / "env.json")  # versions, commit, data hashes, plan
+    folds = property(lambda self: self.root / "folds.npy")  # the split (see pipeline.folds)
+    oof = property(lambda self: self.root / "oof_probs.npy")
+    metrics = property(lambda self: self.root / "metrics.json")  # exists once training finished
+    folds_csv = property(lambda self: self.root / "folds.csv")
+    test_probs = property(lambda self: self.root / "test_probs.npy")
+    holdout_probs = property(lambda self: self.root / "holdout_probs.npy")
+    prediction = property(lambda self: self.root / "prediction.json")
+    blend = property(lambda self: self.root / "blend.json")
+    kaggle = property(lambda self: self.root / "kaggle_submission.json")
+    report = property(lambda self: self.root / "report.html")
+    figures = property(lambda self: self.root / "figures")
+
+    def fold(self, i: int) -> FoldFiles:
+        """Fold `i`'s folder (0-based)."""
+        return FoldFiles(self.root / f"fold_{i}")
+
+
+def train_command(run: str) -> str:
+    """The command that trains (or finishes) run `run`, for error messages."""
+    return f"`python -m pipeline train --run {run}`"
+
+
+# --- the run as a whole ---------------------------------------------------------------------
+
+def load_run_config(run_dir: Path) -> Config:
+    """The config a run was trained with."""
+    rf = RunFiles(Path(run_dir))
+    if not rf.config.is_file():
+        raise UserError(f"{rf.root}: no such run (no config.json); train it first with "
+                        f"{train_command(rf.name)}")
+    return config_mod.from_dict(read_json(rf.config), str(rf.config))
+
+
+def check_resumable(run_dir: Path, cfg: Config) -> None:
+    """Refuse to continue a run that was started with a different config (execution keys aside)."""
+    rf = RunFiles(Path(run_dir))
+    if not rf.config.is_file():
+        return
+    saved, now = read_json(rf.config), cfg.to_dict()
+    free = config_mod.keys_with("execution")
+    diff = [k for k in now if k not in free and saved.get(k) != now[k]]
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in diff[:4])
+        raise UserError(f"run '{rf.name}' was started with another config ({changes}); "
+                        "use a new --run name, or `make clean-run RUN=...` to start it over")
+
+
+def read_split(run_dir: Path, rows: int | None = None) -> np.ndarray:
+    """The run's saved split (fold number per train.csv row), refusing a damaged file."""
+    rf = RunFiles(Path(run_dir))
+    why = "missing"
+    if rf.folds.is_file():
+        try:
+            split = load_npy(rf.folds)
+            if split.ndim == 1 and split.dtype.kind == "i" and (rows is None or len(split) == rows):
+                return split
+            why = f"{split.shape} {split.dtype}, not one fold number per row"
+            if rows is not None and split.ndim == 1:
+                why = f"{len(split)} rows, but train.csv has {rows}"
+        except (ValueError, OSError, EOFError) as exc:
+            why = f"unreadable: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
+    raise UserError(f"{rf.folds}: {why}; retrain the run ({train_command(rf.name)} after "
+                    f"`make clean-run RUN={rf.name}`), or pass --data with the train.csv it used")
+
+
+def check_same_split(run_dir: Path, fold_of: np.ndarray) -> None:
+    """Refuse to resume a run whose saved split (folds and holdout) differs from this one's."""
+    rf = RunFiles(Path(run_dir))
+    if not rf.folds.is_file():
+        return
+    try:
+        theirs = load_npy(rf.folds)
+    except ValueError:
+        theirs = None
+    if theirs is None or theirs.shape != fold_of.shape or not np.array_equal(theirs, fold_of):
+        raise UserError(f"{rf.folds}: run '{rf.name}' was split differently (other train.csv, "
+                        "folds, seed or holdout, or the file is damaged); use a new --run name, or "
+                        "`make clean-run RUN=...` to start it over")
+
+
+def finished_metrics(run_dir: Path) -> dict[str, Any]:
+    """A finished run's metrics.json, or a UserError saying how to get one."""
+    rf = RunFiles(Path(run_dir))
+    if not rf.config.is_file():
+        raise UserError(f"{rf.root}: no such run (no config.json); train it first with "
+                        f"{train_command(rf.name)}")
+    if not rf.metrics.is_file():
+        raise UserError(f"run '{rf.name}' is not finished (no metrics.json); run "
+                        f"{train_command(rf.name)} to complete it")
+    metrics = read_json(rf.metrics)
+    if not isinstance(metrics, dict) or "folds" not in metrics:
+        raise UserError(f"{rf.metrics}: not a run's metrics; retrain the run")
+    return metrics
+
+
+def read_optional(path: Path) -> dict[str, Any] | None:
+    """A JSON object the pipeline wrote, or None when the file does not exist."""
+    if not Path(path).is_file():
+        return None
+    data = read_json(path)
+    return data if isinstance(data, dict) else None
+
+
+def finished_runs(runs_dir: Path) -> list[str]:
+    """Names of the runs under `runs_dir` that finished training, oldest first."""
+    done = [p.parent for p in Path(runs_dir).glob("*/metrics.json")
+            if RunFiles(p.parent).config.is_file()]
+    return [p.name for p in sorted(done, key=lambda p: RunFiles(p).metrics.stat().st_mtime)]
+
+
+def latest_complete_run(runs_dir: Path) -> str:
+    """Name of the most recently finished run."""
+    done = finished_runs(runs_dir)
+    if not done:
+        raise UserError(f"{runs_dir}: no finished run found; run `make train` (or `make demo`) first")
+    return done[-1]
+
+
+# --- folds ----------------------------------------------------------------------------------
+
+def _intact_meta(fold_dir: Path) -> dict[str, Any] | None:
+    """The fold's metrics.json if it exists and every file still matches its recorded checksum."""
+    ff = FoldFiles(Path(fold_dir))
+    if not ff.metrics.is_file():
+        return None
+    try:
+        meta = read_json(ff.metrics)
+    except UserError:
+        return None
+    if not isinstance(meta, dict) or not meta.get("sha256"):
+        return None
+    for name, digest in meta["sha256"].items():
+        path = ff.root / name
+        if not path.is_file() or file_sha256(path) != digest:
+            return None
+    return meta
+
+
+def fold_checksums(fold_dir: Path) -> dict[str, str]:
+    """SHA-256 of each artifact of a finished fold, to be recorded in its metrics.json."""
+    ff = FoldFiles(Path(fold_dir))
+    names = (*FoldFiles.ARTIFACTS, *((ff.pseudo.name,) if ff.pseudo.is_file() else ()))
+    return {name: file_sha256(ff.root / name) for name in names}
+
+
+def fold_intact(fold_dir: Path) -> bool:
+    """True when the fold finished and its files still match the checksums it recorded."""
+    return _intact_meta(fold_dir) is not None
+
+
+def fold_done(fold_dir: Path, log: Log = print) -> dict[str, Any] | None:
+    """The finished fold's metrics, or None if it must be (re)trained."""
+    ff = FoldFiles(Path(fold_dir))
+    if not ff.metrics.is_file():
+        return None
+    meta = _intact_meta(ff.root)
+    if meta is None:
+        log(f"{ff.root.name}: saved files are missing or corrupt (checksum mismatch); retraining this fold")
+        ff.metrics.unlink(missing_ok=True)
+    return meta
+
+
+def load_fold_model(run_dir: Path, fold: int) -> Any:
+    """Load one finished fold's model, refusing a file that no longer matches its checksum."""
+    from pipeline.model import load_model
+
+    rf = RunFiles(Path(run_dir))
+    path = rf.fold(fold).model
+    retrain = f"run {train_command(rf.name)} to retrain it"
+    # A damaged model may still load and predict garbage: trust only what training recorded.
+    if not fold_intact(path.parent):
+        raise UserError(f"{path}: does not match the checksum recorded when it was trained; {retrain}")
+    try:
+        return load_model(path)
+    except Exception as exc:  # Keras raises many types for bad or unsafe files
+        text = str(exc).strip()
+        why = ("it holds Python code, which Keras safe_mode refuses to run" if "safe_mode" in text
+               else text.splitlines()[0][:160] if text else type(exc).__name__)
+        raise UserError(f"{path}: cannot load ({why}); {retrain}") from None
+
+
+def fold_models(run_dir: Path, folds: int) -> list[Any]:
+    """Load every fold model of a finished run."""
+    rf = RunFiles(Path(run_dir))
+    missing = [i for i in range(folds) if not rf.fold(i).model.is_file()]
+    if missing or not rf.metrics.is_file():
+        raise UserError(f"run '{rf.name}' is not finished (fold(s) "
+                        f"{', '.join(str(i + 1) for i in missing) or '?'} missing); "
+                        f"run {train_command(rf.name)} to complete it")
+    return [load_fold_model(rf.root, i) for i in range(folds)]
