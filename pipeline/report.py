@@ -436,6 +436,7 @@ nav{position:sticky;top:0;background:#fff;border-bottom:1px solid var(--line);pa
 z-index:2;font-size:14px}
 nav a{margin-right:16px;color:var(--accent);text-decoration:none}
 main{max-width:1440px;margin:0 auto;padding:16px 32px 48px}
+section{scroll-margin-top:48px} /* a nav link lands below the sticky nav, not under it */
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
 .card{border:1px solid var(--line);border-radius:8px;padding:10px 16px;min-width:170px;background:var(--bg)}
 .card .label{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
@@ -450,7 +451,7 @@ table{border-collapse:collapse;margin:8px 0 20px;font-size:14px}
 th,td{border:1px solid var(--line);padding:4px 10px;text-align:right}
 th{background:var(--bg)}
 td:first-child,th:first-child{text-align:left}
-table.kv td{text-align:left}
+table.kv td,table.kv th{text-align:left}
 .note{color:var(--muted);font-style:italic}
 code{background:var(--bg);padding:1px 5px;border-radius:4px;font-size:13px}
 footer{color:var(--muted);font-size:13px;border-top:1px solid var(--line);margin-top:40px;padding-top:10px}

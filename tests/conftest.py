@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded sample on disk and a helper that runs the real CLI."""
+"""Shared fixtures: the embedded sample on disk, one `demo` run, and a helper that runs the CLI."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,6 +30,21 @@ def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
         raise AssertionError(f"pipeline {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """`demo` on the embedded sample: trains run 'demo', predicts, and builds its report.
+
+    Trained once per session and shared (the report tests and the browser test read it).
+    """
+    base = tmp_path_factory.mktemp("report")
+    t = SimpleNamespace(data=base / "data", runs=base / "runs", subs=base / "subs")
+    t.flags = ["--runs-dir", str(t.runs)]
+    t.stdout = run_cli("demo", "--data", str(t.data), "--submissions-dir", str(t.subs),
+                       *t.flags).stdout
+    t.run_dir = t.runs / "demo"
+    return t
 
 
 def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:

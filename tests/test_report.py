@@ -38,17 +38,6 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """`demo` on the embedded sample: trains run 'demo', predicts, and builds its report."""
-    base = tmp_path_factory.mktemp("report")
-    t = SimpleNamespace(data=base / "data", runs=base / "runs", subs=base / "subs")
-    t.flags = ["--runs-dir", str(t.runs)]
-    t.stdout = cli("demo", "--data", str(t.data), "--submissions-dir", str(t.subs), *t.flags).stdout
-    t.run_dir = t.runs / "demo"
-    return t
-
-
-@pytest.fixture(scope="session")
 def tiny_run_pair(tiny_run: SimpleNamespace) -> SimpleNamespace:
     """A second run ('short', 2 epochs) that used an Optuna study and was submitted to Kaggle."""
     import optuna
