@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline import config as config_mod
 from pipeline.config import DATA_DIR, PROFILES, RUNS_DIR, SAMPLE_DIR, SUBMISSIONS_DIR, Config, Paths
+from pipeline.console import VERBOSE_ENV, quiet_tensorflow, warn
 from pipeline.errors import Interrupted, UserError
 
 
@@ -48,8 +49,8 @@ def _report_after(paths: Paths, run: str) -> None:
     try:
         build_report(paths.runs, run, data=paths.data, log=_log)
     except Exception as exc:  # the run's results are saved; the report can be rebuilt later
-        print(f"warning: report not built ({type(exc).__name__}: {exc}); rebuild it with "
-              f"`python -m pipeline report --run {run}`", file=sys.stderr)
+        warn(f"report not built ({type(exc).__name__}: {exc}); rebuild it with "
+             f"`python -m pipeline report --run {run}`")
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Digit Recognizer pipeline: data → k-fold CNNs → fold ensemble → submission.csv")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own start-up and log lines (TensorFlow's, "
+                        f"oneDNN's, CUDA's); the same as {VERBOSE_ENV}=1")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Command, help: str, profile_default: str | None = "cpu",
@@ -346,13 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that load TensorFlow: it is imported up front, with its start-up lines hidden.
+TENSORFLOW_COMMANDS = {"train", "tune", "predict", "blend", "demo", "submit"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the command, and turn user errors into one line and exit code 2."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.data_given = any(a == "--data" or a.startswith("--data=") for a in argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # fold and tuning workers inherit it
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            quiet_tensorflow()
         return args.handler(args) or 0
     except Interrupted as exc:
         print(f"\n{exc}", file=sys.stderr)

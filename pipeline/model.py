@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
-import numpy as np
-from keras import layers
+from pipeline.console import quiet_tensorflow
 
-from pipeline.config import MODEL_NAMES, Config
+quiet_tensorflow()  # before Keras loads TensorFlow, which prints its start-up lines then
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+
+from pipeline.config import MODEL_NAMES, Config  # noqa: E402
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (28, 28, 1)

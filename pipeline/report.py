@@ -25,8 +25,10 @@ import pandas as pd
 
 from pipeline import figures
 from pipeline.config import DATA_DIR, PROFILES, Config, keys_with
-from pipeline.console import duration
-from pipeline.runfiles import finished_metrics, read_optional
+from pipeline.console import duration, table
+from pipeline.evaluate import paired, paired_text
+from pipeline.folds import holdout_rows
+from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split
 from pipeline.study import open_saved_study
 from pipeline.train import fold_table
 from pipeline.data import file_sha256, load_test, load_train
@@ -183,7 +185,7 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
     folds_csv = run_dir / "folds.csv"
     folds = pd.read_csv(folds_csv) if folds_csv.is_file() else pd.DataFrame(metrics["folds"])
     fold_path = run_dir / "folds.npy"
-    fold_of = load_npy(fold_path) if fold_path.is_file() else None
+    fold_of = read_split(run_dir, len(y)) if fold_path.is_file() else None
     if fold_of is not None and len(fold_of) == len(y) and (fold_of == HOLDOUT).any():
         # The OOF figures describe the rows that have out-of-fold predictions; the held-out
         # rows are scored by the ensemble instead (metrics.json "holdout").
@@ -479,6 +481,9 @@ def render_html(rd: RunData, made: dict[str, Path], study: dict[str, Any] | None
               f"95% CI {ci[0]:.4f}–{ci[1]:.4f} ({len(rd.y)} images)"),
         _card("Fold accuracy", f"{m['fold_accuracy_mean']:.4f}",
               f"± {m['fold_accuracy_std']:.4f} std over {len(m['folds'])} folds"),
+        *([_card("Holdout estimate (ensemble)", f"{h['accuracy']:.4f}",
+                 f"{h['errors']} errors on {h['n']} held-out images, 95% CI "
+                 f"{h['ci95'][0]:.4f}–{h['ci95'][1]:.4f}")] if (h := m.get("holdout")) else []),
         _card("CV log loss", f"{m['cv_log_loss']:.4f}", "lower is better"),
         _card("Kaggle public score", _kaggle_score(rd.kaggle),
               (rd.kaggle or {}).get("time", "") or "make submit to get one"),
@@ -637,6 +642,10 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
     lines.append(f"CV accuracy {m['cv_accuracy']:.4f}{ci_text} · log loss {m['cv_log_loss']:.4f} · "
                  f"folds {m['fold_accuracy_mean']:.4f} ± {m['fold_accuracy_std']:.4f} · "
                  f"folds trained in {duration(m.get('train_seconds', 0))} (summed)")
+    h = m.get("holdout")
+    if h:
+        lines.append(f"holdout estimate (fold ensemble): {h['accuracy']:.4f} · {h['errors']} errors on "
+                     f"{h['n']} held-out images · 95% CI {h['ci95'][0]:.4f}–{h['ci95'][1]:.4f}")
     cr = m.get("classification_report")
     if cr:
         weakest = sorted(figures.DIGITS, key=lambda d: cr[str(d)]["f1-score"])[:3]
@@ -657,7 +666,8 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
 
 
 def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
-    """One row per run: profile, model, the settings that differ, CV accuracy ± CI, time, Kaggle."""
+    """One row per run: profile, model, the settings that differ, CV accuracy ± CI, the holdout
+    estimate of its ensemble, time, Kaggle."""
     loaded = []
     for run in runs:
         run_dir = Path(runs_dir) / run
@@ -667,9 +677,11 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
     shown = {"profile", "model", "folds", "epochs"}
     differ = [k for k in keys if k not in shown | HIDDEN_KEYS
               and len({json.dumps(c.get(k)) for _, _, c, _ in loaded}) > 1]
+    any_holdout = any("holdout" in m for _, m, _, _ in loaded)
     rows = []
     for run, m, cfg, kaggle in loaded:
         ci = m.get("cv_accuracy_ci95")
+        h = m.get("holdout")
         rows.append({
             "run": run, "profile": cfg.get("profile"), "model": cfg.get("model"),
             "folds×epochs": f"{cfg.get('folds')}×{cfg.get('epochs')}",
@@ -677,6 +689,9 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
                                              for k in differ) or "-",
             "CV acc": f"{m['cv_accuracy']:.4f}",
             "95% CI": f"{ci[0]:.4f}–{ci[1]:.4f}" if ci else "(make report)",
+            **({"holdout acc": (f"{h['accuracy']:.4f} ({h['errors']} err, CI "
+                                f"{h['ci95'][0]:.4f}–{h['ci95'][1]:.4f})") if h else
+                ("(make submission)" if cfg.get("holdout") else "-")} if any_holdout else {}),
             "fold mean±std": f"{m['fold_accuracy_mean']:.4f}±{m['fold_accuracy_std']:.4f}",
             "train time": duration(m.get("train_seconds", 0)),
             "Kaggle": _kaggle_score(kaggle),
@@ -684,14 +699,38 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paired_holdout(runs_dir: Path, a: str, b: str) -> dict[str, Any] | None:
+    """The paired comparison of two runs' ensembles on their shared holdout, or None when they
+    were not scored on the same held-out rows."""
+    from pipeline.data import load_train
+
+    fa, fb = RunFiles(Path(runs_dir) / a), RunFiles(Path(runs_dir) / b)
+    if not (fa.holdout_probs.is_file() and fb.holdout_probs.is_file()):
+        return None
+    split_a, split_b = read_split(fa.root), read_split(fb.root)
+    rows_a, rows_b = holdout_rows(split_a), holdout_rows(split_b)
+    if rows_a.shape != rows_b.shape or not np.array_equal(rows_a, rows_b):
+        return None
+    env = read_optional(fa.env) or {}
+    _, y = load_train(_data_dir(env, None) / "train.csv", cache_dir=Path(runs_dir) / "cache")
+    if len(y) != len(split_a):
+        return None
+    return paired(y[rows_a], load_npy(fa.holdout_probs), load_npy(fb.holdout_probs))
+
+
 def compare_text(runs_dir: Path, runs: list[str]) -> str:
-    """`compare_rows` as an aligned text table, best CV accuracy marked."""
+    """`compare_rows` as an aligned text table, the best marked, and the paired comparison on a
+    shared holdout of the best run's ensemble against each other run's."""
     df = compare_rows(runs_dir, runs)
-    best = df["CV acc"].astype(float).idxmax()
+    key = "holdout acc" if "holdout acc" in df and df["holdout acc"].str[0].str.isdigit().any() \
+        else "CV acc"
+    score = pd.to_numeric(df[key].str.split(" ").str[0], errors="coerce")
+    best = int(score.idxmax())
     df.insert(0, "", ["*" if i == best else "" for i in df.index])
-    cols = [str(c) for c in df.columns]
-    cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [cols, *cells]]
-    return "\n".join(lines) + "\n* best CV accuracy; runs whose 95% CIs overlap are not reliably " \
-        "different"
+    lines = [table(df), f"* best {'holdout estimate' if key != 'CV acc' else 'CV accuracy'}; "
+             "runs whose 95% CIs overlap are not reliably different"]
+    for other in (r for i, r in enumerate(runs) if i != best):
+        result = paired_holdout(runs_dir, runs[best], other)
+        if result is not None:
+            lines.append(paired_text(runs[best], other, result))
+    return "\n".join(lines)

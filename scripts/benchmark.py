@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from pipeline import config as config_mod  # noqa: E402
 from pipeline.config import DATA_DIR, RUNS_DIR, SUBMISSIONS_DIR  # noqa: E402
+from pipeline.console import quiet_tensorflow  # noqa: E402
 from pipeline.data import load_test, load_train  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=str(RUNS_DIR))
     p.add_argument("--submissions-dir", default=str(SUBMISSIONS_DIR))
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     try:
         data = Path(args.data).resolve()
         runs = Path(args.runs_dir).resolve()

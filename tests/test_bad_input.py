@@ -16,28 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
 from pipeline.config import PROJ_ROOT
 from pipeline.errors import UserError
 from pipeline.submission import read_submission
-from tests.conftest import last_error_line, run_cli
-
-
-def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[str]]:
-    """Exit code and non-empty stderr lines of `python -m pipeline ARGS`, run in-process."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-
-
-def _snapshot(root: Path) -> set[str]:
-    """Every path under `root` except the parse cache (a well-formed CSV may be cached)."""
-    if not root.exists():
-        return set()
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if "cache" not in p.relative_to(root).parts}
+from tests.conftest import cli_in_process, last_error_line, mutate_csv, run_cli
 
 
 # --- data CSVs ------------------------------------------------------------------------------
@@ -87,7 +69,7 @@ def test_bad_train_csv_is_one_line_and_writes_nothing(capsys, sample_dir: Path, 
     content = _train_csv_case(sample_dir, case)
     if content is not None:
         (data / "train.csv").write_bytes(content)
-    code, err = _cli(capsys, "train", "--profile", "tiny", "--data", str(data),
+    code, err = cli_in_process(capsys, "train", "--profile", "tiny", "--data", str(data),
                      "--runs-dir", str(tmp_path / "runs"), "--submissions-dir", str(tmp_path / "subs"))
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: {data / 'train.csv'}:") and message in err[0]
@@ -105,65 +87,15 @@ def test_bad_csv_in_a_real_process(sample_dir: Path, tmp_path: Path) -> None:
 
 
 # Each mutation makes the file invalid (for test.csv; the last group for train.csv too).
-_BAD_CELLS = ["", "x", "-1", "256", "1.5", "nan", " ", "1e3", "0x10", '"', "NA", "inf", "3 4",
-              "'7'", "1,2", "\udcff"]
-
-
-def _mutate(text: str, rng: random.Random, for_test_csv: bool) -> str:
-    lines = text.rstrip("\n").split("\n")
-    r = rng.randrange(1, len(lines))
-    kinds = ["cell", "drop cell", "add cell", "rename header", "drop column", "blank line",
-             "garbage line", "garbage file", "header again", "open quote", "semicolons"]
-    if for_test_csv:
-        kinds += ["truncate", "duplicate row", "delete row"]
-    kind = rng.choice(kinds)
-    cells = lines[r].split(",")
-    if kind == "cell":
-        cells[rng.randrange(len(cells))] = rng.choice(_BAD_CELLS)
-        lines[r] = ",".join(cells)
-    elif kind == "drop cell":
-        del cells[rng.randrange(len(cells))]
-        lines[r] = ",".join(cells)
-    elif kind == "add cell":
-        cells.insert(rng.randrange(len(cells) + 1), str(rng.randrange(256)))
-        lines[r] = ",".join(cells)
-    elif kind == "rename header":
-        head = lines[0].split(",")
-        head[rng.randrange(len(head))] = rng.choice(["Pixel", "label ", "x", ""])
-        lines[0] = ",".join(head)
-    elif kind == "drop column":
-        c = rng.randrange(len(lines[0].split(",")))
-        lines = [",".join(v for i, v in enumerate(line.split(",")) if i != c) for line in lines]
-    elif kind == "blank line":
-        lines.insert(r, "")
-    elif kind == "garbage line":
-        lines.insert(r, "".join(chr(rng.randrange(1, 0x2FF)) for _ in range(rng.randrange(1, 60))))
-    elif kind == "garbage file":
-        return "".join(chr(rng.randrange(0, 0x2FF)) for _ in range(rng.randrange(1, 3000)))
-    elif kind == "header again":
-        lines.insert(r, lines[0])
-    elif kind == "open quote":
-        lines[r] = '"' + lines[r]
-    elif kind == "semicolons":
-        lines[r] = lines[r].replace(",", ";")
-    elif kind == "truncate":  # anywhere before the last row: rows go missing or one is cut
-        return "\n".join(lines)[: rng.randrange(1, len("\n".join(lines[:-1])))]
-    elif kind == "duplicate row":
-        lines.insert(r, lines[r])
-    elif kind == "delete row":
-        del lines[r]
-    return "\n".join(lines) + "\n"
-
-
 def test_fuzzed_train_csv_never_crashes_and_writes_nothing(capsys, sample_dir: Path,
                                                           tmp_path: Path) -> None:
     train_csv = tmp_path / "train.csv"
     good = (sample_dir / "train.csv").read_text()
     rng = random.Random(11)
     for i in range(40):
-        bad = _mutate(good, rng, for_test_csv=False)
+        bad = mutate_csv(good, rng, for_test_csv=False)
         train_csv.write_bytes(bad.encode("utf-8", "surrogateescape"))
-        code, err = _cli(capsys, "train", "--profile", "tiny", "--data", str(tmp_path),
+        code, err = cli_in_process(capsys, "train", "--profile", "tiny", "--data", str(tmp_path),
                          "--runs-dir", str(tmp_path / "runs"))
         assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {train_csv}:"), (i, err)
         assert not (tmp_path / "runs").exists()
@@ -198,7 +130,7 @@ def test_bad_config_file(capsys, tmp_path: Path, name: str, text, message: str) 
         path.write_bytes(text)
     elif text is not None:
         path.write_text(text)
-    code, err = _cli(capsys, "train", "--config", str(path), "--runs-dir", str(tmp_path / "runs"))
+    code, err = cli_in_process(capsys, "train", "--config", str(path), "--runs-dir", str(tmp_path / "runs"))
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "runs").exists()
 
@@ -220,7 +152,7 @@ def test_bad_config_file(capsys, tmp_path: Path, name: str, text, message: str) 
     (["--data", "/nonexistent/dir"], "error: /nonexistent/dir/train.csv: file not found"),
 ])
 def test_bad_flags_and_run_names(capsys, tmp_path: Path, args: list[str], message: str) -> None:
-    code, err = _cli(capsys, "train", "--profile", "tiny", "--runs-dir", str(tmp_path / "runs"), *args)
+    code, err = cli_in_process(capsys, "train", "--profile", "tiny", "--runs-dir", str(tmp_path / "runs"), *args)
     assert code == 2 and err and err[-1].startswith(message), err
     if not err[-1].startswith("python -m pipeline"):  # argparse prints its usage first
         assert len(err) == 1

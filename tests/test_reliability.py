@@ -30,8 +30,7 @@ from pipeline.config import PROJ_ROOT
 from pipeline.errors import UserError
 from pipeline.files import remove_stale_temps, run_lock, write_atomic, write_text
 from pipeline.runfiles import fold_done
-from tests.conftest import last_error_line, run_cli
-from tests.test_bad_input import _cli, _mutate, _snapshot
+from tests.conftest import cli_in_process, last_error_line, mutate_csv, run_cli, snapshot
 
 FOLDS, EPOCHS = 5, 3
 TRAIN = ["train", "--profile", "tiny", "--set", f"folds={FOLDS}", "--set", f"epochs={EPOCHS}"]
@@ -336,18 +335,18 @@ def test_fuzzed_test_csv_never_crashes_and_never_yields_a_submission(capsys, int
     test_csv, good = data / "test.csv", (data / "test.csv").read_text()
     args = ["predict", "--run", "int", "--data", str(data), "--runs-dir", str(runs),
             "--submissions-dir", str(subs)]
-    before = _snapshot(runs)
+    before = snapshot(runs)
     rng = random.Random(7)
     for i in range(60):
-        bad = _mutate(good, rng, for_test_csv=True)
+        bad = mutate_csv(good, rng, for_test_csv=True)
         test_csv.write_bytes(bad.encode("utf-8", "surrogateescape"))
-        code, err = _cli(capsys, *args)
+        code, err = cli_in_process(capsys, *args)
         assert code == 2 and len(err) == 1, (i, err, bad[:200])
         assert err[0].startswith((f"error: {test_csv}: ", f"error: {data / 'sample_submission.csv'}: ")), err
-        assert _snapshot(runs) == before and not subs.exists()
+        assert snapshot(runs) == before and not subs.exists()
     # The untouched file does give a submission: the failures above were the input's fault.
     test_csv.write_text(good)
-    assert _cli(capsys, *args)[0] == 0 and (subs / "submission.csv").is_file()
+    assert cli_in_process(capsys, *args)[0] == 0 and (subs / "submission.csv").is_file()
 
 
 def test_unsafe_model_file_is_refused(capsys, interrupted: dict, sample_dir: Path, tmp_path: Path) -> None:
@@ -367,7 +366,7 @@ def test_unsafe_model_file_is_refused(capsys, interrupted: dict, sample_dir: Pat
     meta = read_json(evil.parent / "metrics.json")
     meta["sha256"]["model.keras"] = file_sha256(evil)  # as if the whole fold had been swapped
     write_json(evil.parent / "metrics.json", meta)
-    code, err = _cli(capsys, "predict", "--run", "int", "--data", str(sample_dir), "--runs-dir",
+    code, err = cli_in_process(capsys, "predict", "--run", "int", "--data", str(sample_dir), "--runs-dir",
                      str(runs), "--submissions-dir", str(tmp_path / "subs"))
     assert code == 2 and err == [f"error: {evil}: cannot load (it holds Python code, which Keras "
                                  "safe_mode refuses to run); run `python -m pipeline train --run "

@@ -1,0 +1,145 @@
+"""The leaderboard estimate: a stratified held-out share of train.csv, kept out of every fold and
+scored on the fold ensemble by `predict`, compared paired between runs by `compare` and `blend`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+
+from pipeline.evaluate import paired, score
+from pipeline.folds import HOLDOUT, make_folds
+from tests.conftest import last_error_line, run_cli
+
+
+@pytest.fixture(scope="module")
+def held(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two tiny runs (model seeds 0 and 1) with holdout=0.15, trained and predicted."""
+    root = tmp_path_factory.mktemp("holdout")
+    common = ["--data", str(sample_dir), "--runs-dir", str(root / "runs"),
+              "--submissions-dir", str(root / "subs")]
+    out = {}
+    for seed in (0, 1):
+        run = f"h{seed}"
+        train = run_cli("train", "--profile", "tiny", "--run", run, "--set", "holdout=0.15",
+                        "--set", f"model_seed={seed}", "--set", "epochs=3", *common)
+        predict = run_cli("predict", "--run", run, *common)
+        out[run] = {"train": train.stdout, "predict": predict.stdout}
+    y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
+    return {"runs": root / "runs", "common": common, "y": y, **out}
+
+
+def test_split_is_stratified_seeded_and_disjoint_from_every_fold() -> None:
+    y = np.repeat(np.arange(10), 60).astype(np.uint8)
+    split = make_folds(y, 5, seed=3, holdout=0.2)
+    held_out = split == HOLDOUT
+    assert held_out.sum() == 120 and np.array_equal(np.bincount(y[held_out]), np.full(10, 12))
+    assert set(split[~held_out]) == {0, 1, 2, 3, 4}  # every other row in exactly one fold
+    assert np.array_equal(split, make_folds(y, 5, seed=3, holdout=0.2))
+    # The held-out rows do not depend on k, so runs with other fold counts share the holdout.
+    assert np.array_equal(held_out, make_folds(y, 4, seed=3, holdout=0.2) == HOLDOUT)
+    assert not np.array_equal(held_out, make_folds(y, 5, seed=4, holdout=0.2) == HOLDOUT)
+
+
+def test_no_fold_trains_or_validates_on_a_held_out_row(held: dict) -> None:
+    run = held["runs"] / "h0"
+    split = np.load(run / "folds.npy")
+    rows = np.flatnonzero(split == HOLDOUT)
+    assert len(rows) == round(0.15 * len(held["y"]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_holdout"] == len(rows) and metrics["n_train"] == len(split) - len(rows)
+    for i, fold in enumerate(metrics["folds"]):
+        val = np.load(run / f"fold_{i}" / "val_idx.npy")
+        assert not np.isin(val, rows).any()
+        # A fold trains on the other folds' rows: all rows but its own and the held-out ones.
+        assert fold["n_train"] == len(split) - len(rows) - len(val)
+    oof = np.load(run / "oof_probs.npy")
+    assert not oof[rows].any()  # held-out rows get no out-of-fold prediction
+    keep = split != HOLDOUT
+    assert metrics["cv_accuracy"] == pytest.approx(np.mean(oof[keep].argmax(1) == held["y"][keep]))
+    assert f"on {len(split) - len(rows)} images ({len(rows)} more held out)" in held["h0"]["train"]
+
+
+def test_predict_scores_the_ensemble_on_the_holdout(held: dict) -> None:
+    run = held["runs"] / "h0"
+    rows = np.flatnonzero(np.load(run / "folds.npy") == HOLDOUT)
+    probs = np.load(run / "holdout_probs.npy")
+    h = json.loads((run / "metrics.json").read_text())["holdout"]
+    correct = int(np.sum(probs.argmax(1) == held["y"][rows]))
+    assert h["n"] == len(rows) and h["errors"] == len(rows) - correct
+    assert h["accuracy"] == pytest.approx(correct / len(rows))
+    ci = binomtest(correct, len(rows)).proportion_ci(method="exact")
+    assert h["ci95"] == pytest.approx([ci.low, ci.high]) and h["ci95"][0] <= h["accuracy"] <= h["ci95"][1]
+    assert h["models"] == 2 and h["share"] == 0.15
+    assert (f"holdout estimate: the ensemble scores {h['accuracy']:.4f} on {len(rows)} held-out "
+            f"train.csv images ({h['errors']} errors") in held["h0"]["predict"]
+    # The fold ensemble: the mean of the fold models' predictions on those rows.
+    from pipeline.predict import average_probs
+    from pipeline.runfiles import fold_models
+
+    x = pd.read_csv(held["common"][1] + "/train.csv").to_numpy()[:, 1:].reshape(-1, 28, 28, 1)
+    again = average_probs(fold_models(run, 2), x[rows].astype(np.uint8))
+    assert np.allclose(again, probs, atol=1e-5)
+
+
+def test_resume_reuses_the_holdout_and_a_changed_one_is_refused(held: dict) -> None:
+    run = held["runs"] / "h0"
+    before = np.load(run / "folds.npy")
+    again = run_cli("train", "--profile", "tiny", "--run", "h0", "--set", "holdout=0.15",
+                    "--set", "epochs=3", *held["common"])
+    assert "resuming: 2 finished fold(s) kept, 0 to train" in again.stdout
+    assert np.array_equal(np.load(run / "folds.npy"), before)
+    # The holdout estimate is kept when a finished run is summarised again.
+    assert "holdout" in json.loads((run / "metrics.json").read_text())
+    changed = run_cli("train", "--profile", "tiny", "--run", "h0", "--set", "holdout=0.2",
+                      "--set", "epochs=3", *held["common"], check=False)
+    assert changed.returncode == 2
+    assert "was started with another config (holdout: 0.15 → 0.2)" in last_error_line(changed)
+
+
+def test_compare_pairs_two_runs_on_the_same_holdout(held: dict) -> None:
+    proc = run_cli("compare", "h0", "h1", "--runs-dir", str(held["runs"]))
+    rows = np.flatnonzero(np.load(held["runs"] / "h0" / "folds.npy") == HOLDOUT)
+    y = held["y"][rows]
+    a, b = (np.load(held["runs"] / r / "holdout_probs.npy") for r in ("h0", "h1"))
+    expect = paired(y, a, b)
+    wrong_a, wrong_b = a.argmax(1) != y, b.argmax(1) != y
+    assert expect["only_a"] == int(np.sum(wrong_a & ~wrong_b))
+    assert expect["both"] == int(np.sum(wrong_a & wrong_b))
+    best, other = ("h0", "h1") if score(y, a)["accuracy"] >= score(y, b)["accuracy"] else ("h1", "h0")
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("paired on the same"))
+    assert f"{len(rows)} held-out images" in line and "McNemar exact p = " in line
+    assert f"only '{best}' makes" in line and f"only '{other}'" in line
+    assert "holdout acc" in proc.stdout.splitlines()[0]
+
+
+def test_mcnemar_is_exact_and_says_when_a_difference_is_noise() -> None:
+    from pipeline.evaluate import paired_text
+
+    y = np.zeros(100, dtype=int)
+    good = np.eye(10)[np.zeros(100, dtype=int)]
+    a, b = good.copy(), good.copy()
+    a[:3, 0], a[:3, 1] = 0, 1  # A alone wrong on 3 rows
+    b[3:4, 0], b[3:4, 1] = 0, 1  # B alone wrong on 1
+    result = paired(y, a, b)
+    assert (result["only_a"], result["only_b"], result["both"]) == (3, 1, 0)
+    assert result["mcnemar_p"] == pytest.approx(binomtest(3, 4, 0.5).pvalue)  # 0.625
+    assert "within the noise" in paired_text("a", "b", result)
+    b2 = good.copy()
+    a2 = good.copy()
+    a2[:12, 0], a2[:12, 1] = 0, 1
+    assert "'b' is better" in paired_text("a", "b", paired(y, a2, b2))
+
+
+def test_blend_scores_the_blended_ensemble_on_the_holdout(held: dict) -> None:
+    proc = run_cli("blend", "h0", "h1", "--name", "hb", *held["common"])
+    rows = np.flatnonzero(np.load(held["runs"] / "h0" / "folds.npy") == HOLDOUT)
+    mean = (np.load(held["runs"] / "h0" / "holdout_probs.npy")
+            + np.load(held["runs"] / "h1" / "holdout_probs.npy")) / 2
+    blend = json.loads((held["runs"] / "hb" / "blend.json").read_text())
+    assert blend["holdout"]["errors"] == int(np.sum(mean.argmax(1) != held["y"][rows]))
+    assert "holdout estimate: the ensemble scores" in proc.stdout

@@ -1,0 +1,173 @@
+"""How the code holds together: no import cycle, config key roles declared once, fold models that
+any Keras loads, the bugs found by reading the code, and a quiet console."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import config
+from pipeline.config import PROJ_ROOT
+from tests.conftest import last_error_line, run_cli
+
+PACKAGE = PROJ_ROOT / "pipeline"
+
+
+def _imports(path: Path) -> set[str]:
+    """The pipeline modules a file imports anywhere in it (lazy imports inside functions too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            names = [node.module] if node.module != "pipeline" else \
+                [f"pipeline.{a.name}" for a in node.names]
+            out.update(names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("pipeline."))
+    return {m for m in out if (PACKAGE / f"{m.split('.', 1)[1]}.py").is_file()}
+
+
+def test_the_package_import_graph_has_no_cycle() -> None:
+    graph = {f"pipeline.{p.stem}": _imports(p) - {f"pipeline.{p.stem}"} for p in PACKAGE.glob("*.py")}
+    assert graph["pipeline.ensemble"] and graph["pipeline.train"]  # the parser sees imports
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            pytest.fail("import cycle: " + " → ".join(path[path.index(node):] + [node]))
+        if node in done:
+            return
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, path + [node])
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_config_key_roles_are_declared_once_and_cover_every_key() -> None:
+    from pipeline import report, study, tune
+
+    keys = {f.name for f in config.fields(config.Config)}
+    assert all(config.role(k) in config.ROLES for k in keys)
+    assert config.keys_with("execution") == {"threads", "workers", "deterministic", "competition"}
+    # What each stage ignores is derived from the roles, not listed by hand.
+    assert tune.NOT_HYPERPARAMETERS == keys - config.keys_with("model")
+    assert study.EXECUTION_KEYS == config.keys_with("prediction", "source", "execution")
+    assert report.HIDDEN_KEYS == config.keys_with("record", "prediction", "execution")
+    assert "holdout" in tune.NOT_HYPERPARAMETERS and "learning_rate" not in tune.NOT_HYPERPARAMETERS
+    from pipeline.model import MODELS
+
+    assert tuple(MODELS) == config.MODEL_NAMES
+
+
+def test_a_fold_model_loads_compiled_in_plain_keras(tiny_run) -> None:  # type: ignore[no-untyped-def]
+    """Outside the pipeline: a process that never imports it loads, evaluates and predicts."""
+    model = tiny_run.run_dir / "fold_0" / "model.keras"
+    code = f"""
+import sys, numpy as np, keras
+m = keras.models.load_model({str(model)!r})
+assert not any(name == "pipeline" or name.startswith("pipeline.") for name in sys.modules)
+assert m.optimizer is not None and m.compiled
+x = np.zeros((3, 28, 28, 1), dtype=np.uint8)
+print(type(m.loss).__name__, round(float(m.loss.label_smoothing), 3),
+      type(m.optimizer.learning_rate).__name__ if hasattr(m.optimizer, "learning_rate") else "",
+      m.predict(x, verbose=0).shape, len(m.evaluate(x, np.eye(10)[[1, 2, 3]], verbose=0)))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[:2] == ["CategoricalCrossentropy", "0.1"], proc.stdout
+    assert "(3, 10)" in proc.stdout and proc.stdout.strip().endswith("2")
+
+
+def test_first_lines_are_the_pipelines_own(tiny_run) -> None:  # type: ignore[no-untyped-def]
+    """`demo` (what `make demo` runs): no TensorFlow start-up lines before, between or after."""
+    assert tiny_run.stdout.splitlines()[0].startswith("run 'demo': profile tiny")
+    noise = ("oneDNN", "cuda", "absl", "TF_ENABLE_ONEDNN_OPTS", "I0000", "E0000", "retracing")
+    assert not [line for line in tiny_run.stderr.splitlines() if any(n in line for n in noise)]
+    assert not [line for line in tiny_run.stdout.splitlines() if any(n in line for n in noise)]
+
+
+def test_verbose_shows_the_libraries_lines(tiny_run, sample_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    proc = run_cli("--verbose", "predict", "--run", "demo", "--data", str(tiny_run.data),
+                   "--runs-dir", str(tiny_run.runs), "--submissions-dir", str(tmp_path))
+    assert "oneDNN" in proc.stderr or "cuda" in proc.stderr.lower(), proc.stderr[-2000:]
+
+
+def test_train_with_a_study_keeps_deterministic(sample_dir: Path, tmp_path: Path) -> None:
+    """`train --study NAME --deterministic` used to rebuild the config from --set alone."""
+    study = tmp_path / "runs" / "tune" / "s"
+    study.mkdir(parents=True)
+    (study / "best_params.json").write_text(json.dumps({
+        "params": {"filters": 8, "dense_units": 16}, "best_trial": 0, "value": 0.5,
+        "budget": {"profile": "tiny"}}))
+    run_cli("train", "--profile", "tiny", "--study", "s", "--deterministic", "--max-folds", "1",
+            "--set", "epochs=1", "--data", str(sample_dir), "--runs-dir", str(tmp_path / "runs"),
+            "--run", "r")
+    saved = json.loads((tmp_path / "runs" / "r" / "config.json").read_text())
+    assert saved["deterministic"] is True and saved["filters"] == 8 and saved["study"] == "s"
+
+
+def test_a_damaged_split_file_is_one_line(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run.run_dir, runs / "demo")
+    (runs / "demo" / "folds.npy").write_bytes(b"\x93NUMPY garbage")
+    common = ["--run", "demo", "--data", str(tiny_run.data), "--runs-dir", str(runs)]
+    for command in (["predict", *common, "--submissions-dir", str(tmp_path / "s")],
+                    ["report", *common]):
+        proc = run_cli(*command, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert last_error_line(proc).startswith(f"error: {runs / 'demo' / 'folds.npy'}: unreadable")
+    # The shared split cache is rebuilt, not trusted, when damaged.
+    from pipeline.folds import load_folds, make_folds
+
+    y = pd.read_csv(tiny_run.data / "train.csv", usecols=["label"])["label"].to_numpy()
+    load_folds(tmp_path / "cache", y, 2, 42)
+    (cache,) = (tmp_path / "cache" / "folds").glob("*.npy")
+    cache.write_bytes(b"not numpy")
+    assert np.array_equal(load_folds(tmp_path / "cache", y, 2, 42), make_folds(y, 2, 42))
+
+
+def test_predict_and_blend_wait_for_no_one_they_refuse_a_busy_run(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.files import run_lock
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run.run_dir, runs / "demo")
+    common = ["--data", str(tiny_run.data), "--runs-dir", str(runs), "--submissions-dir",
+              str(tmp_path / "s")]
+    with run_lock(runs / "demo"):
+        proc = run_cli("predict", "--run", "demo", *common, check=False)
+    assert proc.returncode == 2 and "another command (pid" in last_error_line(proc)
+    assert not (tmp_path / "s").exists()  # nothing written
+    shutil.copytree(tiny_run.run_dir, runs / "demo2")
+    with run_lock(runs / "both"):
+        proc = run_cli("blend", "demo", "demo2", "--name", "both", *common, check=False)
+    assert proc.returncode == 2 and "another command (pid" in last_error_line(proc)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([3] * 40, "no image of digit(s) 0, 1, 2, 4, 5, 6, 7, 8, 9 among 40 rows"),
+    ([d for d in range(10) for _ in range(4)] + [7], "digit(s) 0 (4), 1 (4), 2 (4)"),
+])
+def test_train_refuses_missing_or_too_rare_digits(tmp_path: Path, labels: list[int],
+                                                   message: str) -> None:
+    rng = np.random.default_rng(0)
+    rows = np.column_stack([labels, rng.integers(0, 256, (len(labels), 784))])
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.DataFrame(rows, columns=["label", *[f"pixel{i}" for i in range(784)]]).to_csv(
+        data / "train.csv", index=False)
+    proc = run_cli("train", "--profile", "tiny", "--set", "folds=5", "--data", str(data),
+                   "--runs-dir", str(tmp_path / "runs"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in last_error_line(proc), last_error_line(proc)
+    assert not (tmp_path / "runs" / "tiny").exists()
