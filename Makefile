@@ -18,7 +18,7 @@ RUN_GIVEN     := $(filter command line environment,$(origin RUN))
 STUDY         ?= default
 TRIALS        ?= 30
 TIMEOUT       ?= 1800
-WORKERS       ?= 1
+WORKERS       ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: help install download tune demo train submission submit report compare tensorboard test bench clean clean-run

@@ -244,7 +244,9 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="Optuna storage as an SQLAlchemy URL, e.g. "
                    "postgresql://user:pw@host/db to share a study between machines "
                    "(default: sqlite:///runs/tune/<STUDY>/study.db)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default: 1)")
+    p.add_argument("--workers", type=_workers, default=0, metavar="N|auto",
+                   help="local worker processes (default: auto — the profile's `workers`, else one "
+                   "per core or GPU, as `train` plans it)")
     p.add_argument("--tune-folds", type=int, default=b.tune_folds,
                    help=f"folds of the saved split each trial trains (default: {b.tune_folds})")
     p.add_argument("--min-epochs", type=int, default=b.min_epochs,
@@ -263,6 +265,16 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    f"re-run (default: {DEFAULT_HEARTBEAT})")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="save Optuna's plots as PNG in the study folder (default: on)")
+
+
+def _workers(value: str) -> int:
+    """`--workers N` or `--workers auto` (0)."""
+    if value.strip().lower() == "auto":
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number or auto") from None
 
 
 def _deterministic_flag(p: argparse.ArgumentParser) -> None:

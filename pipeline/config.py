@@ -98,11 +98,12 @@ class Config:
     pseudo_from: str = ""  # a finished run on the same folds (the teacher); "" = off
     pseudo_keep: float = 0.97  # share of each image set used, the teacher's most confident first
     # execution
-    # Two single-threaded folds at once train ~1.2–1.3× faster than one fold on two threads
-    # (README, Performance).
+    # auto (0): chosen from the machine by pipeline.plan — one fold process per core (per GPU),
+    # up to the folds; on 2 cores two single-threaded folds at once train ~1.2–1.3× faster than
+    # one fold on two threads (README, Performance).
     # folds trained at once, each in its own process
-    workers: int = field(default=2, metadata={"role": "execution"})
-    # TensorFlow threads per process; 0 = the cores shared among the workers
+    workers: int = field(default=0, metadata={"role": "execution"})
+    # TensorFlow threads per process; auto (0) = the cores shared among the running workers
     threads: int = field(default=0, metadata={"role": "execution"})
     # bit-identical results on one machine (slower)
     deterministic: bool = field(default=False, metadata={"role": "execution"})
@@ -195,7 +196,7 @@ def _check(cfg: Config) -> None:
                                    and ".." not in cfg.pseudo_from),
          "pseudo_from", "must be the name of a finished run (letters, digits, '.', '_', '-')"),
         (0 < cfg.pseudo_keep <= 1, "pseudo_keep", "must be in (0, 1]"),
-        (cfg.workers >= 1, "workers", "must be at least 1"),
+        (cfg.workers >= 0, "workers", "must be auto or at least 1"),
         (cfg.workers <= 64, "workers", "must be at most 64"),
         (0 <= cfg.model_seed < 10_000, "model_seed", "must be in [0, 9999]"),
         (cfg.profile in PROFILES, "profile", f"must be one of {', '.join(PROFILES)}"),
@@ -214,6 +215,10 @@ def _check(cfg: Config) -> None:
             raise UserError(f"config: {key}={getattr(cfg, key)!r} {why}")
 
 
+# Keys whose value "auto" (stored as 0) lets pipeline.plan choose from the machine.
+AUTO_KEYS = ("workers", "threads")
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Convert `value` to the declared type of `key`, or raise naming the key and its source."""
     types = {f.name: f.type for f in fields(Config)}
@@ -221,6 +226,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         raise UserError(f"{source}: unknown config key '{key}' (valid keys: {', '.join(types)})")
     kind = types[key]
     wrong = UserError(f"{source}: {key}={value!r} is not a valid {kind}")
+    if key in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
     if kind == "bool":
         if isinstance(value, bool):
             return value

@@ -131,7 +131,8 @@ def build_model(cfg: Config, steps_per_epoch: int = 1) -> keras.Model:
     for layer in augmentation(cfg):
         x = layer(x)
     x = MODELS[cfg.model](x, cfg)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probs")(x)
+    # float32 even under a mixed_float16 policy (GPU plans): a float16 softmax loses precision.
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probs", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=cfg.model)
     # One-hot labels (see `one_hot`) let the built-in loss smooth them; "accuracy" then means
     # categorical accuracy, so the metric names (val_accuracy) stay the same.

@@ -40,6 +40,7 @@ class _Running:
     job: Job
     proc: Any
     conn: Any
+    slot: int = 0
 
 
 def _watch_parent(parent: int) -> None:
@@ -59,7 +60,6 @@ def _child(job: Job, parent: int, conn: Any) -> None:
         fd = os.open(job.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-    os.environ.update(job.env)
     try:
         conn.send(("ok", job.target(*job.args)))
     except KeyboardInterrupt:
@@ -74,10 +74,21 @@ def _child(job: Job, parent: int, conn: Any) -> None:
         conn.send(("crash", text))
 
 
-def _start(job: Job) -> _Running:
+def _start(job: Job, env: dict[str, str]) -> _Running:
     receive, send = CONTEXT.Pipe(duplex=False)
     proc = CONTEXT.Process(target=_child, name=job.name, args=(job, os.getpid(), send))
-    proc.start()
+    # A spawned child starts with the parent's environment: set its own (e.g. the GPU it may
+    # see, which CUDA reads once at start-up) around the start.
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     send.close()
     return _Running(job, proc, receive)
 
@@ -118,10 +129,12 @@ def _stop(running: list[_Running]) -> None:
 def run_jobs(jobs: list[Job], slots: int,
              on_start: Callable[[int, Job, int], None] = lambda n, job, pid: None,
              on_done: Callable[[int, Job, Any], None] = lambda n, job, value: None,
-             on_tick: Callable[[], None] = lambda: None, poll: float = 0.2) -> list[Any]:
+             on_tick: Callable[[], None] = lambda: None, poll: float = 0.2,
+             slot_env: Callable[[int], dict[str, str]] = lambda slot: {}) -> list[Any]:
     """Run `jobs`, `slots` at a time; their return values in job order. The first failure stops
     the others and is raised here. `on_start(n, job, pid)` and `on_done(n, job, value)` follow
-    each job; `on_tick()` runs between polls (e.g. a progress bar)."""
+    each job; `on_tick()` runs between polls (e.g. a progress bar). A job starts in the first
+    free slot (0 … slots-1) with `slot_env(slot)` added to its environment (e.g. its GPU)."""
     pending = list(enumerate(jobs))
     running: dict[int, _Running] = {}
     results: list[Any] = [None] * len(jobs)
@@ -129,7 +142,9 @@ def run_jobs(jobs: list[Job], slots: int,
         while pending or running:
             while pending and len(running) < slots:
                 n, job = pending.pop(0)
-                running[n] = _start(job)
+                slot = min(set(range(slots)) - {r.slot for r in running.values()})
+                running[n] = _start(job, {**slot_env(slot), **job.env})
+                running[n].slot = slot
                 on_start(n, job, running[n].proc.pid)
             time.sleep(poll)
             on_tick()

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,13 @@ import pandas as pd
 
 from pipeline import checkpoint
 from pipeline.config import PROJ_ROOT, Config, Paths
-from pipeline.console import duration, quiet_tensorflow, table
+from pipeline.console import duration, table
 from pipeline.data import file_sha256, load_train
 from pipeline.errors import Interrupted
 from pipeline.files import (load_npy, read_json, remove_stale_temps, run_lock, save_keras, save_npy,
                             write_json, write_text)
 from pipeline.folds import HOLDOUT, check_labels, load_folds, train_rows, val_rows
+from pipeline.plan import Plan, apply, choose, this_machine
 from pipeline.pool import Job, run_jobs
 from pipeline.predict import average_probs
 from pipeline.pseudo import check_teacher, pseudo_labels
@@ -197,9 +198,7 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         check_same_split(rf.root, fold_of)
         if cfg.pseudo_from:
             check_teacher(cfg, paths, run, fold_of)
-        setup_tensorflow(cfg)
         write_json(rf.config, cfg.to_dict())
-        write_json(rf.env, {**environment(paths), **(provenance or {})})
         save_npy(rf.folds, fold_of)
         held = int(np.sum(fold_of == HOLDOUT))
         log(f"run '{run}': profile {cfg.profile}, model {cfg.model}, {cfg.folds} folds × "
@@ -218,14 +217,21 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             todo = todo[:max_folds]
             log(f"--max-folds {max_folds}: training fold(s) {', '.join(str(i + 1) for i in todo)} only")
 
-        # 3. Train them: in this process, or `workers` at a time in child processes.
+        # 3. Train them, as the machine allows: in this process, or several at a time in child
+        # processes (one per core or GPU).
+        plan = choose(cfg, this_machine(), len(todo))
+        write_json(rf.env, {**environment(paths), "plan": plan.to_dict(), **(provenance or {})})
+        parallel = plan.processes > 1 and len(todo) > 1
+        if todo:
+            log(plan.line())
         try:
-            if cfg.workers > 1 and len(todo) > 1:
-                _train_parallel(cfg, paths, run, todo, metas, log)
+            if parallel:
+                _train_parallel(cfg, plan, paths, run, todo, metas, log)
             else:
+                setup_tensorflow(cfg, plan, plan.threads_for(0, 1, cfg.threads))
                 _train_serial(cfg, paths, run, x, y, fold_of, todo, metas, log)
         except KeyboardInterrupt:
-            raise Interrupted(_interrupted_where(rf, cfg, todo, metas)) from None
+            raise Interrupted(_interrupted_where(rf, cfg, todo, metas, parallel)) from None
         if any(m is None for m in metas):
             left = [str(i + 1) for i, m in enumerate(metas) if m is None]
             log(f"run '{run}' is partial: fold(s) {', '.join(left)} still to train; "
@@ -263,9 +269,10 @@ def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndar
             f"in {duration(metas[i]['seconds'])}")
 
 
-def _fold_worker(cfg: Config, paths: Paths, run: str, fold: int, later_rounds: int) -> dict[str, Any]:
+def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str, fold: int,
+                 later_rounds: int) -> dict[str, Any]:
     """A fold worker process: train one fold of the run; its metrics."""
-    setup_tensorflow(cfg)
+    setup_tensorflow(cfg, plan, threads)
     x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
     fold_of = load_npy(RunFiles(paths.run_dir(run)).folds)
 
@@ -278,42 +285,32 @@ def _fold_worker(cfg: Config, paths: Paths, run: str, fold: int, later_rounds: i
     return train_fold(_job(cfg, paths, run, x, fold_of, fold, log), x, y, eta=eta, log=log)
 
 
-def fold_threads(cfg: Config, n: int, total: int, cores: int | None = None) -> int:
-    """Threads for the n-th of `total` folds trained `cfg.workers` at a time: the cores split
-    among the folds that start together, so a last fold trained alone gets them all."""
-    if cfg.threads:
-        return cfg.threads
-    start = n - n % cfg.workers
-    return max(1, (cores or os.cpu_count() or 1) // min(cfg.workers, total - start))
-
-
-def _train_parallel(cfg: Config, paths: Paths, run: str, todo: list[int],
+def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[int],
                     metas: list[dict[str, Any] | None], log: Log) -> None:
-    """Train the folds in `todo`, `cfg.workers` at a time, each in a fresh process."""
-    jobs = []
+    """Train the folds in `todo`, `plan.processes` at a time, each in a fresh process."""
+    jobs, at_once = [], plan.processes
     for n, i in enumerate(todo):
-        start = n - n % cfg.workers
-        later = math.ceil(max(0, len(todo) - start - cfg.workers) / cfg.workers)
-        threads = fold_threads(cfg, n, len(todo))
-        jobs.append(Job(f"fold {i + 1}", _fold_worker,
-                        (replace(cfg, threads=threads), paths, run, i, later)))
+        start = n - n % at_once
+        later = math.ceil(max(0, len(todo) - start - at_once) / at_once)
+        threads = plan.threads_for(n, len(todo), cfg.threads)
+        jobs.append(Job(f"fold {i + 1}", _fold_worker, (cfg, plan, threads, paths, run, i, later)))
 
     def started(n: int, job: Job, pid: int) -> None:
-        log(f"=== fold {todo[n] + 1}/{cfg.folds} (process {pid}, {job.args[0].threads} thread(s)) ===")
+        log(f"=== fold {todo[n] + 1}/{cfg.folds} (process {pid}, {job.args[2]} thread(s)) ===")
 
     def finished(n: int, job: Job, meta: dict[str, Any]) -> None:
         metas[todo[n]] = meta
         log(f"fold {todo[n] + 1}: val accuracy {meta['val_accuracy']:.4f} "
             f"in {duration(meta['seconds'])}")
 
-    run_jobs(jobs, cfg.workers, on_start=started, on_done=finished)
+    run_jobs(jobs, at_once, on_start=started, on_done=finished, slot_env=plan.env_for_slot)
 
 
 def _interrupted_where(rf: RunFiles, cfg: Config, todo: list[int],
-                       metas: list[dict[str, Any] | None]) -> str:
+                       metas: list[dict[str, Any] | None], parallel: bool) -> str:
     """What an interrupted run kept, and how to continue it."""
     running = [i for i in todo if metas[i] is None]
-    if cfg.workers > 1 and len(todo) > 1 or not running:
+    if parallel or not running:
         return ("interrupted; finished folds and the last epoch of each running fold are saved — "
                 "run the same command again to resume")
     state = rf.fold(running[0]).state
@@ -378,19 +375,13 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 # --- the process ----------------------------------------------------------------------------
 
-def setup_tensorflow(cfg: Config) -> None:
-    """Apply thread and determinism settings; must run before TensorFlow starts working."""
-    quiet_tensorflow()
-    import tensorflow as tf
-
-    if cfg.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
-    if cfg.workers > 1:
-        # Fold workers share the GPU; by default each process would reserve all of its memory.
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
+def setup_tensorflow(cfg: Config, plan: Plan, threads: int) -> None:
+    """Configure this process's TensorFlow for the plan (threads, GPU memory, precision) and the
+    config's determinism; must run before TensorFlow starts working."""
+    apply(plan, threads)
     if cfg.deterministic:
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
 
 

@@ -40,6 +40,7 @@ from pipeline import config as config_mod
 from pipeline.config import LR_SCHEDULES, MODEL_NAMES, Config, keys_with
 from pipeline.errors import Interrupted, UserError
 from pipeline.files import read_json
+from pipeline.plan import Plan, choose, this_machine
 from pipeline.pool import Job, run_jobs
 from pipeline.study import EXECUTION_KEYS, GRACE, Settings, Tally, load_study, make_sampler, masked
 from pipeline.tune_report import Progress, write_results
@@ -346,10 +347,7 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
     """Run trials until the study reaches its target (counting every worker's), or the deadline."""
     import optuna
 
-    from pipeline.train import setup_tensorflow
-
     _quiet_optuna()
-    setup_tensorflow(settings.base)
     data = data or _load_data(settings)
     study = study or load_study(settings)
     claim = _Claim(settings.study_dir / ".claim.lock")
@@ -400,11 +398,11 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
             on_trial(study)
 
 
-def _tune_worker(settings: Settings, index: int, deadline: float) -> None:
+def _tune_worker(settings: Settings, plan: Plan, index: int, deadline: float) -> None:
     """A local worker process (its output goes to worker-<index>.log): run trials until done."""
     from pipeline.train import setup_tensorflow
 
-    setup_tensorflow(settings.base)
+    setup_tensorflow(settings.base, plan, plan.threads)
     print(f"worker {index} (pid {os.getpid()}) on study '{settings.study}'", flush=True)
     work(settings, deadline, log=lambda m: print(m, flush=True))
 
@@ -455,9 +453,14 @@ def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> 
 def run_study(settings: Settings, log: Log = print, progress: bool = True,
               plots: bool = True) -> dict[str, Any]:
     """Run (or resume) a study to its target number of trials and write its results."""
+    from pipeline.train import setup_tensorflow
+
     _quiet_optuna()
-    if settings.workers < 1:
-        raise UserError(f"--workers {settings.workers}: must be at least 1")
+    if settings.workers < 0:
+        raise UserError(f"--workers {settings.workers}: must be auto or at least 1")
+    # The same planning as `train`: one worker process per core (per GPU), up to the trials.
+    plan = choose(replace(settings.base, workers=settings.workers or settings.base.workers),
+                  this_machine(), settings.budget.trials)
     settings.budget.check(settings.base.folds, settings.pinned)
     study = load_study(settings)  # a bad --storage fails here, before the data is read
     data = _load_data(settings)
@@ -465,11 +468,12 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
     deadline = time.time() + settings.budget.timeout
     bar = Progress(study, settings.budget.trials, enabled=progress)
     try:
-        if settings.workers == 1:
+        if plan.processes == 1:
+            setup_tensorflow(settings.base, plan, plan.threads)
             work(settings, deadline, on_trial=bar.update, log=bar.bar.write, study=study,
                  data=data)
         else:
-            _run_workers(settings, study, deadline, bar, log)
+            _run_workers(settings, plan, study, deadline, bar, log)
     except KeyboardInterrupt:
         bar.close()
         write_results(settings, study, log, plots=False)  # what finished so far
@@ -487,18 +491,18 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
     return record
 
 
-def _run_workers(settings: Settings, study: optuna.Study, deadline: float, bar: Progress,
-                 log: Log) -> None:
+def _run_workers(settings: Settings, plan: Plan, study: optuna.Study, deadline: float,
+                 bar: Progress, log: Log) -> None:
     """Start local worker processes on the study and follow their trials until all exit."""
-    threads = settings.base.threads or max(1, (os.cpu_count() or 1) // settings.workers)
-    worker_settings = replace(settings, base=replace(settings.base, threads=threads))
-    jobs = [Job(f"tune worker {i}", _tune_worker, (worker_settings, i, deadline),
+    jobs = [Job(f"tune worker {i}", _tune_worker, (settings, plan, i, deadline),
                 log_path=str(settings.study_dir / f"worker-{i}.log"))
-            for i in range(settings.workers)]
-    log(f"{settings.workers} worker processes ({threads} TensorFlow thread(s) each); "
+            for i in range(plan.processes)]
+    log(f"{plan.processes} worker processes ({plan.threads} TensorFlow thread(s) each"
+        f"{', one GPU each' if plan.device == 'gpu' else ''}); "
         f"their logs: {settings.study_dir}/worker-<i>.log")
     settings.study_dir.mkdir(parents=True, exist_ok=True)
     try:
-        run_jobs(jobs, settings.workers, on_tick=lambda: bar.update(study), poll=1.0)
+        run_jobs(jobs, plan.processes, on_tick=lambda: bar.update(study), poll=1.0,
+                 slot_env=plan.env_for_slot)
     finally:
         bar.update(study)

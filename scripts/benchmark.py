@@ -89,25 +89,29 @@ def _train_speed(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int,
     return best
 
 
-def _speed_worker(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int,
-                  barrier: Any) -> float:
-    """One of `cfg.workers` processes timed together, as `train` runs its fold workers."""
+def _speed_worker(cfg: config_mod.Config, plan: Any, threads: int, x: np.ndarray, y: np.ndarray,
+                  n: int, barrier: Any) -> float:
+    """One of several processes timed together, set up as `train` sets up its fold workers."""
     from pipeline.train import setup_tensorflow
 
-    setup_tensorflow(cfg)
+    setup_tensorflow(cfg, plan, threads)
     return _train_speed(cfg, x, y, n, barrier, repeats=2)
 
 
-def parallel_speed(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int) -> float:
-    """Total training images/s of `cfg.workers` processes training at once (cores split)."""
+def parallel_speed(cfg: config_mod.Config, machine: Any, workers: int, x: np.ndarray,
+                   y: np.ndarray, n: int, gpus: tuple[int, ...] | None = None) -> float:
+    """Total training images/s of `workers` processes training at once, each set up as the plan
+    for that many workers would (cores split among them; on GPUs, one GPU each)."""
+    from pipeline.plan import choose
     from pipeline.pool import CONTEXT, Job, run_jobs
 
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
-    worker_cfg = dataclasses.replace(cfg, threads=threads)
-    barrier = CONTEXT.Barrier(cfg.workers)
-    jobs = [Job(f"speed worker {i}", _speed_worker, (worker_cfg, x[:n], y[:n], n, barrier))
-            for i in range(cfg.workers)]
-    return sum(run_jobs(jobs, cfg.workers))
+    plan = choose(dataclasses.replace(cfg, workers=workers), machine, workers)
+    if gpus is not None:
+        plan = dataclasses.replace(plan, gpus=gpus)
+    barrier = CONTEXT.Barrier(workers)
+    jobs = [Job(f"speed worker {i}", _speed_worker, (cfg, plan, plan.threads, x[:n], y[:n], n, barrier))
+            for i in range(workers)]
+    return sum(run_jobs(jobs, workers, slot_env=plan.env_for_slot))
 
 
 def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
@@ -123,9 +127,22 @@ def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.
         rate = _train_speed(dataclasses.replace(cfg, augment=augment), x, y, n, repeats=3)
         out["train_img_s_augment" if augment else "train_img_s_plain"] = round(rate, 1)
     out["augment_cost"] = round(1 - out["train_img_s_augment"] / out["train_img_s_plain"], 3)
-    if cfg.workers > 1:
-        out["workers"] = cfg.workers
-        out["train_img_s_workers"] = round(parallel_speed(cfg, x, y, n), 1)
+    # What the plan would pick here, and the measurements to check it against: the combined
+    # speed of 1 … N fold processes (N = cores, or GPUs), and of each GPU alone.
+    from pipeline.plan import choose, this_machine
+
+    machine = this_machine()
+    plan = choose(cfg, machine, cfg.folds)
+    out["machine"] = {"cores": machine.cores, "gpus": list(machine.gpus)}
+    out["plan"] = {**plan.to_dict(), "line": plan.line()}
+    top = len(machine.gpus) or machine.cores
+    out["train_img_s_by_workers"] = {str(w): round(parallel_speed(cfg, machine, w, x, y, n), 1)
+                                     for w in range(1, top + 1)}
+    out["fastest_workers"] = int(max(out["train_img_s_by_workers"],
+                                     key=out["train_img_s_by_workers"].get))
+    if machine.gpus:
+        out["train_img_s_by_gpu"] = {str(g): round(parallel_speed(cfg, machine, 1, x, y, n, (g,)), 1)
+                                     for g in range(len(machine.gpus))}
     model = build_model(cfg)
     model.predict(x_test[:2048], batch_size=2048, verbose=0)
     t = time.perf_counter()

@@ -26,7 +26,11 @@ def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
     assert result["load"]["rows"] == 1257 and result["load"]["cached_s"] < result["load"]["cold_csv_s"]
     t = result["throughput"]
     assert t["train_img_s_plain"] > 0 and t["train_img_s_augment"] > 0 and t["inference_img_s"] > 0
-    assert t["workers"] == 2 and t["train_img_s_workers"] > 0
+    cores = result["machine"]["cores"]
+    assert set(t["train_img_s_by_workers"]) == {str(w) for w in range(1, cores + 1)}
+    assert all(rate > 0 for rate in t["train_img_s_by_workers"].values())
+    assert t["plan"]["processes"] == 2 and t["plan"]["line"].startswith("plan: CPU")
+    assert 1 <= t["fastest_workers"] <= cores
     cv = result["cv"]
     assert len(cv["fold_accuracy"]) == 2 and 0 < cv["oof_accuracy"] <= 1
     assert cv["total_wall_s"] >= cv["train_wall_s"] > 0

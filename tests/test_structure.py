@@ -91,7 +91,12 @@ print(type(m.loss).__name__, round(float(m.loss.label_smoothing), 3),
 
 def test_first_lines_are_the_pipelines_own(tiny_run) -> None:  # type: ignore[no-untyped-def]
     """`demo` (what `make demo` runs): no TensorFlow start-up lines before, between or after."""
-    assert tiny_run.stdout.splitlines()[0].startswith("run 'demo': profile tiny")
+    lines = tiny_run.stdout.splitlines()
+    assert lines[0].startswith("run 'demo': profile tiny")
+    # The execution plan, one line before the first fold, and recorded in env.json.
+    assert lines[1].startswith("plan: CPU (") and "1 fold process(es) at once" in lines[1]
+    plan = json.loads((tiny_run.run_dir / "env.json").read_text())["plan"]
+    assert plan["device"] == "cpu" and plan["processes"] == 1 and plan["precision"] == "float32"
     noise = ("oneDNN", "cuda", "absl", "TF_ENABLE_ONEDNN_OPTS", "I0000", "E0000", "retracing")
     assert not [line for line in tiny_run.stderr.splitlines() if any(n in line for n in noise)]
     assert not [line for line in tiny_run.stdout.splitlines() if any(n in line for n in noise)]

@@ -31,22 +31,6 @@ def test_folds_disjoint_stratified_and_stable(tmp_path: Path) -> None:
     assert np.array_equal(load_folds(tmp_path, y, 5, 1), f)
 
 
-@pytest.mark.parametrize("cores, workers, threads, expected", [
-    (2, 2, 0, [1, 1, 1, 1, 2]),  # the last fold trains alone on both cores
-    (8, 2, 0, [4, 4, 4, 4, 8]),
-    (6, 3, 0, [2, 2, 2, 3, 3]),
-    (1, 2, 0, [1, 1, 1, 1, 1]),
-    (8, 2, 3, [3, 3, 3, 3, 3]),  # an explicit `threads` wins
-])
-def test_fold_workers_split_the_cores(monkeypatch: pytest.MonkeyPatch, cores: int, workers: int,
-                                      threads: int, expected: list[int]) -> None:
-    from pipeline import train
-
-    monkeypatch.setattr(train.os, "cpu_count", lambda: cores)
-    cfg = resolve("cpu", None, {"workers": str(workers), "threads": str(threads)})
-    assert [train.fold_threads(cfg, n, 5) for n in range(5)] == expected
-
-
 @pytest.mark.parametrize("name", ["simple", "deep", "lean", "strided"])
 def test_models_output_probabilities(name: str) -> None:
     from pipeline.model import build_model

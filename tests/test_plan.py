@@ -1,0 +1,66 @@
+"""The execution plan is a pure function of the config and a machine description: checked here
+for 1, 2 and 16 cores with 0, 1 and 4 GPUs, without any GPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import resolve
+from pipeline.plan import Machine, choose
+
+H200 = ("NVIDIA H200", (9, 0))
+K80 = ("Tesla K80", (3, 7))
+
+
+def _machine(cores: int, gpus: list[tuple[str, tuple[int, int]]] = ()) -> Machine:
+    return Machine(cores, tuple(g[0] for g in gpus), tuple(g[1] for g in gpus))
+
+
+@pytest.mark.parametrize("cores, folds, processes, threads", [
+    (1, 5, 1, 1),
+    (2, 5, 2, 1),  # as measured on 2 cores: two single-threaded folds at once
+    (16, 5, 5, 3),  # a process per fold, the cores shared among them
+    (16, 20, 16, 1),
+    (2, 1, 1, 2),  # one fold left: it gets both cores
+])
+def test_cpu_plan_uses_every_core(cores: int, folds: int, processes: int, threads: int) -> None:
+    plan = choose(resolve("cpu"), _machine(cores), folds)
+    assert (plan.device, plan.processes, plan.threads) == ("cpu", processes, threads)
+    assert plan.precision == "float32" and plan.env_for_slot(0) == {}
+    assert plan.line() == (f"plan: CPU ({cores} core(s)) · {processes} fold process(es) at once · "
+                           f"{threads} thread(s) each · float32 · batch 64")
+
+
+def test_a_last_short_round_gets_all_the_cores() -> None:
+    plan = choose(resolve("cpu"), _machine(2), 5)
+    assert [plan.threads_for(n, 5) for n in range(5)] == [1, 1, 1, 1, 2]
+    plan = choose(resolve("cpu"), _machine(6), 5)  # 5 at once on 6 cores
+    assert [plan.threads_for(n, 5) for n in range(5)] == [1] * 5
+    plan = choose(resolve("cpu", sets={"workers": "3"}), _machine(6), 5)
+    assert [plan.threads_for(n, 5) for n in range(5)] == [2, 2, 2, 3, 3]
+    assert [plan.threads_for(n, 5, explicit=3) for n in range(5)] == [3] * 5  # threads=3 wins
+
+
+@pytest.mark.parametrize("cores, gpus, folds, processes, precision", [
+    (16, [H200], 5, 1, "mixed_float16"),
+    (16, [H200] * 4, 5, 4, "mixed_float16"),  # a fold per GPU; the fifth waits for a free one
+    (16, [H200] * 4, 2, 2, "mixed_float16"),
+    (2, [K80], 5, 1, "float32"),  # no tensor cores: float16 would only be slower
+])
+def test_gpu_plan_is_one_process_per_gpu(cores: int, gpus: list, folds: int, processes: int,
+                                         precision: str) -> None:
+    plan = choose(resolve("cpu"), _machine(cores, gpus), folds)
+    assert (plan.device, plan.processes, plan.precision) == ("gpu", processes, precision)
+    assert plan.threads == max(1, cores // processes)
+    assert [plan.env_for_slot(s) for s in range(processes)] == \
+        [{"CUDA_VISIBLE_DEVICES": str(s)} for s in range(processes)]
+    assert plan.line().startswith(f"plan: {len(gpus)} GPU(s)")
+
+
+def test_explicit_workers_and_threads_win() -> None:
+    cfg = resolve("cpu", sets={"workers": "1", "threads": "4"})
+    assert (choose(cfg, _machine(16), 5).processes, choose(cfg, _machine(16), 5).threads) == (1, 4)
+    assert choose(cfg, _machine(16, [H200] * 4), 5).processes == 1
+    auto = resolve("cpu", sets={"workers": "auto", "threads": "auto"})
+    assert (auto.workers, auto.threads) == (0, 0)
+    assert choose(resolve("tiny"), _machine(16), 2).processes == 1  # the profile's own choice
