@@ -88,9 +88,9 @@ tensorboard: install
 # QUALITY                                                                       #
 #################################################################################
 
-## Run the test suite (installs the dev requirements first)
+## Run the test suite (installs the dev requirements first); -rs lists why tests were skipped
 test: $(VENV)/.installed-dev
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -rs tests
 
 ## Measure load, training and inference speed (+ full CV with CV=cpu) → runs/bench/
 bench: install
