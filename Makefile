@@ -21,7 +21,7 @@ TIMEOUT       ?= 1800
 WORKERS       ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install download tune demo train submission submit report compare tensorboard test bench clean clean-run
+.PHONY: help install download tune demo train submission submit report compare tensorboard dashboard test bench clean clean-run
 
 #################################################################################
 # SETUP                                                                         #
@@ -83,6 +83,10 @@ compare: install
 ## Serve TensorBoard for runs/<RUN> (default: every run) on http://localhost:6006
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs$(if $(RUN_GIVEN),/$(RUN))
+
+## Watch tuning study STUDY in optuna-dashboard on http://127.0.0.1:8080 (PORT=…), until Ctrl-C
+dashboard: install
+	$(PYTHON) -m pipeline dashboard --study $(STUDY) $(if $(PORT),--port $(PORT)) $(ARGS)
 
 #################################################################################
 # QUALITY                                                                       #
