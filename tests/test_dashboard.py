@@ -61,7 +61,10 @@ def test_dashboard_serves_the_study_on_loopback_until_ctrl_c(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "dashboard", "--study", "watch",
                              "--runs-dir", str(runs), "--port", "0"], cwd=PROJ_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # Ctrl-C must reach it even when pytest runs as a background job
+                            # (which starts with SIGINT ignored, and children inherit that).
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "the dashboard printed no address within 60 s"
