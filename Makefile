@@ -21,7 +21,7 @@ TIMEOUT       ?= 1800
 WORKERS       ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help install download tune demo train submission submit report compare tensorboard test bench clean clean-run
+.PHONY: help install download tune demo train submission submit report compare tensorboard dashboard test bench clean clean-run
 
 #################################################################################
 # SETUP                                                                         #
@@ -84,13 +84,17 @@ compare: install
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs$(if $(RUN_GIVEN),/$(RUN))
 
+## Watch tuning study STUDY in optuna-dashboard on http://127.0.0.1:8080 (PORT=…), until Ctrl-C
+dashboard: install
+	$(PYTHON) -m pipeline dashboard --study $(STUDY) $(if $(PORT),--port $(PORT)) $(ARGS)
+
 #################################################################################
 # QUALITY                                                                       #
 #################################################################################
 
-## Run the test suite (installs the dev requirements first)
+## Run the test suite (installs the dev requirements first); -rs lists why tests were skipped
 test: $(VENV)/.installed-dev
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -rs tests
 
 ## Measure load, training and inference speed (+ full CV with CV=cpu) → runs/bench/
 bench: install

@@ -118,6 +118,14 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from pipeline.dashboard import serve, storage_url
+
+    serve(storage_url(Path(args.runs_dir).resolve(), args.study, args.storage), args.study,
+          port=args.port, log=_log)
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from pipeline.ensemble import predict_run
     from pipeline.runfiles import latest_complete_run
@@ -319,6 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("tune", _tune, "search hyperparameters with Optuna (re-running resumes; "
             "--workers/--storage to scale out)")
     _tune_args(p)
+
+    from pipeline.dashboard import DEFAULT_PORT
+
+    p = add("dashboard", _dashboard, "watch a tuning study in the browser: optuna-dashboard on "
+            "http://127.0.0.1:PORT, until Ctrl-C", common=False)
+    p.add_argument("--study", required=True, help="the study to show (runs/tune/<STUDY>/)")
+    p.add_argument("--storage", help="the study's storage URL (default: "
+                   "sqlite:///runs/tune/<STUDY>/study.db, as for tune)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"port on 127.0.0.1; 0 picks a free one (default: {DEFAULT_PORT})")
+    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
 
     p = add("predict", _predict, "ensemble a run's fold models on test.csv → submissions/submission.csv")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -7,9 +7,11 @@ and `train --study` share.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,8 +130,10 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # Machines that open a new PostgreSQL database at once would race creating Optuna's tables.
+    schema = AdvisoryLock(url, "schema") if is_postgres(url) else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), (schema.held() if schema else contextlib.nullcontext()):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
                                               heartbeat_interval=heartbeat,
@@ -145,6 +149,61 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
         raise UserError(f"--storage {masked(url)}: cannot open ({first}); expected an SQLAlchemy "
                         "URL such as sqlite:///path/study.db or "
                         "postgresql://user:password@host/dbname") from None
+
+
+def is_postgres(url: str) -> bool:
+    """Whether an SQLAlchemy URL names a PostgreSQL database (any driver)."""
+    return url.split(":", 1)[0].split("+", 1)[0] == "postgresql"
+
+
+class AdvisoryLock:
+    """A PostgreSQL advisory lock named `name`: one holder at a time among all the processes of
+    every machine using the database. It lives on its own connection, opened by acquire() and
+    closed by release(); the server also ends it when its process dies (at once when killed,
+    within ~30 s of TCP keepalives when its machine dies), and that releases the lock."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.key = int.from_bytes(hashlib.sha1(f"digits-tune:{name}".encode()).digest()[:8],
+                                  "big", signed=True)
+        self._conn: Any = None
+
+    def acquire(self) -> None:
+        """Connect and block until this process holds the lock (a no-op when held)."""
+        import sqlalchemy
+
+        if self._conn is not None:
+            return
+        engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            for setting, value in (("idle", 10), ("interval", 5), ("count", 3)):
+                conn.exec_driver_sql(f"SET tcp_keepalives_{setting} = {value}")
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def release(self) -> None:
+        """Unlock and disconnect (a no-op when not held)."""
+        import sqlalchemy
+
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # A broken connection has lost the lock already: closing is all that is left.
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+            conn.close()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The lock for the duration of a `with` block."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
 
 def make_sampler(seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:

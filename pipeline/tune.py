@@ -42,7 +42,8 @@ from pipeline.errors import Interrupted, UserError
 from pipeline.files import read_json
 from pipeline.plan import Plan, choose, this_machine
 from pipeline.pool import Job, run_jobs
-from pipeline.study import EXECUTION_KEYS, GRACE, Settings, Tally, load_study, make_sampler, masked
+from pipeline.study import (EXECUTION_KEYS, GRACE, AdvisoryLock, Settings, Tally, is_postgres,
+                            load_study, make_sampler, masked)
 from pipeline.tune_report import Progress, write_results
 
 if TYPE_CHECKING:
@@ -166,8 +167,9 @@ def read_enqueue(path: Path, base: Config) -> tuple[dict[str, Any], ...]:
 # --- one trial ------------------------------------------------------------------------------
 
 class _Claim:
-    """A lock shared by this machine's workers, held from counting the trials until the next
-    trial exists in the storage, so local workers never start more trials than the target."""
+    """A lock held from counting the trials until the next trial exists in the storage, so
+    workers never start more trials than the target. This one is a file lock shared by one
+    machine's workers: enough for SQLite, whose database is a file on that machine."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -195,6 +197,13 @@ class _Claim:
             yield
         finally:
             self.release()
+
+
+def _claim(settings: Settings) -> _Claim | AdvisoryLock:
+    """The study's claim: across machines for PostgreSQL, per machine for any other storage."""
+    if is_postgres(settings.storage):
+        return AdvisoryLock(settings.storage, f"claim:{settings.study}")
+    return _Claim(settings.study_dir / ".claim.lock")
 
 
 class OutOfTime(Exception):
@@ -236,7 +245,7 @@ class _Data:
     fold_of: np.ndarray
 
 
-def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Claim,
+def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Claim | AdvisoryLock,
               deadline: float = math.inf) -> float:
     """Train the trial's config on the tuning fold(s); return the mean validation accuracy."""
     import keras
@@ -245,7 +254,7 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Clai
     from pipeline.folds import train_rows, val_rows
     from pipeline.train import FoldJob, fit_fold, fold_scores
 
-    claim.release()  # the trial exists now: other local workers may start theirs
+    claim.release()  # the trial exists now: other workers may start theirs
     budget, epochs = settings.budget, settings.budget.epochs(settings.pinned)
     t0 = time.time()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -350,7 +359,7 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
     _quiet_optuna()
     data = data or _load_data(settings)
     study = study or load_study(settings)
-    claim = _Claim(settings.study_dir / ".claim.lock")
+    claim = _claim(settings)
     silent = _SilentTrials(settings.budget.heartbeat)
     waited = False
     while time.time() < deadline:
@@ -425,8 +434,7 @@ def _setup_record(settings: Settings, data: _Data) -> dict[str, Any]:
 def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> None:
     """Check a resumed study's settings; give a new one the baseline and any enqueued trials."""
     setup = _setup_record(settings, data)
-    claim = _Claim(settings.study_dir / ".claim.lock")
-    with claim.held():
+    with _claim(settings).held():  # machines starting a new study at once enqueue trial 0 once
         saved = study.user_attrs.get("setup")
         if saved is None:
             study.set_user_attr("setup", setup)

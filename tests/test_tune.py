@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -199,20 +198,3 @@ def test_pruning_callback_refuses_a_missing_metric_and_a_nan_loss():
         pruning_callback(trial, "val_acc").on_epoch_end(0, {"loss": 0.5, "val_accuracy": 0.9})
     with pytest.raises(FloatingPointError):
         pruning_callback(trial).on_epoch_end(0, {"loss": float("nan"), "val_accuracy": 0.1})
-
-
-@pytest.mark.skipif(not os.environ.get("PIPELINE_TEST_PG_URL"),
-                    reason="set PIPELINE_TEST_PG_URL=postgresql://user:pw@host/db to run")
-def test_postgresql_storage(tmp_path, sample):
-    url, study = os.environ["PIPELINE_TEST_PG_URL"], f"test-{uuid.uuid4().hex[:8]}"
-    try:
-        cli("tune", "--data", str(sample), "--runs-dir", str(tmp_path), "--study", study,
-            "--storage", url, "--trials", "2", "--workers", "2", "--subsample", "0.5",
-            "--pruner", "none", "--no-plots", *PINS, "--set", "epochs=1")
-        trials = trials_of(url, study)
-        assert [t.number for t in trials] == [0, 1]
-        assert all(t.state.name == "COMPLETE" for t in trials)
-        record = json.loads((tmp_path / "tune" / study / "best_params.json").read_text())
-        assert record["storage"].startswith("postgresql") and record["trials"]["complete"] == 2
-    finally:
-        optuna.delete_study(study_name=study, storage=url)
