@@ -25,7 +25,6 @@ import gc
 import hashlib
 import math
 import os
-import shutil
 import socket
 import time
 import warnings
@@ -320,14 +319,6 @@ def _load_data(settings: Settings) -> _Data:
     return _Data(x, y, fold_of)
 
 
-def _remove_leftovers(trials_dir: Path, trials: list[FrozenTrial]) -> None:
-    """Delete the checkpoint folders that killed workers left behind (not a running trial's)."""
-    running = {str(t.number) for t in trials if t.state.name == "RUNNING"}
-    for folder in trials_dir.glob("*-*"):
-        if folder.is_dir() and folder.name.split("-")[0] not in running:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 class _SilentTrials:
     """Fails RUNNING trials whose worker died inside Optuna's ask(), before the first heartbeat
     and before the objective started: Optuna's heartbeat check never sees those. Time is
@@ -369,8 +360,6 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
             silent.check(study, study.get_trials(deepcopy=False,
                                                  states=(optuna.trial.TrialState.RUNNING,)), log)
             trials = study.get_trials(deepcopy=False)
-            # Under the claim, so no local worker is between creating a trial and its folder.
-            _remove_leftovers(settings.study_dir / "trials", trials)
             tally = Tally.of(trials)
             waiting = [t for t in tally.counted if t.state == optuna.trial.TrialState.WAITING]
             running = [t for t in tally.counted if t.state == optuna.trial.TrialState.RUNNING]
