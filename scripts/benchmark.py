@@ -73,9 +73,10 @@ def _train_speed(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int,
     """Training images/s on x[:n], the best of `repeats` epochs after a compiling warm-up."""
     import keras
 
-    from pipeline.model import build_model
+    from pipeline.model import build_model, one_hot
 
     keras.utils.set_random_seed(0)
+    y = one_hot(y)  # what the compiled loss expects, as in `train`
     model = build_model(cfg, steps_per_epoch=max(1, n // cfg.batch_size))
     warm = min(n, 4 * cfg.batch_size)
     model.fit(x[:warm], y[:warm], batch_size=cfg.batch_size, epochs=1, verbose=0)
@@ -151,11 +152,17 @@ def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.
     return out
 
 
-def cross_validate(profile: str, sets: dict, paths: Paths, run: str) -> dict:
-    """A full k-fold run plus prediction of `profile`, timed end to end."""
+def cross_validate(profile: str, sets: dict, paths: Paths, run: str,
+                   holdout: float | None = None) -> dict:
+    """A full k-fold run plus prediction of `profile`, timed end to end; with `holdout`, the
+    fold ensemble's score on that share of train.csv held out (the leaderboard estimate)."""
     from pipeline.ensemble import predict_run
+    from pipeline.files import read_json
+    from pipeline.runfiles import RunFiles
     from pipeline.train import train_run
 
+    if holdout is not None:
+        sets = {**sets, "holdout": str(holdout)}
     cfg = config_mod.resolve(profile, None, sets)
     t = time.perf_counter()
     metrics = train_run(cfg, paths, run)
@@ -163,10 +170,14 @@ def cross_validate(profile: str, sets: dict, paths: Paths, run: str) -> dict:
     t = time.perf_counter()
     predict_run(paths, run)
     predict_s = time.perf_counter() - t
+    held = read_json(RunFiles(paths.run_dir(run)).metrics).get("holdout")
     return {"profile": profile, "overrides": sets, "run": run, "config": cfg.to_dict(),
             "fold_accuracy": [m["val_accuracy"] for m in metrics["folds"]],
             "fold_seconds": [m["seconds"] for m in metrics["folds"]],
-            "oof_accuracy": metrics["cv_accuracy"], "train_wall_s": round(train_s, 1),
+            "oof_accuracy": metrics["cv_accuracy"], "oof_errors": round(
+                (1 - metrics["cv_accuracy"]) * metrics["n_train"]),
+            **({"holdout": held} if held else {}),
+            "train_wall_s": round(train_s, 1),
             "predict_wall_s": round(predict_s, 1), "total_wall_s": round(train_s + predict_s, 1)}
 
 
@@ -174,10 +185,12 @@ def oof_tta(paths: Paths, run: str, y: np.ndarray, x: np.ndarray) -> dict:
     """Out-of-fold accuracy of a finished run's fold models without and with test-time
     augmentation (what `tta=true` would have scored), and the seconds each took."""
     from pipeline.predict import average_probs
-    from pipeline.runfiles import RunFiles, fold_models, load_run_config
+    from pipeline.folds import HOLDOUT
+    from pipeline.runfiles import RunFiles, fold_models, load_run_config, read_split
 
     run_dir = paths.run_dir(run)
     models = fold_models(run_dir, load_run_config(run_dir).folds)
+    rows = np.flatnonzero(read_split(run_dir, len(y)) != HOLDOUT)  # the rows with OOF predictions
     out: dict = {"run": run}
     for tta in (False, True):
         t = time.perf_counter()
@@ -186,8 +199,8 @@ def oof_tta(paths: Paths, run: str, y: np.ndarray, x: np.ndarray) -> dict:
             idx = np.load(RunFiles(run_dir).fold(i).val_idx)
             oof[idx] = average_probs([model], x[idx], tta=tta)
         key = "tta" if tta else "plain"
-        out[f"oof_accuracy_{key}"] = float(np.mean(oof.argmax(1) == y))
-        out[f"oof_errors_{key}"] = int(np.sum(oof.argmax(1) != y))
+        out[f"oof_accuracy_{key}"] = float(np.mean(oof[rows].argmax(1) == y[rows]))
+        out[f"oof_errors_{key}"] = int(np.sum(oof[rows].argmax(1) != y[rows]))
         out[f"seconds_{key}"] = round(time.perf_counter() - t, 1)
     return out
 
@@ -202,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the timed model and the CV run")
     p.add_argument("--run", help="run name for --cv (default bench-<profile>)")
+    p.add_argument("--holdout", type=float, metavar="SHARE",
+                   help="with --cv: hold out this share of train.csv and record the fold "
+                   "ensemble's accuracy on it (the leaderboard estimate) with OOF and wall time")
     p.add_argument("--oof-tta", metavar="RUN",
                    help="also score a finished run's out-of-fold predictions with and without TTA")
     p.add_argument("--runs-dir", default=str(RUNS_DIR))
@@ -222,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["throughput"]), flush=True)
         if args.cv:
             paths = Paths(data=data, runs=runs, submissions=Path(args.submissions_dir).resolve())
-            result["cv"] = cross_validate(args.cv, sets, paths, args.run or f"bench-{args.cv}")
+            result["cv"] = cross_validate(args.cv, sets, paths, args.run or f"bench-{args.cv}",
+                                          args.holdout)
             print(json.dumps({k: v for k, v in result["cv"].items() if k != "config"}), flush=True)
         if args.oof_tta:
             paths = Paths(data=data, runs=runs, submissions=Path(args.submissions_dir).resolve())

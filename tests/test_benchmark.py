@@ -15,7 +15,7 @@ from pipeline.config import PROJ_ROOT
 def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "scripts/benchmark.py", "--data", str(sample_dir), "--profile", "tiny",
-         "--images", "256", "--cv", "tiny", "--set", "epochs=1",
+         "--images", "256", "--cv", "tiny", "--holdout", "0.2", "--set", "epochs=1",
          "--set", "workers=2", "--oof-tta", "bench-tiny", "--runs-dir", str(tmp_path / "runs"),
          "--submissions-dir", str(tmp_path / "subs")],
         cwd=PROJ_ROOT, capture_output=True, text=True, timeout=600)
@@ -34,8 +34,11 @@ def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
     cv = result["cv"]
     assert len(cv["fold_accuracy"]) == 2 and 0 < cv["oof_accuracy"] <= 1
     assert cv["total_wall_s"] >= cv["train_wall_s"] > 0
+    # The leaderboard estimate: the fold ensemble on the 20% of train.csv held out of the folds.
+    assert cv["holdout"]["n"] == round(0.2 * 1257) and 0 < cv["holdout"]["accuracy"] <= 1
+    assert cv["config"]["holdout"] == 0.2
     assert (tmp_path / "subs" / "submission.csv").is_file()
     tta = result["oof_tta"]
     # The same models on the same images (thread counts may move a near-tie by one image).
-    assert tta["oof_accuracy_plain"] == pytest.approx(cv["oof_accuracy"], abs=1.5 / 1257)
+    assert tta["oof_accuracy_plain"] == pytest.approx(cv["oof_accuracy"], abs=1.5 / 1006)
     assert 0 < tta["oof_accuracy_tta"] <= 1 and tta["oof_errors_plain"] >= 0
