@@ -8,6 +8,8 @@ and `train --study` share.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import hashlib
 import re
 import warnings
@@ -156,7 +158,26 @@ def is_postgres(url: str) -> bool:
     return url.split(":", 1)[0].split("+", 1)[0] == "postgresql"
 
 
-class AdvisoryLock:
+class _Lock:
+    """A lock with acquire/release, also usable as `with lock.held(): …`."""
+
+    def acquire(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The lock for the duration of a `with` block."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class AdvisoryLock(_Lock):
     """A PostgreSQL advisory lock named `name`: one holder at a time among all the processes of
     every machine using the database. It lives on its own connection, opened by acquire() and
     closed by release(); the server also ends it when its process dies (at once when killed,
@@ -196,14 +217,40 @@ class AdvisoryLock:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
             conn.close()
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """The lock for the duration of a `with` block."""
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
+
+
+class FileClaim(_Lock):
+    """A lock held from counting the trials until the next trial exists in the storage, so
+    workers never start more trials than the target. This one is a file lock shared by one
+    machine's workers: enough for SQLite, whose database is a file on that machine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Block until this process holds the lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the lock (a no-op when not held)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+Claim = FileClaim | AdvisoryLock  # held from counting the trials until the next one exists
+
+
+def claim_for(settings: Settings) -> Claim:
+    """The study's claim: across machines for PostgreSQL, per machine for any other storage."""
+    if is_postgres(settings.storage):
+        return AdvisoryLock(settings.storage, f"claim:{settings.study}")
+    return FileClaim(settings.study_dir / ".claim.lock")
 
 
 def make_sampler(seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:

@@ -20,7 +20,6 @@ summary.txt, trials.csv, best_params.json (used by `train --study NAME`) and Opt
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import hashlib
 import math
@@ -28,7 +27,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from pipeline.errors import Interrupted, UserError
 from pipeline.files import read_json
 from pipeline.plan import Plan, choose, this_machine
 from pipeline.pool import Job, run_jobs
-from pipeline.study import (EXECUTION_KEYS, GRACE, AdvisoryLock, Settings, Tally, is_postgres,
+from pipeline.study import (EXECUTION_KEYS, GRACE, Claim, Settings, Tally, claim_for,
                             load_study, make_sampler, masked)
 from pipeline.tune_report import Progress, write_results
 
@@ -165,46 +164,6 @@ def read_enqueue(path: Path, base: Config) -> tuple[dict[str, Any], ...]:
 
 # --- one trial ------------------------------------------------------------------------------
 
-class _Claim:
-    """A lock held from counting the trials until the next trial exists in the storage, so
-    workers never start more trials than the target. This one is a file lock shared by one
-    machine's workers: enough for SQLite, whose database is a file on that machine."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Block until this process holds the lock."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
-
-    def release(self) -> None:
-        """Let go of the lock (a no-op when not held)."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """The lock for the duration of a `with` block."""
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
-
-def _claim(settings: Settings) -> _Claim | AdvisoryLock:
-    """The study's claim: across machines for PostgreSQL, per machine for any other storage."""
-    if is_postgres(settings.storage):
-        return AdvisoryLock(settings.storage, f"claim:{settings.study}")
-    return _Claim(settings.study_dir / ".claim.lock")
-
-
 class OutOfTime(Exception):
     """The study's --timeout passed during a trial: it stops, and is re-run on resume."""
 
@@ -244,7 +203,7 @@ class _Data:
     fold_of: np.ndarray
 
 
-def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: _Claim | AdvisoryLock,
+def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: Claim,
               deadline: float = math.inf) -> float:
     """Train the trial's config on the tuning fold(s); return the mean validation accuracy."""
     import keras
@@ -350,7 +309,7 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
     _quiet_optuna()
     data = data or _load_data(settings)
     study = study or load_study(settings)
-    claim = _claim(settings)
+    claim = claim_for(settings)
     silent = _SilentTrials(settings.budget.heartbeat)
     waited = False
     while time.time() < deadline:
@@ -423,7 +382,7 @@ def _setup_record(settings: Settings, data: _Data) -> dict[str, Any]:
 def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> None:
     """Check a resumed study's settings; give a new one the baseline and any enqueued trials."""
     setup = _setup_record(settings, data)
-    with _claim(settings).held():  # machines starting a new study at once enqueue trial 0 once
+    with claim_for(settings).held():  # machines starting a new study at once enqueue trial 0 once
         saved = study.user_attrs.get("setup")
         if saved is None:
             study.set_user_attr("setup", setup)
