@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import config as config_mod
 from pipeline.config import DATA_DIR, PROFILES, RUNS_DIR, SAMPLE_DIR, SUBMISSIONS_DIR, Config, Paths
-from pipeline.console import VERBOSE_ENV, quiet_tensorflow, warn
+from pipeline.console import VERBOSE_ENV, warn
 from pipeline.errors import Interrupted, UserError
 
 
@@ -381,10 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that load TensorFlow: it is imported up front, with its start-up lines hidden.
-TENSORFLOW_COMMANDS = {"train", "tune", "predict", "blend", "demo", "submit"}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the command, and turn user errors into one line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
@@ -392,9 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     args.data_given = any(a == "--data" or a.startswith("--data=") for a in argv)
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # fold and tuning workers inherit it
+    # TensorFlow is imported only where a command first needs it (pipeline.model, pipeline.plan),
+    # always through console.quiet_tensorflow, so a command refused early never pays for it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        if args.command in TENSORFLOW_COMMANDS:
-            quiet_tensorflow()
         return args.handler(args) or 0
     except Interrupted as exc:
         print(f"\n{exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
     assert len(cv["fold_accuracy"]) == 2 and 0 < cv["oof_accuracy"] <= 1
     assert cv["total_wall_s"] >= cv["train_wall_s"] > 0
     # The leaderboard estimate: the fold ensemble on the 20% of train.csv held out of the folds.
-    assert cv["holdout"]["n"] == round(0.2 * 1257) and 0 < cv["holdout"]["accuracy"] <= 1
+    assert cv["holdout"]["n"] == math.ceil(0.2 * 1257)  # scikit-learn rounds the test share up and 0 < cv["holdout"]["accuracy"] <= 1
     assert cv["config"]["holdout"] == 0.2
     assert (tmp_path / "subs" / "submission.csv").is_file()
     tta = result["oof_tta"]
