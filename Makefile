@@ -94,7 +94,7 @@ dashboard: install
 
 ## Run the test suite (installs the dev requirements first); -rs lists why tests were skipped
 test: $(VENV)/.installed-dev
-	$(PYTHON) -m pytest -q -rs -n 2 --dist loadgroup tests
+	$(PYTHON) -m pytest -q -rs -n 2 --dist loadfile tests
 
 ## Measure load, training and inference speed (+ full CV with CV=cpu) → runs/bench/
 bench: install

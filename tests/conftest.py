@@ -121,12 +121,3 @@ def mutate_csv(text: str, rng: random.Random, for_test_csv: bool) -> str:
     elif kind == "delete row":
         del lines[r]
     return "\n".join(lines) + "\n"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `pytest -n N --dist loadgroup` (make test): one worker per test file, so a file's
-    module fixtures train once; the files that read the shared `demo` run go together, so it is
-    trained once."""
-    for item in items:
-        group = "demo" if "tiny_run" in getattr(item, "fixturenames", ()) else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
