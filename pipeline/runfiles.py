@@ -126,11 +126,8 @@ def check_same_split(run_dir: Path, fold_of: np.ndarray) -> None:
     rf = RunFiles(Path(run_dir))
     if not rf.folds.is_file():
         return
-    try:
-        theirs = load_npy(rf.folds)
-    except ValueError:
-        theirs = None
-    if theirs is None or theirs.shape != fold_of.shape or not np.array_equal(theirs, fold_of):
+    theirs = read_split(rf.root)  # a damaged file is refused there
+    if theirs.shape != fold_of.shape or not np.array_equal(theirs, fold_of):
         raise UserError(f"{rf.folds}: run '{rf.name}' was split differently (other train.csv, "
                         "folds, seed or holdout, or the file is damaged); use a new --run name, or "
                         "`make clean-run RUN=...` to start it over")

@@ -239,7 +239,8 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             return None
 
         # 4. The run's out-of-fold predictions and metrics.
-        metrics = summarize(rf, cfg, y, [m for m in metas if m is not None], time.time() - t0)
+        metrics = summarize(rf, cfg, y, fold_of, [m for m in metas if m is not None],
+                            time.time() - t0)
         log(format_table(metrics))
         return metrics
 
@@ -319,15 +320,15 @@ def _interrupted_where(rf: RunFiles, cfg: Config, todo: list[int],
             "epoch are saved — run the same command again to resume")
 
 
-def summarize(rf: RunFiles, cfg: Config, y: np.ndarray, fold_meta: list[dict[str, Any]],
-              wall: float) -> dict[str, Any]:
+def summarize(rf: RunFiles, cfg: Config, y: np.ndarray, fold_of: np.ndarray,
+              fold_meta: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     """Assemble out-of-fold probabilities and write the run's metrics.json and folds.csv."""
     # Held-out rows have no out-of-fold prediction: their rows stay zero and are left out here.
     oof = np.zeros((len(y), 10), dtype=np.float32)
     for i in range(cfg.folds):
         oof[load_npy(rf.fold(i).val_idx)] = load_npy(rf.fold(i).oof)
     save_npy(rf.oof, oof)
-    rows = np.flatnonzero(load_npy(rf.folds) != HOLDOUT)
+    rows = np.flatnonzero(fold_of != HOLDOUT)
     scores = fold_scores(oof[rows], y[rows])
     accs = np.array([m["val_accuracy"] for m in fold_meta])
     metrics = {
