@@ -230,8 +230,7 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, out: Path) -> Path:
     left.set_title(f"Counts ({int(cm.sum())} out-of-fold predictions, {int(cm.trace())} right)")
 
     errors = np.where(np.eye(10, dtype=bool), np.nan, norm)
-    cmap = _cmap("Reds")
-    cmap.set_bad("#e8f0e8")
+    cmap = _cmap("Reds").with_extremes(bad="#e8f0e8")
     vmax = max(float(np.nanmax(errors)) if np.isfinite(errors).any() else 0.0, 1e-3)
     right.imshow(errors, cmap=cmap, vmin=0, vmax=vmax)
     for (i, j), v in np.ndenumerate(norm):

@@ -116,10 +116,22 @@ def apply(plan: Plan, threads: int) -> None:
     import keras
     import tensorflow as tf
 
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if threads and threads != current:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            # TensorFlow fixes its thread pools when it starts: a second run in one process (a
+            # notebook, a script calling train_run twice) keeps the first run's.
+            from pipeline.console import warn
+
+            warn(f"TensorFlow has already started in this process: it keeps "
+                 f"{current or 'its default'} thread(s) instead of {threads}")
     for gpu in tf.config.list_physical_devices("GPU"):
-        # Without it each process reserves the whole GPU's memory up front.
-        tf.config.experimental.set_memory_growth(gpu, True)
+        try:
+            # Without it each process reserves the whole GPU's memory up front.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already started with its memory setting (a second run in one process)
     keras.mixed_precision.set_global_policy(plan.precision)

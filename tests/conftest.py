@@ -1,11 +1,25 @@
-"""Shared fixtures: the embedded sample on disk, one `demo` run, and a helper that runs the CLI."""
+"""Shared fixtures: the embedded sample on disk, one `demo` run, and helpers that run the CLI.
+
+`run_cli` starts `python -m pipeline` as a user would (a fresh process: signals, console output,
+worker processes); `call_cli` runs the same `main` in the test process, which skips the seconds of
+Python and TensorFlow start-up that each process pays and is what most tests need.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import io
 import os
+import re
 import random
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,19 +48,69 @@ def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
     return proc
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """`demo` on the embedded sample: trains run 'demo', predicts, and builds its report.
+def call_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline ARGS` run in this process; its exit code and what it printed.
 
-    Trained once per session and shared (the report tests and the browser test read it).
+    For commands whose output comes from this process alone (one fold at a time: worker
+    processes print to the real stdout) and that need no signal or environment of their own.
     """
-    base = tmp_path_factory.mktemp("report")
-    t = SimpleNamespace(data=base / "data", runs=base / "runs", subs=base / "subs")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    proc = subprocess.CompletedProcess(["pipeline", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"pipeline {' '.join(args)} exited {code}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> SimpleNamespace:
+    """`demo` on the embedded sample, run once per test session in a real process (even with
+    several xdist workers: the first one to need it trains it, the others wait for it).
+
+    Treat it as read-only: `tiny_run` hands out copies.
+    """
+    # The folder all xdist workers of this session share (each has its own basetemp below it).
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    root = shared / "demo-once"
+    with open(shared / "demo-once.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            proc = run_cli("demo", "--data", str(root / "data"), "--submissions-dir",
+                           str(root / "subs"), "--runs-dir", str(root / "runs"))
+            (root / "stdout.txt").write_text(proc.stdout)
+            (root / "stderr.txt").write_text(proc.stderr)
+            (root / "done").write_text("")
+    return SimpleNamespace(root=root, stdout=(root / "stdout.txt").read_text(),
+                           stderr=(root / "stderr.txt").read_text())
+
+
+def copy_demo(demo_once: SimpleNamespace, base: Path) -> SimpleNamespace:
+    """A private copy of the session's `demo` run under `base`: data, runs and submissions."""
+    for name in ("data", "runs", "subs"):
+        shutil.copytree(demo_once.root / name, base / name, ignore=shutil.ignore_patterns("cache"))
+    # Its console output as if it had run here (the paths it printed name the copy).
+    here = {"stdout": demo_once.stdout.replace(str(demo_once.root), str(base)),
+            "stderr": demo_once.stderr.replace(str(demo_once.root), str(base))}
+    t = SimpleNamespace(data=base / "data", runs=base / "runs", subs=base / "subs", **here)
     t.flags = ["--runs-dir", str(t.runs)]
-    proc = run_cli("demo", "--data", str(t.data), "--submissions-dir", str(t.subs), *t.flags)
-    t.stdout, t.stderr = proc.stdout, proc.stderr
     t.run_dir = t.runs / "demo"
     return t
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_once: SimpleNamespace,
+             tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """`demo` on the embedded sample: run 'demo' trained, predicted and reported (a copy of the
+    session's, shared by the tests of this worker that only read it or add runs beside it)."""
+    return copy_demo(demo_once, tmp_path_factory.mktemp("report"))
 
 
 def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -121,3 +185,63 @@ def mutate_csv(text: str, rng: random.Random, for_test_csv: bool) -> str:
     elif kind == "delete row":
         del lines[r]
     return "\n".join(lines) + "\n"
+
+
+# --- run folders and real signals (the reliability tests) -----------------------------------
+
+FOLD_FILES = {"model.keras", "history.csv", "metrics.json", "oof.npy", "val_idx.npy"}
+
+
+def run_files(run: Path) -> set[str]:
+    """Every file under a run folder (hidden ones included), relative to it, but the report's
+    figures and the TensorBoard event logs (named by time and pid, one per process that trained)."""
+    return {rel for p in run.rglob("*") if p.is_file()
+            if not (rel := p.relative_to(run).as_posix()).startswith("figures/")
+            and "/tb/" not in rel and rel != "report.html"}
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def interrupt(args: list[str], fold: int, sig: int, folds: int,
+              meanwhile: Callable[[subprocess.Popen], None] | None = None,
+              group: bool = False) -> SimpleNamespace:
+    """Run `python -m pipeline ARGS` (a run of `folds` folds); send `sig` once fold `fold`
+    (1-based) has finished an epoch.
+
+    `meanwhile(proc)`, if given, runs in a thread from fold 1 on and is done before the signal.
+    `group` sends it to the whole process group, as a terminal's Ctrl-C does.
+    """
+    stderr = Path(args[args.index("--runs-dir") + 1]).parent / f"stderr-{fold}-{sig}.txt"
+    stderr.parent.mkdir(parents=True, exist_ok=True)
+    with open(stderr, "w") as err:
+        # As from a terminal: SIGINT at its default even if the test runner ignores it.
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=PROJ_ROOT,
+                                stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+                                start_new_session=group,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    watchdog = threading.Timer(300, proc.kill)  # never hang the suite
+    watchdog.start()
+    out, sent, side = [], False, None
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith((f"=== fold 1/{folds} ===", "resuming:")) and meanwhile is not None:
+                side = threading.Thread(target=meanwhile, args=(proc,))
+                side.start()
+            if re.match(rf"  fold {fold}/{folds} epoch +\d+/", line) and not sent:
+                if side is not None:
+                    side.join()
+                if group:
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
+                sent = True
+        proc.wait(timeout=120)
+    finally:
+        watchdog.cancel()
+    assert sent, "".join(out)[-3000:] + stderr.read_text()[-3000:]
+    return SimpleNamespace(pid=proc.pid, returncode=proc.returncode, stdout="".join(out),
+                           stderr=stderr.read_text())

@@ -13,7 +13,7 @@ from scipy.stats import binomtest
 
 from pipeline.evaluate import paired, score
 from pipeline.folds import HOLDOUT, make_folds
-from tests.conftest import last_error_line, run_cli
+from tests.conftest import call_cli, last_error_line
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,9 @@ def held(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = {}
     for seed in (0, 1):
         run = f"h{seed}"
-        train = run_cli("train", "--profile", "tiny", "--run", run, "--set", "holdout=0.15",
+        train = call_cli("train", "--profile", "tiny", "--run", run, "--set", "holdout=0.15",
                         "--set", f"model_seed={seed}", "--set", "epochs=3", *common)
-        predict = run_cli("predict", "--run", run, *common)
+        predict = call_cli("predict", "--run", run, *common)
         out[run] = {"train": train.stdout, "predict": predict.stdout}
     y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
     return {"runs": root / "runs", "common": common, "y": y, **out}
@@ -89,20 +89,20 @@ def test_predict_scores_the_ensemble_on_the_holdout(held: dict) -> None:
 def test_resume_reuses_the_holdout_and_a_changed_one_is_refused(held: dict) -> None:
     run = held["runs"] / "h0"
     before = np.load(run / "folds.npy")
-    again = run_cli("train", "--profile", "tiny", "--run", "h0", "--set", "holdout=0.15",
+    again = call_cli("train", "--profile", "tiny", "--run", "h0", "--set", "holdout=0.15",
                     "--set", "epochs=3", *held["common"])
     assert "resuming: 2 finished fold(s) kept, 0 to train" in again.stdout
     assert np.array_equal(np.load(run / "folds.npy"), before)
     # The holdout estimate is kept when a finished run is summarised again.
     assert "holdout" in json.loads((run / "metrics.json").read_text())
-    changed = run_cli("train", "--profile", "tiny", "--run", "h0", "--set", "holdout=0.2",
+    changed = call_cli("train", "--profile", "tiny", "--run", "h0", "--set", "holdout=0.2",
                       "--set", "epochs=3", *held["common"], check=False)
     assert changed.returncode == 2
     assert "was started with another config (holdout: 0.15 → 0.2)" in last_error_line(changed)
 
 
 def test_compare_pairs_two_runs_on_the_same_holdout(held: dict) -> None:
-    proc = run_cli("compare", "h0", "h1", "--runs-dir", str(held["runs"]))
+    proc = call_cli("compare", "h0", "h1", "--runs-dir", str(held["runs"]))
     rows = np.flatnonzero(np.load(held["runs"] / "h0" / "folds.npy") == HOLDOUT)
     y = held["y"][rows]
     a, b = (np.load(held["runs"] / r / "holdout_probs.npy") for r in ("h0", "h1"))
@@ -136,7 +136,7 @@ def test_mcnemar_is_exact_and_says_when_a_difference_is_noise() -> None:
 
 
 def test_blend_scores_the_blended_ensemble_on_the_holdout(held: dict) -> None:
-    proc = run_cli("blend", "h0", "h1", "--name", "hb", *held["common"])
+    proc = call_cli("blend", "h0", "h1", "--name", "hb", *held["common"])
     rows = np.flatnonzero(np.load(held["runs"] / "h0" / "folds.npy") == HOLDOUT)
     mean = (np.load(held["runs"] / "h0" / "holdout_probs.npy")
             + np.load(held["runs"] / "h1" / "holdout_probs.npy")) / 2

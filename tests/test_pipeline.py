@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import last_error_line, run_cli
+from tests.conftest import call_cli, copy_demo, last_error_line
 
 FOLD_FILES = {"model.keras", "history.csv", "metrics.json", "oof.npy", "val_idx.npy"}
 RUN_FILES = {"config.json", "env.json", "folds.npy", "oof_probs.npy", "metrics.json", "folds.csv",
@@ -17,15 +17,14 @@ RUN_FILES = {"config.json", "env.json", "folds.npy", "oof_probs.npy", "metrics.j
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One tiny run trained and predicted through the CLI; its folders and console output."""
+def tiny_pipeline(demo_once, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The session's `demo` run (profile tiny: trained, predicted, reported through the CLI in a
+    real process), copied here; its folders and console output."""
     root = tmp_path_factory.mktemp("pipeline")
-    common = ["--data", str(sample_dir), "--runs-dir", str(root / "runs"),
-              "--submissions-dir", str(root / "subs")]
-    train = run_cli("train", "--profile", "tiny", "--run", "t1", *common)
-    predict = run_cli("predict", "--run", "t1", *common)
-    return {"root": root, "run": root / "runs" / "t1", "subs": root / "subs", "common": common,
-            "train_out": train.stdout, "predict_out": predict.stdout}
+    t = copy_demo(demo_once, root)
+    common = ["--data", str(t.data), "--runs-dir", str(t.runs), "--submissions-dir", str(t.subs)]
+    return {"root": root, "run": t.run_dir, "subs": t.subs, "data": t.data, "common": common,
+            "out": t.stdout}
 
 
 def test_run_folder_has_every_artifact(tiny_pipeline: dict) -> None:
@@ -38,13 +37,15 @@ def test_run_folder_has_every_artifact(tiny_pipeline: dict) -> None:
         assert list(hist["epoch"]) == list(range(1, 7))
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(hist.columns)
     assert json.loads((run / "config.json").read_text())["profile"] == "tiny"
+    assert "run 'demo': profile tiny" in tiny_pipeline["out"]
     env = json.loads((run / "env.json").read_text())
     assert env["tensorflow"] and len(env["data_sha256"]["train.csv"]) == 64
 
 
-def test_cv_accuracy_is_the_oof_accuracy(tiny_pipeline: dict, sample_dir: Path) -> None:
+def test_cv_accuracy_is_the_oof_accuracy(tiny_pipeline: dict) -> None:
     run = tiny_pipeline["run"]
     metrics = json.loads((run / "metrics.json").read_text())
+    sample_dir = tiny_pipeline["data"]
     y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
     oof = np.load(run / "oof_probs.npy")
     assert oof.shape == (len(y), 10) and np.allclose(oof.sum(1), 1, atol=1e-4)
@@ -56,17 +57,17 @@ def test_cv_accuracy_is_the_oof_accuracy(tiny_pipeline: dict, sample_dir: Path) 
         assert m["val_accuracy"] == pytest.approx(np.mean(oof[idx].argmax(1) == y[idx]))
     table = pd.read_csv(run / "folds.csv")
     assert list(table["fold"]) == [1, 2]
-    assert "CV (out-of-fold) accuracy" in tiny_pipeline["train_out"]
-    assert "fold 2/2 epoch  6/6" in tiny_pipeline["train_out"] and "ETA" in tiny_pipeline["train_out"]
+    assert "CV (out-of-fold) accuracy" in tiny_pipeline["out"]
+    assert "fold 2/2 epoch  6/6" in tiny_pipeline["out"] and "ETA" in tiny_pipeline["out"]
 
 
-def test_submission_is_valid_and_accurate(tiny_pipeline: dict, sample_dir: Path) -> None:
+def test_submission_is_valid_and_accurate(tiny_pipeline: dict) -> None:
     sub = pd.read_csv(tiny_pipeline["subs"] / "submission.csv")
-    copy = pd.read_csv(tiny_pipeline["subs"] / "t1.csv")
+    copy = pd.read_csv(tiny_pipeline["subs"] / "demo.csv")
     assert list(sub.columns) == ["ImageId", "Label"] and sub.equals(copy)
     assert list(sub["ImageId"]) == list(range(1, 541))
     assert sub["Label"].between(0, 9).all()
-    truth = pd.read_csv(sample_dir / "test_labels.csv")["Label"].to_numpy()
+    truth = pd.read_csv(tiny_pipeline["data"] / "test_labels.csv")["Label"].to_numpy()
     assert np.mean(sub["Label"].to_numpy() == truth) >= 0.85
     probs = np.load(tiny_pipeline["run"] / "test_probs.npy")
     assert np.array_equal(probs.argmax(1), sub["Label"].to_numpy())
@@ -75,14 +76,14 @@ def test_submission_is_valid_and_accurate(tiny_pipeline: dict, sample_dir: Path)
 def test_rerun_resumes_without_retraining(tiny_pipeline: dict) -> None:
     run = tiny_pipeline["run"]
     before = {p: p.stat().st_mtime_ns for p in run.glob("fold_*/model.keras")}
-    proc = run_cli("train", "--profile", "tiny", "--run", "t1", *tiny_pipeline["common"])
+    proc = call_cli("train", "--profile", "tiny", "--run", "demo", *tiny_pipeline["common"])
     assert "resuming: 2 finished fold(s) kept, 0 to train" in proc.stdout
     assert "=== fold" not in proc.stdout
     assert before == {p: p.stat().st_mtime_ns for p in run.glob("fold_*/model.keras")}
 
 
 def test_rerun_with_other_config_is_refused(tiny_pipeline: dict) -> None:
-    proc = run_cli("train", "--profile", "tiny", "--run", "t1", "--set", "epochs=2",
+    proc = call_cli("train", "--profile", "tiny", "--run", "demo", "--set", "epochs=2",
                    *tiny_pipeline["common"], check=False)
     assert proc.returncode == 2
     assert "was started with another config (epochs: 6 → 2)" in last_error_line(proc)
@@ -93,17 +94,17 @@ def test_resume_finishes_a_partly_trained_run(tiny_pipeline: dict, tmp_path: Pat
     import shutil
 
     runs = tmp_path / "runs"
-    shutil.copytree(tiny_pipeline["run"], runs / "t1")
-    (runs / "t1" / "fold_1" / "metrics.json").unlink()
+    shutil.copytree(tiny_pipeline["run"], runs / "demo")
+    (runs / "demo" / "fold_1" / "metrics.json").unlink()
     common = [a if a != str(tiny_pipeline["root"] / "runs") else str(runs)
               for a in tiny_pipeline["common"]]
-    proc = run_cli("train", "--profile", "tiny", "--run", "t1", *common)
+    proc = call_cli("train", "--profile", "tiny", "--run", "demo", *common)
     assert "resuming: 1 finished fold(s) kept, 1 to train" in proc.stdout
     assert "=== fold 2/2 ===" in proc.stdout and "=== fold 1/2 ===" not in proc.stdout
 
 
 def test_predict_unfinished_run_is_a_clear_error(tiny_pipeline: dict, tmp_path: Path) -> None:
-    proc = run_cli("predict", "--run", "nope", "--data", tiny_pipeline["common"][1],
+    proc = call_cli("predict", "--run", "nope", "--data", tiny_pipeline["common"][1],
                    "--runs-dir", str(tmp_path), check=False)
     assert proc.returncode == 2 and "no such run" in last_error_line(proc)
 
@@ -111,36 +112,38 @@ def test_predict_unfinished_run_is_a_clear_error(tiny_pipeline: dict, tmp_path: 
 def test_max_folds_trains_part_then_finishes(sample_dir: Path, tmp_path: Path) -> None:
     common = ["--profile", "tiny", "--set", "epochs=2", "--run", "part", "--data", str(sample_dir),
               "--runs-dir", str(tmp_path)]
-    first = run_cli("train", "--max-folds", "1", *common)
+    first = call_cli("train", "--max-folds", "1", *common)
     assert "=== fold 1/2 ===" in first.stdout and "=== fold 2/2 ===" not in first.stdout
     assert "run 'part' is partial: fold(s) 2 still to train" in first.stdout
     assert not (tmp_path / "part" / "metrics.json").exists()
-    second = run_cli("train", *common)
+    second = call_cli("train", *common)
     assert "resuming: 1 finished fold(s) kept, 1 to train" in second.stdout
     assert (tmp_path / "part" / "metrics.json").is_file()
 
 
-def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict, sample_dir: Path) -> None:
+def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict) -> None:
     common = tiny_pipeline["common"]
-    run_cli("train", "--profile", "tiny", "--run", "t2", "--set", "model_seed=1", *common)
-    proc = run_cli("blend", "t1", "t2", "--name", "b12", *common)
+    # Another member on the same folds (fewer epochs: the blend's arithmetic is what is checked).
+    call_cli("train", "--profile", "tiny", "--run", "t2", "--set", "model_seed=1", "--set", "epochs=3",
+             *common)
+    proc = call_cli("blend", "demo", "t2", "--name", "b12", *common)
     runs = tiny_pipeline["root"] / "runs"
+    sample_dir = tiny_pipeline["data"]
     y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
-    oof = (np.load(runs / "t1" / "oof_probs.npy") + np.load(runs / "t2" / "oof_probs.npy")) / 2
+    oof = (np.load(runs / "demo" / "oof_probs.npy") + np.load(runs / "t2" / "oof_probs.npy")) / 2
     blend = json.loads((runs / "b12" / "blend.json").read_text())
     assert blend["cv_accuracy"] == pytest.approx(np.mean(oof.argmax(1) == y))
     assert f"OOF accuracy {blend['cv_accuracy']:.4f}" in proc.stdout
     sub = pd.read_csv(tiny_pipeline["subs"] / "b12.csv")
-    test = (np.load(runs / "t1" / "test_probs.npy") + np.load(runs / "t2" / "test_probs.npy")) / 2
+    test = (np.load(runs / "demo" / "test_probs.npy") + np.load(runs / "t2" / "test_probs.npy")) / 2
     assert np.array_equal(sub["Label"].to_numpy(), test.argmax(1))
     # A run on other folds (another seed) cannot be blended honestly.
-    run_cli("train", "--profile", "tiny", "--run", "t3", "--set", "seed=7", "--set", "epochs=1", *common)
-    bad = run_cli("blend", "t1", "t3", *common, check=False)
+    call_cli("train", "--profile", "tiny", "--run", "t3", "--set", "seed=7", "--set", "epochs=1", *common)
+    bad = call_cli("blend", "demo", "t3", *common, check=False)
     assert bad.returncode == 2 and "used other folds" in last_error_line(bad)
 
 
-def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
-                                                             sample_dir: Path) -> None:
+def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict) -> None:
     """Fold k adds the test images and the validation images that teacher fold k is surest of,
     labelled as that model says, and never a true validation label."""
     from pipeline.data import load_test
@@ -148,16 +151,16 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
     from pipeline.model import load_model
 
     common = tiny_pipeline["common"]
-    args = ["train", "--profile", "tiny", "--run", "pl", "--set", "pseudo_from=t1",
-            "--set", "pseudo_keep=0.5", *common]
-    proc = run_cli(*args)
+    args = ["train", "--profile", "tiny", "--run", "pl", "--set", "pseudo_from=demo",
+            "--set", "pseudo_keep=0.5", "--set", "epochs=3", *common]
+    proc = call_cli(*args)
     runs = tiny_pipeline["root"] / "runs"
+    sample_dir = tiny_pipeline["data"]
     x_test = load_test(sample_dir / "test.csv")
     truth = pd.read_csv(sample_dir / "test_labels.csv")["Label"].to_numpy()
-    y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
-    folds = np.load(runs / "t1" / "folds.npy")
+    folds = np.load(runs / "demo" / "folds.npy")
     metrics = json.loads((runs / "pl" / "metrics.json").read_text())
-    teacher = json.loads((runs / "t1" / "metrics.json").read_text())
+    teacher = json.loads((runs / "demo" / "metrics.json").read_text())
     for i in range(2):
         chosen = np.load(runs / "pl" / f"fold_{i}" / "pseudo.npy")
         test, val = chosen[chosen[:, 0] == 0], chosen[chosen[:, 0] == 1]
@@ -165,29 +168,29 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
         assert len(test) == 270 and len(val) == round(0.5 * len(val_idx))
         assert len(test) + len(val) == len(chosen) and np.all(np.diff(test[:, 1]) > 0)
         # Test images: the teacher fold model's most confident half, with its labels.
-        probs = average_probs([load_model(str(runs / "t1" / f"fold_{i}" / "model.keras"))], x_test)
+        probs = average_probs([load_model(str(runs / "demo" / f"fold_{i}" / "model.keras"))], x_test)
         conf = probs.max(1)
         assert conf[test[:, 1]].min() >= conf[np.setdiff1d(np.arange(len(x_test)), test[:, 1])].max()
         assert np.array_equal(test[:, 2], probs[test[:, 1]].argmax(1))
         assert np.mean(test[:, 2] == truth[test[:, 1]]) >= np.mean(probs.argmax(1) == truth)
         # Validation images: the same from the teacher's out-of-fold predictions on them.
-        oof = np.load(runs / "t1" / "oof_probs.npy")
+        oof = np.load(runs / "demo" / "oof_probs.npy")
         assert set(val[:, 1]) <= set(val_idx)
         rest = np.setdiff1d(val_idx, val[:, 1])
         assert oof[val[:, 1]].max(1).min() >= oof[rest].max(1).max()
         assert np.array_equal(val[:, 2], oof[val[:, 1]].argmax(1))
         fold = metrics["folds"][i]
         assert fold["n_pseudo"] == len(chosen) and fold["n_train"] == teacher["folds"][i]["n_train"]
-        assert (f"fold {i + 1}: + 270 test and {len(val)} validation images labelled by run 't1'"
+        assert (f"fold {i + 1}: + 270 test and {len(val)} validation images labelled by run 'demo'"
                 in proc.stdout)
     assert metrics["cv_accuracy"] > 0.85
-    again = run_cli(*args)
+    again = call_cli(*args)
     assert "resuming: 2 finished fold(s) kept, 0 to train" in again.stdout
     # A fold trained again reuses its saved choice rather than asking the teacher anew.
     saved = runs / "pl" / "fold_1" / "pseudo.npy"
     before = (saved.read_bytes(), saved.stat().st_mtime_ns)
     (runs / "pl" / "fold_1" / "metrics.json").unlink()
-    retrain = run_cli(*args)
+    retrain = call_cli(*args)
     assert "resuming: 1 finished fold(s) kept, 1 to train" in retrain.stdout
     assert (saved.read_bytes(), saved.stat().st_mtime_ns) == before
     assert json.loads((runs / "pl" / "metrics.json").read_text())["folds"][1]["n_pseudo"] == len(chosen)
@@ -199,12 +202,12 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict,
 @pytest.mark.parametrize("sets, message", [
     (["pseudo_from=nope"], "config: pseudo_from='nope': no finished run 'nope' in"),
     (["pseudo_from=plx"], "config: pseudo_from='plx' names this run itself"),
-    (["pseudo_from=t1", "seed=7"], "config: pseudo_from='t1': run 't1' was trained on other folds"),
+    (["pseudo_from=demo", "seed=7"], "config: pseudo_from='demo': run 'demo' was trained on other folds"),
 ])
 def test_a_bad_pseudo_label_teacher_is_refused(tiny_pipeline: dict, sets: list[str],
                                                message: str) -> None:
     flags = [a for s in sets for a in ("--set", s)]
-    proc = run_cli("train", "--profile", "tiny", "--run", "plx", *flags, *tiny_pipeline["common"],
+    proc = call_cli("train", "--profile", "tiny", "--run", "plx", *flags, *tiny_pipeline["common"],
                    check=False)
     assert proc.returncode == 2 and message in last_error_line(proc)
     assert "Traceback" not in proc.stderr

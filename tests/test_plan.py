@@ -64,3 +64,31 @@ def test_explicit_workers_and_threads_win() -> None:
     auto = resolve("cpu", sets={"workers": "auto", "threads": "auto"})
     assert (auto.workers, auto.threads) == (0, 0)
     assert choose(resolve("tiny"), _machine(16), 2).processes == 1  # the profile's own choice
+
+
+_APPLY_TWICE = """
+import tensorflow as tf
+from pipeline.plan import apply, choose, Machine
+from pipeline.config import resolve
+tf.constant(1.0) + 1.0  # TensorFlow has started: its thread pools are fixed now
+plan = choose(resolve("cpu"), Machine(2), 5)
+apply(plan, 1)
+apply(plan, 1)
+print("threads", tf.config.threading.get_intra_op_parallelism_threads())
+"""
+
+
+def test_a_second_run_in_one_process_keeps_the_threads_with_a_warning() -> None:
+    """A notebook that has used TensorFlow, then trains: no crash, one clear warning."""
+    import subprocess
+    import sys
+
+    from pipeline.config import PROJ_ROOT
+
+    proc = subprocess.run([sys.executable, "-c", _APPLY_TWICE], cwd=PROJ_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "threads 0"
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: TensorFlow has already started in this process: it keeps its "
+                        "default thread(s) instead of 1"] * 2

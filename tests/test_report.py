@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.conftest import call_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"learning_curves", "fold_accuracy", "confusion_matrix", "per_class_metrics",
@@ -28,23 +28,14 @@ KAGGLE = {"ref": 41234567, "message": "short run", "status": "SubmissionStatus.C
           "public_score": "0.98917", "time": "2025-06-01 10:00:00"}
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m pipeline ARGS` from the repository root."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.fixture(scope="session")
 def tiny_run_pair(tiny_run: SimpleNamespace) -> SimpleNamespace:
     """A second run ('short', 2 epochs) that used an Optuna study and was submitted to Kaggle."""
     import optuna
 
     t = tiny_run
-    cli("train", "--profile", "tiny", "--set", "epochs=2", "--run", "short", "--data", str(t.data),
-        "--submissions-dir", str(t.subs), *t.flags)
+    call_cli("train", "--profile", "tiny", "--set", "epochs=2", "--run", "short", "--data",
+             str(t.data), "--submissions-dir", str(t.subs), *t.flags)
     study_dir = t.runs / "tune" / "toy"
     study_dir.mkdir(parents=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -60,7 +51,7 @@ def tiny_run_pair(tiny_run: SimpleNamespace) -> SimpleNamespace:
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "study": "toy"}))
     (run_dir / "kaggle_submission.json").write_text(json.dumps(KAGGLE))
-    report = cli("report", "--run", "short", *t.flags)
+    report = call_cli("report", "--run", "short", *t.flags)
     return SimpleNamespace(runs=t.runs, flags=t.flags, demo=t.run_dir, short=run_dir,
                            study=study, report_stdout=report.stdout,
                            auto_report=auto_report)
@@ -219,7 +210,7 @@ def test_report_shows_the_study_and_the_kaggle_score(tiny_run_pair: SimpleNamesp
 
 def test_compare_lists_runs_side_by_side(tiny_run_pair: SimpleNamespace) -> None:
     p = tiny_run_pair
-    out = cli("compare", "demo", "short", *p.flags).stdout
+    out = call_cli("compare", "demo", "short", *p.flags).stdout
     lines = out.splitlines()
     rows = {name: next(line for line in lines if f" {name} " in f" {line} ")
             for name in ("demo", "short")}
@@ -234,7 +225,7 @@ def test_compare_lists_runs_side_by_side(tiny_run_pair: SimpleNamespace) -> None
 
 def test_report_and_compare_name_a_missing_run(tiny_run: SimpleNamespace) -> None:
     for args in (["report", "--run", "nosuch"], ["compare", "demo", "nosuch"]):
-        proc = cli(*args, *tiny_run.flags, check=False)
+        proc = call_cli(*args, *tiny_run.flags, check=False)
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
         assert "nosuch" in proc.stderr and "Traceback" not in proc.stderr

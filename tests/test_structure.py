@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import config
 from pipeline.config import PROJ_ROOT
-from tests.conftest import last_error_line, run_cli
+from tests.conftest import call_cli, last_error_line, run_cli
 
 PACKAGE = PROJ_ROOT / "pipeline"
 
@@ -129,7 +129,7 @@ def test_a_damaged_split_file_is_one_line(tiny_run, tmp_path: Path) -> None:  # 
     common = ["--run", "demo", "--data", str(tiny_run.data), "--runs-dir", str(runs)]
     for command in (["predict", *common, "--submissions-dir", str(tmp_path / "s")],
                     ["report", *common]):
-        proc = run_cli(*command, check=False)
+        proc = call_cli(*command, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert last_error_line(proc).startswith(f"error: {runs / 'demo' / 'folds.npy'}: unreadable")
     # The shared split cache is rebuilt, not trusted, when damaged.
@@ -171,8 +171,8 @@ def test_train_refuses_missing_or_too_rare_digits(tmp_path: Path, labels: list[i
     data.mkdir()
     pd.DataFrame(rows, columns=["label", *[f"pixel{i}" for i in range(784)]]).to_csv(
         data / "train.csv", index=False)
-    proc = run_cli("train", "--profile", "tiny", "--set", "folds=5", "--data", str(data),
-                   "--runs-dir", str(tmp_path / "runs"), check=False)
+    proc = call_cli("train", "--profile", "tiny", "--set", "folds=5", "--data", str(data),
+                    "--runs-dir", str(tmp_path / "runs"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in last_error_line(proc), last_error_line(proc)
     assert not (tmp_path / "runs" / "tiny").exists()
