@@ -92,9 +92,13 @@ dashboard: install
 # QUALITY                                                                       #
 #################################################################################
 
+# One more test worker than cores: part of the suite waits on child processes, heartbeats and
+# servers, and the extra worker fills those gaps (scripts/results/make-test-time.txt).
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+
 ## Run the test suite (installs the dev requirements first); -rs lists why tests were skipped
 test: $(VENV)/.installed-dev
-	$(PYTHON) -m pytest -q -rs -n 2 --dist loadfile tests
+	$(PYTHON) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile tests
 
 ## Measure load, training and inference speed (+ full CV with CV=cpu) → runs/bench/
 bench: install

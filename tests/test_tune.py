@@ -1,7 +1,8 @@
 """Tests for `python -m pipeline tune`: a real (tiny) Optuna study on the embedded sample.
 
 Every study pins a narrow `simple` CNN and trains 1–2 epochs on one fold so a trial takes
-seconds; the CLI runs in a subprocess, and the tests read the study back from its storage.
+seconds. Killing a worker and running two of them need real processes; the other commands run
+in-process (`call_cli`). The tests read the study back from its storage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+from tests.conftest import call_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # A narrow, fast network: the search still covers learning rate, schedule, dropout, batch size…
@@ -84,7 +87,7 @@ def test_killed_study_resumes_to_the_target_and_train_uses_its_best_params(tmp_p
 
     # Same command again: both dead trials are failed (missing heartbeat, or no sign of life)
     # and re-run with the same parameters; finished trials are kept; 3 trials count in the end.
-    out = cli(*tune).stdout
+    out = call_cli(*tune).stdout
     assert "1 of 3 trials done" in out
     trials = {t.number: t for t in trials_of(f"sqlite:///{db}", "s")}
     assert trials[0].datetime_complete == before[0].datetime_complete
@@ -113,9 +116,9 @@ def test_killed_study_resumes_to_the_target_and_train_uses_its_best_params(tmp_p
         assert (folder / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
 
     # train --study: the best params become the run's config (a --set still wins).
-    cli("train", "--data", str(sample), "--runs-dir", str(runs), "--submissions-dir",
-        str(tmp_path / "subs"), "--profile", "tiny", "--study", "s", "--run", "tuned",
-        "--set", "epochs=1")
+    call_cli("train", "--data", str(sample), "--runs-dir", str(runs), "--submissions-dir",
+             str(tmp_path / "subs"), "--profile", "tiny", "--study", "s", "--run", "tuned",
+             "--set", "epochs=1")
     cfg = json.loads((runs / "tuned" / "config.json").read_text())
     assert cfg["study"] == "s" and cfg["epochs"] == 1
     for key, value in best["params"].items():
@@ -131,10 +134,10 @@ def test_pruner_stops_trials_that_cannot_learn(tmp_path, sample):
     # in 2 epochs: the median pruner must stop them.
     enqueue = tmp_path / "enqueue.json"
     enqueue.write_text(json.dumps([{"learning_rate": 1e-6}, {"learning_rate": 2e-6}]))
-    out = cli("tune", "--data", str(sample), "--runs-dir", str(runs), "--study", "p",
-              "--trials", "3", "--subsample", "1", "--pruner", "median", "--startup-trials", "1",
-              "--enqueue", str(enqueue), "--no-plots", *PINS, "--set", "epochs=2",
-              "--set", "lr_schedule=constant", "--set", "batch_size=32").stdout
+    out = call_cli("tune", "--data", str(sample), "--runs-dir", str(runs), "--study", "p",
+                   "--trials", "3", "--subsample", "1", "--pruner", "median", "--startup-trials",
+                   "1", "--enqueue", str(enqueue), "--no-plots", *PINS, "--set", "epochs=2",
+                   "--set", "lr_schedule=constant", "--set", "batch_size=32").stdout
     trials = trials_of(f"sqlite:///{runs / 'tune' / 'p' / 'study.db'}", "p")
     states = {t.number: t.state.name for t in trials}
     assert states == {0: "COMPLETE", 1: "PRUNED", 2: "PRUNED"}, out
@@ -164,8 +167,8 @@ def test_two_workers_share_one_study(tmp_path, sample):
 def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, sample):
     # 0.1 % of ~630 rows cannot hold all ten digits: every trial raises while preparing data.
     runs = tmp_path / "runs"
-    proc = cli("tune", "--data", str(sample), "--runs-dir", str(runs), "--study", "f",
-               "--trials", "2", "--subsample", "0.001", "--no-plots", *PINS, check=False)
+    proc = call_cli("tune", "--data", str(sample), "--runs-dir", str(runs), "--study", "f",
+                    "--trials", "2", "--subsample", "0.001", "--no-plots", *PINS, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert last_line(proc.stderr).startswith("error: study 'f': no trial has completed yet")
     trials = trials_of(f"sqlite:///{runs / 'tune' / 'f' / 'study.db'}", "f")
@@ -184,7 +187,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, sample):
     (["tune", "--study", "../up"], "--study '../up': use letters"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, sample, args, message):
-    proc = cli(*args, "--data", str(sample), "--runs-dir", str(tmp_path), check=False)
+    proc = call_cli(*args, "--data", str(sample), "--runs-dir", str(tmp_path), check=False)
     assert proc.returncode == 2
     assert last_line(proc.stderr).startswith(f"error: {message}"), proc.stderr
     assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
