@@ -157,7 +157,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Test and demo size: two folds, a couple of epochs, a narrow net; runs in seconds.
     # One process: starting a worker (importing TensorFlow) costs more than a tiny fold saves.
     # No TTA: it would five-fold every prediction in the tests for no information.
-    "tiny": {"folds": 2, "epochs": 6, "filters": 16, "dense_units": 64, "batch_size": 32,
+    "tiny": {"folds": 2, "epochs": 4, "filters": 16, "dense_units": 64, "batch_size": 32,
              "learning_rate": 3e-3, "warmup_epochs": 1.0, "workers": 1, "tta": False},
     # The seed project's network, kept as the baseline the report compares against.
     "simple": {"model": "simple", "epochs": 10, "augment": False, "lr_schedule": "constant",

@@ -34,7 +34,7 @@ def test_run_folder_has_every_artifact(tiny_pipeline: dict) -> None:
         assert FOLD_FILES <= {p.name for p in (run / f"fold_{i}").iterdir()}
         assert not (run / f"fold_{i}" / "last.keras").exists()  # checkpoint removed when done
         hist = pd.read_csv(run / f"fold_{i}" / "history.csv")
-        assert list(hist["epoch"]) == list(range(1, 7))
+        assert list(hist["epoch"]) == list(range(1, 5))
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(hist.columns)
     assert json.loads((run / "config.json").read_text())["profile"] == "tiny"
     assert "run 'demo': profile tiny" in tiny_pipeline["out"]
@@ -58,7 +58,7 @@ def test_cv_accuracy_is_the_oof_accuracy(tiny_pipeline: dict) -> None:
     table = pd.read_csv(run / "folds.csv")
     assert list(table["fold"]) == [1, 2]
     assert "CV (out-of-fold) accuracy" in tiny_pipeline["out"]
-    assert "fold 2/2 epoch  6/6" in tiny_pipeline["out"] and "ETA" in tiny_pipeline["out"]
+    assert "fold 2/2 epoch  4/4" in tiny_pipeline["out"] and "ETA" in tiny_pipeline["out"]
 
 
 def test_submission_is_valid_and_accurate(tiny_pipeline: dict) -> None:
@@ -86,7 +86,7 @@ def test_rerun_with_other_config_is_refused(tiny_pipeline: dict) -> None:
     proc = call_cli("train", "--profile", "tiny", "--run", "demo", "--set", "epochs=2",
                    *tiny_pipeline["common"], check=False)
     assert proc.returncode == 2
-    assert "was started with another config (epochs: 6 → 2)" in last_error_line(proc)
+    assert "was started with another config (epochs: 4 → 2)" in last_error_line(proc)
 
 
 def test_resume_finishes_a_partly_trained_run(tiny_pipeline: dict, tmp_path: Path) -> None:
