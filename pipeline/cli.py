@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"--max-folds {args.max_folds}: must be at least 1")
     paths, run = _paths(args), _run_name(args, cfg.profile)
     if train_run(cfg, paths, run, log=_log, provenance=provenance,
-                 max_folds=args.max_folds) is not None:
+                 max_folds=args.max_folds) is not None and not args.no_report:
         _report_after(paths, run)
     return 0
 
@@ -133,7 +133,8 @@ def _predict(args: argparse.Namespace) -> int:
     paths = _paths(args)
     run = config_mod.check_run_name(args.run) if args.run else latest_complete_run(paths.runs)
     predict_run(paths, run, tta=args.tta, log=_log)
-    _report_after(paths, run)
+    if not args.no_report:
+        _report_after(paths, run)
     return 0
 
 
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     _deterministic_flag(p)
     p.add_argument("--study", help="use the best params of runs/tune/<STUDY>/best_params.json "
                    "(from `tune`); --set still overrides them")
+    _no_report_flag(p)
 
     p = add("tune", _tune, "search hyperparameters with Optuna (re-running resumes; "
             "--workers/--storage to scale out)")
@@ -342,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", _predict, "ensemble a run's fold models on test.csv → submissions/submission.csv")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation (default: the run's config)")
+    _no_report_flag(p)
 
     p = add("blend", _blend, "average finished runs trained on the same folds (seeds/architectures)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="runs to average")
@@ -379,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="*", metavar="RUN", help="run names (default: every finished run)")
     p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
     return parser
+
+
+def _no_report_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-report", action="store_true",
+                   help="do not rebuild runs/<run>/report.html afterwards (saves a few seconds a "
+                   "command when scripting many; `report --run RUN` builds it later)")
 
 
 def main(argv: list[str] | None = None) -> int:

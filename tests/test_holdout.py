@@ -25,9 +25,10 @@ def held(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = {}
     for seed in (0, 1):
         run = f"h{seed}"
+        # No report.html: the estimate's place in the report is test_report's business.
         train = call_cli("train", "--profile", "tiny", "--run", run, "--set", "holdout=0.15",
-                        "--set", f"model_seed={seed}", "--set", "epochs=3", *common)
-        predict = call_cli("predict", "--run", run, *common)
+                         "--set", f"model_seed={seed}", "--set", "epochs=3", "--no-report", *common)
+        predict = call_cli("predict", "--run", run, "--no-report", *common)
         out[run] = {"train": train.stdout, "predict": predict.stdout}
     y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
     return {"runs": root / "runs", "common": common, "y": y, **out}

@@ -60,7 +60,7 @@ def parallel(work: Path, sample_dir: Path) -> dict:
     while not all(_gone(pid) for pid in children) and time.time() < deadline:
         time.sleep(0.2)
     orphans = [pid for pid in children if not _gone(pid)]
-    final = run_cli(*args)
+    final = run_cli(*args, "--no-report")
     return {"run": run, "sigint": sigint, "after_sigint": after_sigint, "sigkill": sigkill,
             "children": children, "orphans": orphans, "final": final.stdout}
 

@@ -76,7 +76,8 @@ def test_submission_is_valid_and_accurate(tiny_pipeline: dict) -> None:
 def test_rerun_resumes_without_retraining(tiny_pipeline: dict) -> None:
     run = tiny_pipeline["run"]
     before = {p: p.stat().st_mtime_ns for p in run.glob("fold_*/model.keras")}
-    proc = call_cli("train", "--profile", "tiny", "--run", "demo", *tiny_pipeline["common"])
+    proc = call_cli("train", "--profile", "tiny", "--run", "demo", "--no-report",
+                    *tiny_pipeline["common"])
     assert "resuming: 2 finished fold(s) kept, 0 to train" in proc.stdout
     assert "=== fold" not in proc.stdout
     assert before == {p: p.stat().st_mtime_ns for p in run.glob("fold_*/model.keras")}
@@ -98,7 +99,7 @@ def test_resume_finishes_a_partly_trained_run(tiny_pipeline: dict, tmp_path: Pat
     (runs / "demo" / "fold_1" / "metrics.json").unlink()
     common = [a if a != str(tiny_pipeline["root"] / "runs") else str(runs)
               for a in tiny_pipeline["common"]]
-    proc = call_cli("train", "--profile", "tiny", "--run", "demo", *common)
+    proc = call_cli("train", "--profile", "tiny", "--run", "demo", "--no-report", *common)
     assert "resuming: 1 finished fold(s) kept, 1 to train" in proc.stdout
     assert "=== fold 2/2 ===" in proc.stdout and "=== fold 1/2 ===" not in proc.stdout
 
@@ -116,16 +117,17 @@ def test_max_folds_trains_part_then_finishes(sample_dir: Path, tmp_path: Path) -
     assert "=== fold 1/2 ===" in first.stdout and "=== fold 2/2 ===" not in first.stdout
     assert "run 'part' is partial: fold(s) 2 still to train" in first.stdout
     assert not (tmp_path / "part" / "metrics.json").exists()
-    second = call_cli("train", *common)
+    second = call_cli("train", "--no-report", *common)
     assert "resuming: 1 finished fold(s) kept, 1 to train" in second.stdout
     assert (tmp_path / "part" / "metrics.json").is_file()
+    assert not (tmp_path / "part" / "report.html").exists() and "report:" not in second.stdout
 
 
 def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict) -> None:
     common = tiny_pipeline["common"]
     # Another member on the same folds (fewer epochs: the blend's arithmetic is what is checked).
     call_cli("train", "--profile", "tiny", "--run", "t2", "--set", "model_seed=1", "--set", "epochs=3",
-             *common)
+             "--no-report", *common)
     proc = call_cli("blend", "demo", "t2", "--name", "b12", *common)
     runs = tiny_pipeline["root"] / "runs"
     sample_dir = tiny_pipeline["data"]
@@ -138,7 +140,8 @@ def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict) -> None:
     test = (np.load(runs / "demo" / "test_probs.npy") + np.load(runs / "t2" / "test_probs.npy")) / 2
     assert np.array_equal(sub["Label"].to_numpy(), test.argmax(1))
     # A run on other folds (another seed) cannot be blended honestly.
-    call_cli("train", "--profile", "tiny", "--run", "t3", "--set", "seed=7", "--set", "epochs=1", *common)
+    call_cli("train", "--profile", "tiny", "--run", "t3", "--set", "seed=7", "--set", "epochs=1",
+             "--no-report", *common)
     bad = call_cli("blend", "demo", "t3", *common, check=False)
     assert bad.returncode == 2 and "used other folds" in last_error_line(bad)
 
@@ -153,7 +156,7 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict)
     common = tiny_pipeline["common"]
     args = ["train", "--profile", "tiny", "--run", "pl", "--set", "pseudo_from=demo",
             "--set", "pseudo_keep=0.5", "--set", "epochs=3", *common]
-    proc = call_cli(*args)
+    proc = call_cli(*args, "--no-report")
     runs = tiny_pipeline["root"] / "runs"
     sample_dir = tiny_pipeline["data"]
     x_test = load_test(sample_dir / "test.csv")
@@ -184,7 +187,7 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict)
         assert (f"fold {i + 1}: + 270 test and {len(val)} validation images labelled by run 'demo'"
                 in proc.stdout)
     assert metrics["cv_accuracy"] > 0.85
-    again = call_cli(*args)
+    again = call_cli(*args, "--no-report")
     assert "resuming: 2 finished fold(s) kept, 0 to train" in again.stdout
     # A fold trained again reuses its saved choice rather than asking the teacher anew.
     saved = runs / "pl" / "fold_1" / "pseudo.npy"

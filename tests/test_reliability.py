@@ -64,7 +64,7 @@ def interrupted(work: Path, sample_dir: Path) -> dict:
     # What a kill in the middle of a checkpoint write leaves behind: a temp file of the dead pid.
     torn = run / "fold_3" / f".last.keras.pid{sigkill.pid}.x1y2z3.tmp.keras"
     torn.write_bytes(b"PK\x03\x04 half a zip")
-    final = call_cli(*args)
+    final = call_cli(*args, "--no-report")
     return {"args": args, "run": run, "second": second, "sigint": sigint, "after_sigint": after_sigint,
             "sigkill": sigkill, "after_sigkill": after_sigkill, "torn": torn, "final": final.stdout}
 
@@ -153,7 +153,7 @@ def damaged_run(interrupted: dict, work: Path) -> dict:
     write_text(fold5 / "state.json", '{"epoch": 2, "elapsed": 3.0}')
     kept = {i: sha256(run / f"fold_{i}" / "model.keras") for i in (1, 2)}
     args = [a if a != str(interrupted["run"].parent) else str(runs) for a in interrupted["args"]]
-    return {"run": run, "out": call_cli(*args).stdout, "kept": kept}
+    return {"run": run, "out": call_cli(*args, "--no-report").stdout, "kept": kept}
 
 
 def test_corrupt_fold_files_are_detected_and_retrained(damaged_run: dict) -> None:
@@ -378,7 +378,7 @@ def test_disk_full_is_a_clear_error_and_the_run_resumes_after(tiny_tmpfs: Path, 
             pd.read_csv(p)
     subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_tmpfs)], check=True)
     assert "fold 1/2 epoch  1/2" in proc.stdout  # it filled up mid-training, not at start-up
-    again = call_cli(*args)
+    again = call_cli(*args, "--no-report")
     assert "  resuming fold 1 after epoch 1 (" in again.stdout
     assert "CV (out-of-fold) accuracy" in again.stdout
     assert {"fold_0/model.keras", "fold_1/model.keras", "oof_probs.npy"} <= run_files(run)
