@@ -286,6 +286,12 @@ def _workers(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r}: expected a number or auto") from None
 
 
+def _no_report_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-report", action="store_true",
+                   help="do not rebuild runs/<run>/report.html afterwards (saves a few seconds a "
+                   "command when scripting many; `report --run RUN` builds it later)")
+
+
 def _deterministic_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="bit-identical results for the same config and seed on one machine "
@@ -382,12 +388,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="*", metavar="RUN", help="run names (default: every finished run)")
     p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
     return parser
-
-
-def _no_report_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-report", action="store_true",
-                   help="do not rebuild runs/<run>/report.html afterwards (saves a few seconds a "
-                   "command when scripting many; `report --run RUN` builds it later)")
 
 
 def main(argv: list[str] | None = None) -> int:

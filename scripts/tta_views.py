@@ -7,24 +7,19 @@ models scored on its held-out rows with several view sets, each paired against t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from pipeline.config import DATA_DIR, RUNS_DIR  # noqa: E402
-from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data import load_train  # noqa: E402
+from holdout_run import load  # noqa: E402
 from pipeline.evaluate import paired, score  # noqa: E402
-from pipeline.folds import holdout_rows  # noqa: E402
 from pipeline.predict import TTA_SHIFTS, shift  # noqa: E402
-from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
 
 
 def affine(x: np.ndarray, degrees: float = 0.0, scale: float = 1.0) -> np.ndarray:
@@ -63,21 +58,8 @@ SETS = {
 
 def main() -> int:
     """Print the comparison as JSON."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", default=str(DATA_DIR))
-    p.add_argument("--runs-dir", default=str(RUNS_DIR))
-    args = p.parse_args()
-    quiet_tensorflow()
-    import keras
-
-    rf = RunFiles(Path(args.runs_dir) / args.run)
-    cfg = load_run_config(rf.root)
-    x, y = load_train(Path(args.data) / "train.csv", cache_dir=Path(args.runs_dir) / "cache")
-    rows = holdout_rows(read_split(rf.root, len(y)))
-    xh, yh = x[rows], y[rows]
-    # Uncompiled: predictions need only the weights, so runs of earlier versions load too.
-    models = [keras.models.load_model(rf.fold(i).model, compile=False) for i in range(cfg.folds)]
+    run = load(__doc__.split("\n\n")[0])
+    xh, yh, models = run.x, run.y, run.models
     t0 = time.time()
     probs = {}  # view → mean softmax of the fold models on that view
     for name, view in VIEWS.items():
@@ -91,7 +73,7 @@ def main() -> int:
         results[set_name] = {"views": len(views), "errors": s["errors"], "accuracy": s["accuracy"],
                              "paired_vs_run_tta": paired(yh, base, ens)}
     per_view = {v: int(np.sum(pr.argmax(1) != yh)) for v, pr in probs.items()}
-    print(json.dumps({"run": args.run, "models": len(models), "n": int(len(rows)),
+    print(json.dumps({"run": run.name, "models": len(models), "n": int(len(yh)),
                       "inference_s": round(time.time() - t0, 1),
                       "errors_per_single_view": per_view, "view_sets": results}, indent=2))
     return 0

@@ -1,0 +1,52 @@
+"""What the holdout analysis scripts share: the command line (--run, --data, --runs-dir) and a
+finished holdout run's held-out rows with its fold models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from pipeline.config import DATA_DIR, RUNS_DIR, Config  # noqa: E402
+from pipeline.console import quiet_tensorflow  # noqa: E402
+from pipeline.data import load_train  # noqa: E402
+from pipeline.folds import holdout_rows  # noqa: E402
+from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
+
+
+@dataclass
+class HeldRun:
+    """A finished run trained with `holdout`: its files, config, held-out rows and fold models."""
+
+    name: str
+    files: RunFiles
+    cfg: Config
+    rows: np.ndarray  # row indices of train.csv held out
+    x: np.ndarray  # their images
+    y: np.ndarray  # their labels
+    models: list[Any]
+
+
+def load(description: str) -> HeldRun:
+    """Parse --run/--data/--runs-dir and load that run's holdout and fold models."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default=str(DATA_DIR))
+    p.add_argument("--runs-dir", default=str(RUNS_DIR))
+    args = p.parse_args()
+    quiet_tensorflow()
+    import keras
+
+    rf = RunFiles(Path(args.runs_dir) / args.run)
+    cfg = load_run_config(rf.root)
+    x, y = load_train(Path(args.data) / "train.csv", cache_dir=Path(args.runs_dir) / "cache")
+    rows = holdout_rows(read_split(rf.root, len(y)))
+    # Uncompiled: predictions need only the weights, so runs of earlier versions load too.
+    models = [keras.models.load_model(rf.fold(i).model, compile=False) for i in range(cfg.folds)]
+    return HeldRun(args.run, rf, cfg, rows, x[rows], y[rows], models)
