@@ -86,6 +86,12 @@ class Config:
     warmup_epochs: float = 1.0  # linear warm-up for onecycle/cosine
     lr_decay: float = 0.85  # per-epoch factor for the exponential schedule
     label_smoothing: float = 0.1
+    adam_beta_1: float = 0.9  # Adam's first-moment decay
+    adam_beta_2: float = 0.999  # Adam's second-moment decay
+    # Weight averaging: the saved model holds an exponential moving average of the weights with
+    # this momentum per step (Adam's use_ema), its BatchNorm statistics recomputed for the
+    # averaged weights; 0 = off (the last step's weights).
+    ema: float = 0.0
     early_stopping: int = 0  # patience in epochs on val_accuracy; 0 = off (train all epochs)
     # prediction
     # Average predictions over the image and its four one-pixel shifts. For the `cpu` profile
@@ -143,7 +149,7 @@ def keys_with(*roles: str) -> frozenset[str]:
 
 # The model builders' names (pipeline.model derives its registry from this tuple), here so
 # checking a config needs no Keras import.
-MODEL_NAMES = ("simple", "deep", "lean", "strided")
+MODEL_NAMES = ("simple", "deep", "lean", "strided", "deotte")
 LR_SCHEDULES = ("onecycle", "cosine", "exponential", "constant")
 
 # Presets hold only their differences from the defaults, with the reason.
@@ -190,6 +196,9 @@ def _check(cfg: Config) -> None:
         (cfg.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
         (0 < cfg.lr_decay <= 1, "lr_decay", "must be in (0, 1]"),
         (0 <= cfg.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
+        (0 < cfg.adam_beta_1 < 1, "adam_beta_1", "must be in (0, 1)"),
+        (0 < cfg.adam_beta_2 < 1, "adam_beta_2", "must be in (0, 1)"),
+        (0 <= cfg.ema < 1, "ema", "must be in [0, 1) (0 = no weight averaging)"),
         (cfg.early_stopping >= 0, "early_stopping", "must be >= 0"),
         (cfg.threads >= 0, "threads", "must be >= 0"),
         (cfg.pseudo_from == "" or (RUN_NAME.match(cfg.pseudo_from) is not None

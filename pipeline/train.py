@@ -80,7 +80,7 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
     """Train one fold, continuing from its last checkpoint if there is one."""
     import keras
 
-    from pipeline.model import build_model, one_hot
+    from pipeline.model import build_model, one_hot, refresh_batchnorm
 
     cfg, ff = job.cfg, FoldFiles(job.folder)
     if job.checkpoint:
@@ -114,6 +114,10 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
                   initial_epoch=done, validation_data=(x[job.val_idx], one_hot(y[job.val_idx])),
                   validation_batch_size=1024,  # inference needs no small batches
                   callbacks=cbs, verbose=0, shuffle=True)
+    if cfg.ema:
+        # fit() swaps the averages in when it ends; a fold resumed after its last epoch did not fit.
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+        refresh_batchnorm(model, x_fit, cfg.batch_size, seed=base_seed)
     # Out-of-fold predictions are made exactly as test predictions are (TTA included), so the
     # CV accuracy estimates what the submission will score.
     probs = average_probs([model], x[job.val_idx], tta=cfg.tta)

@@ -123,11 +123,35 @@ def test_max_folds_trains_part_then_finishes(sample_dir: Path, tmp_path: Path) -
     assert not (tmp_path / "part" / "report.html").exists() and "report:" not in second.stdout
 
 
-def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict) -> None:
-    common = tiny_pipeline["common"]
-    # Another member on the same folds (fewer epochs: the blend's arithmetic is what is checked).
+@pytest.fixture(scope="module")
+def second_member(tiny_pipeline: dict) -> Path:
+    """Another member on the demo's folds: other weights, another architecture, Adam's betas
+    changed and weight averaging (fewer epochs: the blend's arithmetic is what is checked)."""
     call_cli("train", "--profile", "tiny", "--run", "t2", "--set", "model_seed=1", "--set", "epochs=3",
-             "--no-report", *common)
+             "--set", "model=deotte", "--set", "ema=0.9", "--set", "adam_beta_1=0.7",
+             "--no-report", *tiny_pipeline["common"])
+    return tiny_pipeline["root"] / "runs" / "t2"
+
+
+def test_weight_averaging_saves_and_scores_the_averaged_weights(second_member: Path,
+                                                                tiny_pipeline: dict) -> None:
+    import keras
+
+    model = keras.models.load_model(second_member / "fold_0" / "model.keras")
+    adam = model.optimizer
+    assert adam.use_ema and adam.ema_momentum == pytest.approx(0.9) and adam.beta_1 == pytest.approx(0.7)
+    # The saved weights are the moving averages, not the last step's.
+    averages = [v.numpy() for v in adam._model_variables_moving_average]
+    assert all(np.array_equal(w.numpy(), a) for w, a in zip(model.trainable_weights, averages))
+    # The fold's out-of-fold predictions (its val accuracy) come from exactly that model.
+    x = pd.read_csv(tiny_pipeline["data"] / "train.csv").drop(columns="label").to_numpy()
+    val = np.load(second_member / "fold_0" / "val_idx.npy")
+    probs = model.predict(x[val].reshape(-1, 28, 28, 1).astype(np.uint8), verbose=0)
+    assert np.allclose(probs, np.load(second_member / "fold_0" / "oof.npy"), atol=1e-5)
+
+
+def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict, second_member: Path) -> None:
+    common = tiny_pipeline["common"]
     proc = call_cli("blend", "demo", "t2", "--name", "b12", *common)
     runs = tiny_pipeline["root"] / "runs"
     sample_dir = tiny_pipeline["data"]

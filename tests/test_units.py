@@ -31,7 +31,7 @@ def test_folds_disjoint_stratified_and_stable(tmp_path: Path) -> None:
     assert np.array_equal(load_folds(tmp_path, y, 5, 1), f)
 
 
-@pytest.mark.parametrize("name", ["simple", "deep", "lean", "strided"])
+@pytest.mark.parametrize("name", ["simple", "deep", "lean", "strided", "deotte"])
 def test_models_output_probabilities(name: str) -> None:
     from pipeline.model import build_model
 
@@ -42,6 +42,22 @@ def test_models_output_probabilities(name: str) -> None:
     assert p.shape == (4, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
     # Augmentation is only active in training: inference is deterministic.
     assert np.allclose(p, model.predict(x, verbose=0))
+
+
+def test_refresh_batchnorm_sets_the_moving_statistics_to_the_batches_average() -> None:
+    import keras
+
+    from pipeline.model import refresh_batchnorm
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
+    norm = model.layers[-1]
+    norm.moving_mean.assign([5.0, 5.0, 5.0])  # stale statistics, as after weight averaging
+    x = np.random.default_rng(0).normal([1.0, -2.0, 3.0], [1.0, 2.0, 0.5], (4096, 3)).astype("float32")
+    refresh_batchnorm(model, x, batch_size=256, seed=0, batches=40)
+    assert np.allclose(norm.moving_mean.numpy(), [1.0, -2.0, 3.0], atol=0.05)
+    assert np.allclose(norm.moving_variance.numpy(), [1.0, 4.0, 0.25], rtol=0.1)
+    assert norm.momentum == 0.9  # the layer's own momentum is back for further training
 
 
 def test_lr_schedules() -> None:
