@@ -165,12 +165,13 @@ def refresh_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, seed: 
     """Re-estimate every BatchNorm layer's moving statistics for the model's current weights.
 
     After weight averaging the moving statistics still follow the last raw weights; this averages
-    the batch statistics of `batches` training-mode passes (augmentation and dropout on, as in
-    training) over images drawn from `x`.
+    the batch statistics of up to `batches` training-mode passes (augmentation and dropout on, as
+    in training) over images drawn from `x` (about one pass over `x` at most).
     """
     norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
     if not norms:
         return
+    batches = max(1, min(batches, -(-len(x) // batch_size)))
     rng = np.random.default_rng(seed)
     momenta = [layer.momentum for layer in norms]
     try:

@@ -103,7 +103,7 @@ def test_first_lines_are_the_pipelines_own(tiny_run) -> None:  # type: ignore[no
 
 
 def test_verbose_shows_the_libraries_lines(tiny_run, sample_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    proc = run_cli("--verbose", "predict", "--run", "demo", "--data", str(tiny_run.data),
+    proc = run_cli("--verbose", "predict", "--no-report", "--run", "demo", "--data", str(tiny_run.data),
                    "--runs-dir", str(tiny_run.runs), "--submissions-dir", str(tmp_path))
     assert "oneDNN" in proc.stderr or "cuda" in proc.stderr.lower(), proc.stderr[-2000:]
 

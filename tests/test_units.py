@@ -53,7 +53,7 @@ def test_refresh_batchnorm_sets_the_moving_statistics_to_the_batches_average() -
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
     norm = model.layers[-1]
     norm.moving_mean.assign([5.0, 5.0, 5.0])  # stale statistics, as after weight averaging
-    x = np.random.default_rng(0).normal([1.0, -2.0, 3.0], [1.0, 2.0, 0.5], (4096, 3)).astype("float32")
+    x = np.random.default_rng(0).normal([1.0, -2.0, 3.0], [1.0, 2.0, 0.5], (20_000, 3)).astype("float32")
     refresh_batchnorm(model, x, batch_size=256, seed=0, batches=40)
     assert np.allclose(norm.moving_mean.numpy(), [1.0, -2.0, 3.0], atol=0.05)
     assert np.allclose(norm.moving_variance.numpy(), [1.0, 4.0, 0.25], rtol=0.1)
