@@ -55,6 +55,12 @@ def test_gpu_plan_is_one_process_per_gpu(cores: int, gpus: list, folds: int, pro
     assert [plan.env_for_slot(s) for s in range(processes)] == \
         [{"CUDA_VISIBLE_DEVICES": str(s)} for s in range(processes)]
     assert plan.line().startswith(f"plan: {len(gpus)} GPU(s)")
+    # The config's batch is kept (results and resume must not depend on the machine), with a hint.
+    assert plan.batch_size == 64 and plan.line().endswith(
+        "batch 64 (a GPU is better used with --set batch_size=256 --set learning_rate=0.004: "
+        "README, On a GPU)")
+    big = choose(resolve("cpu", sets={"batch_size": "256"}), _machine(cores, gpus), folds)
+    assert big.line().endswith("batch 256")
 
 
 def test_explicit_workers_and_threads_win() -> None:
