@@ -45,7 +45,7 @@ def fold_probs(runs: Path, run: str, fold: int, x: np.ndarray, n: int) -> dict:
             "held": average_probs([model], x[held], tta=cfg.tta), "seconds": metrics["seconds"]}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print the screen as JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", required=True, help="the run each screened run is paired with")
@@ -53,7 +53,7 @@ def main() -> int:
     p.add_argument("--fold", type=int, default=1, help="the fold to compare (1-based)")
     p.add_argument("--data", default=str(DATA_DIR))
     p.add_argument("--runs-dir", default=str(RUNS_DIR))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     quiet_tensorflow()
     runs = Path(args.runs_dir)
     x, y = load_train(Path(args.data) / "train.csv", cache_dir=runs / "cache")

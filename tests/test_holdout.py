@@ -144,3 +144,40 @@ def test_blend_scores_the_blended_ensemble_on_the_holdout(held: dict) -> None:
     blend = json.loads((held["runs"] / "hb" / "blend.json").read_text())
     assert blend["holdout"]["errors"] == int(np.sum(mean.argmax(1) != held["y"][rows]))
     assert "holdout estimate: the ensemble scores" in proc.stdout
+
+
+def test_fold_screen_pairs_one_fold_on_its_validation_and_held_out_rows(held: dict, capsys) -> None:  # type: ignore[no-untyped-def]
+    """scripts/fold_screen.py: fold 1 of h1 against fold 1 of h0, on the rows neither model saw."""
+    import importlib.util
+
+    import keras
+
+    from pipeline.config import PROJ_ROOT
+
+    spec = importlib.util.spec_from_file_location("fold_screen", PROJ_ROOT / "scripts" / "fold_screen.py")
+    screen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(screen)
+    data = held["common"][held["common"].index("--data") + 1]
+    capsys.readouterr()
+    assert screen.main(["--reference", "h0", "--runs", "h1", "--data", data,
+                        "--runs-dir", str(held["runs"])]) == 0
+    out = json.loads(capsys.readouterr().out)
+    from pipeline.data import load_train
+
+    x, _ = load_train(Path(data) / "train.csv")
+    y, split = held["y"], np.load(held["runs"] / "h0" / "folds.npy")
+    val, hold = np.flatnonzero(split == 0), np.flatnonzero(split == HOLDOUT)
+    wrong = {}
+    for run in ("h0", "h1"):
+        fold = held["runs"] / run / "fold_0"
+        model = keras.models.load_model(fold / "model.keras", compile=False)
+        assert np.array_equal(np.load(fold / "val_idx.npy"), val)
+        wrong[run] = np.concatenate([np.load(fold / "oof.npy").argmax(1) != y[val],
+                                     model.predict(x[hold], verbose=0).argmax(1) != y[hold]])
+    assert out["rows"] == {"validation": len(val), "holdout": len(hold)}
+    assert sum(out["reference_errors"].values()) == int(wrong["h0"].sum())
+    h1 = out["runs"]["h1"]
+    assert h1["changed"] == {"model_seed": 1}
+    assert sum(h1["errors"].values()) == int(wrong["h1"].sum())
+    assert h1["paired_with_reference"]["only_a"] == int(np.sum(wrong["h0"] & ~wrong["h1"]))
+    assert h1["paired_with_reference"]["both"] == int(np.sum(wrong["h0"] & wrong["h1"]))
