@@ -69,13 +69,12 @@ def epoch_logger(ff: FoldFiles, history: list[dict[str, Any]], t_start: float,
 def resume(ff: FoldFiles, label: str, steps: int,
            log: Log) -> tuple[Any, int, float, list[dict[str, Any]]]:
     """The fold's last checkpoint as (model, epochs done, seconds spent, history); no model if none."""
-    from pipeline.model import build_state, load_model
+    from pipeline.model import load_model
 
     if not (ff.last.is_file() and ff.history.is_file()):
         return None, 0, 0.0, []
     try:
         model = load_model(ff.last)
-        build_state(model)
         # The optimizer's step count is saved inside the model, so it cannot disagree with it.
         done = int(model.optimizer.iterations) // steps
         history = pd.read_csv(ff.history).head(done).to_dict("records")

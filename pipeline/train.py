@@ -80,7 +80,7 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
     """Train one fold, continuing from its last checkpoint if there is one."""
     import keras
 
-    from pipeline.model import build_model, one_hot, refresh_batchnorm
+    from pipeline.model import build_model, build_state, one_hot, refresh_batchnorm
 
     cfg, ff = job.cfg, FoldFiles(job.folder)
     if job.checkpoint:
@@ -110,6 +110,7 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
                                                  restore_best_weights=True))
     cbs.extend(callbacks or [])
     if done < cfg.epochs:
+        build_state(model)  # new or resumed: else the first epoch traces its step twice
         model.fit(x_fit, one_hot(y_fit), batch_size=cfg.batch_size, epochs=cfg.epochs,
                   initial_epoch=done, validation_data=(x[job.val_idx], one_hot(y[job.val_idx])),
                   validation_batch_size=1024,  # inference needs no small batches

@@ -137,13 +137,15 @@ def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.
     out["machine"] = {"cores": machine.cores, "gpus": list(machine.gpus)}
     out["plan"] = {**plan.to_dict(), "line": plan.line()}
     top = len(machine.gpus) or machine.cores
-    by_workers = {w: parallel_speed(cfg, machine, w, x, y, n) for w in range(1, top + 1)
-                  if machine.gpus or w > 1}
-    if not machine.gpus:
-        # One fold process on CPU is `train` training in its own process on every core: the
-        # in-process measurement above (no worker process to start for it).
-        by_workers[1] = out["train_img_s_augment" if cfg.augment else "train_img_s_plain"]
-    out["train_img_s_by_workers"] = {str(w): round(by_workers[w], 1) for w in sorted(by_workers)}
+
+    def speed(workers: int) -> float:
+        if workers == 1 and not machine.gpus:
+            # One fold process on CPU is `train` training in its own process on every core:
+            # the in-process measurement above (no worker process to start for it).
+            return out["train_img_s_augment" if cfg.augment else "train_img_s_plain"]
+        return parallel_speed(cfg, machine, workers, x, y, n)
+
+    out["train_img_s_by_workers"] = {str(w): round(speed(w), 1) for w in range(1, top + 1)}
     out["fastest_workers"] = int(max(out["train_img_s_by_workers"],
                                      key=out["train_img_s_by_workers"].get))
     if machine.gpus:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from pipeline.config import DATA_DIR, RUNS_DIR  # noqa: E402
+from pipeline.config import DATA_DIR, RUNS_DIR, keys_with  # noqa: E402
 from pipeline.console import quiet_tensorflow  # noqa: E402
 from pipeline.data import load_train  # noqa: E402
 from pipeline.evaluate import paired, score  # noqa: E402
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = np.concatenate([ref["val_idx"], ref["held_idx"]])
         both = paired(y[rows], np.concatenate([ref["val"], ref["held"]]),
                       np.concatenate([r["val"], r["held"]]))
-        changed = {k: v for k, v in r["cfg"].items() if ref["cfg"].get(k) != v
-                   and k not in ("workers", "threads")}
+        changed = {k: v for k, v in r["cfg"].items()
+                   if ref["cfg"].get(k) != v and k not in keys_with("execution")}
         out["runs"][run] = {
             "changed": changed, "seconds": r["seconds"],
             "errors": {"validation": score(y[r["val_idx"]], r["val"])["errors"],
