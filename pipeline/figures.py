@@ -351,8 +351,13 @@ def error_gallery(x: np.ndarray, y: np.ndarray, probs: np.ndarray, out: Path, n:
                       f"2nd {int(second[k])} ({p[second[k]]:.2f}) · row {i + 2}")
     title = (f"The {len(idx)} most confident out-of-fold mistakes (row = train.csv row, header is row 1)"
              if len(idx) else "No out-of-fold mistakes")
-    fig = _mosaic([x[i] for i in idx], labels, [WRONG_COLOR] * len(idx), cols, 1.65, title)
-    return _save(fig, out)
+    return gallery([x[i] for i in idx], labels, out, title, cols)
+
+
+def gallery(images: Sequence[np.ndarray], labels: Sequence[str], out: Path, title: str,
+            cols: int = 8) -> Path:
+    """Mistakes tiled with a caption each (the error gallery's layout), as one PNG."""
+    return _save(_mosaic(images, labels, [WRONG_COLOR] * len(images), cols, 1.65, title), out)
 
 
 def oof_predictions(x: np.ndarray, y: np.ndarray, probs: np.ndarray, out: Path, n: int = 40,

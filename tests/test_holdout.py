@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -146,17 +147,23 @@ def test_blend_scores_the_blended_ensemble_on_the_holdout(held: dict) -> None:
     assert "holdout estimate: the ensemble scores" in proc.stdout
 
 
-def test_fold_screen_pairs_one_fold_on_its_validation_and_held_out_rows(held: dict, capsys) -> None:  # type: ignore[no-untyped-def]
-    """scripts/fold_screen.py: fold 1 of h1 against fold 1 of h0, on the rows neither model saw."""
+def _script(name: str) -> Any:
+    """scripts/<name>.py loaded as a module, so a test calls its main() in process."""
     import importlib.util
-
-    import keras
 
     from pipeline.config import PROJ_ROOT
 
-    spec = importlib.util.spec_from_file_location("fold_screen", PROJ_ROOT / "scripts" / "fold_screen.py")
-    screen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(screen)
+    spec = importlib.util.spec_from_file_location(name, PROJ_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fold_screen_pairs_one_fold_on_its_validation_and_held_out_rows(held: dict, capsys) -> None:  # type: ignore[no-untyped-def]
+    """scripts/fold_screen.py: fold 1 of h1 against fold 1 of h0, on the rows neither model saw."""
+    import keras
+
+    screen = _script("fold_screen")
     data = held["common"][held["common"].index("--data") + 1]
     capsys.readouterr()
     assert screen.main(["--reference", "h0", "--runs", "h1", "--data", data,
@@ -181,3 +188,26 @@ def test_fold_screen_pairs_one_fold_on_its_validation_and_held_out_rows(held: di
     assert sum(h1["errors"].values()) == int(wrong["h1"].sum())
     assert h1["paired_with_reference"]["only_a"] == int(np.sum(wrong["h0"] & ~wrong["h1"]))
     assert h1["paired_with_reference"]["both"] == int(np.sum(wrong["h0"] & wrong["h1"]))
+
+
+def test_shared_errors_counts_the_rows_every_ensemble_misses(held: dict, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """scripts/shared_errors.py: h0's and h1's holdout errors, how many runs miss each row, a gallery."""
+    data = held["common"][held["common"].index("--data") + 1]
+    png = tmp_path / "shared.png"
+    capsys.readouterr()
+    assert _script("shared_errors").main(["--runs", "h0", "h1", "--data", data,
+                                          "--runs-dir", str(held["runs"]), "--png", str(png)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = np.flatnonzero(np.load(held["runs"] / "h0" / "folds.npy") == HOLDOUT)
+    y = held["y"][rows]
+    probs = {r: np.load(held["runs"] / r / "holdout_probs.npy") for r in ("h0", "h1")}
+    wrong = {r: p.argmax(1) != y for r, p in probs.items()}
+    for r in ("h0", "h1"):
+        metrics = json.loads((held["runs"] / r / "metrics.json").read_text())
+        assert out["ensemble_errors"][r] == int(wrong[r].sum()) == metrics["holdout"]["errors"]
+    both = np.flatnonzero(wrong["h0"] & wrong["h1"])
+    assert out["missed_by_every_run"] == len(both) == out["rows_missed_by_k_runs"]["2"]
+    assert out["rows_missed_by_k_runs"]["1"] == int(np.sum(wrong["h0"] ^ wrong["h1"]))
+    assert [e["train_csv_row"] for e in out["every_run_misses"]] == [int(rows[i]) + 2 for i in both]
+    assert out["all_runs_averaged"]["errors"] == int(np.sum((probs["h0"] + probs["h1"]).argmax(1) != y))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
