@@ -2,49 +2,63 @@
 its last finished epoch with the same augmentation and dropout random streams.
 
 Keras saves the weights and the optimizer (whose step count says which epoch the checkpoint
-holds) but not where its random-number streams stand: `state.json` records those.
+holds) but not where its random-number streams stand: `state.json` records those. A checkpoint
+holds the model's saved form (pipeline.model), like the fold's final model file. An epoch whose
+loss is not finite stops the fold before anything of it is saved.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.console import duration
+from pipeline.errors import UserError
 from pipeline.files import read_json, save_keras, write_json, write_text
 from pipeline.runfiles import FoldFiles
 
 Log = Callable[[str], None]
-
-
-def seed_generators(model: Any) -> list[Any]:
-    """The random-number streams of the model's augmentation and dropout layers, in layer order."""
-    import keras
-
-    return [v for layer in model.layers for v in vars(layer).values()
-            if isinstance(v, keras.random.SeedGenerator)]
+# What a fold whose loss is no longer finite suggests (after "start a new run (--run NAME) with").
+NON_FINITE_ADVICE = "--set precision=float32, or a lower --set learning_rate"
 
 
 def rng_states(model: Any) -> list[list[int]]:
     """Where each random layer's stream stands."""
+    from pipeline.model import seed_generators
+
     return [np.asarray(g.state.value).tolist() for g in seed_generators(model)]
+
+
+def check_finite(logs: dict[str, float], label: str, epoch: int) -> None:
+    """Stop a fold whose loss has become NaN or infinite, in one line saying what to try."""
+    bad = {k: v for k, v in logs.items() if k in ("loss", "val_loss") and not math.isfinite(v)}
+    if bad:
+        what = " and ".join(f"{'training' if k == 'loss' else 'validation'} loss" for k in bad)
+        raise UserError(f"{label}: the {what} became {next(iter(bad.values()))} in epoch {epoch}; "
+                        "the fold stopped before saving it (finished folds are kept). Start a new "
+                        f"run (--run NAME) with {NON_FINITE_ADVICE}")
 
 
 def epoch_logger(ff: FoldFiles, history: list[dict[str, Any]], t_start: float,
                  elapsed_before: float, label: str, epochs: int,
-                 eta: Callable[[float, int], float], log: Log, save: bool = True) -> Any:
+                 eta: Callable[[float, int], float], log: Log, save: bool = True,
+                 saved_form: Callable[[Any], Any] = lambda model: model) -> Any:
     """A Keras callback that records each epoch in `history`, prints one line for it, and (with
-    `save`) checkpoints the fold so that a kill loses at most the epoch in progress."""
+    `save`) checkpoints the fold's `saved_form(model)` so that a kill loses at most the epoch in
+    progress. An epoch whose loss is not finite raises UserError before anything is saved."""
     import keras
 
     class EpochEnd(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = dict(logs or {})
-            row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            check_finite(logs, label, epoch + 1)
+            row = {"epoch": epoch + 1, **logs,
                    "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
             history.append(row)
             elapsed = elapsed_before + time.time() - t_start
@@ -53,7 +67,7 @@ def epoch_logger(ff: FoldFiles, history: list[dict[str, Any]], t_start: float,
                 # history at least as long as the checkpoint, whose optimizer step count says
                 # which epoch it holds (see `resume`).
                 write_text(ff.history, pd.DataFrame(history).to_csv(index=False))
-                save_keras(self.model, ff.last)
+                save_keras(saved_form(self.model), ff.last)
                 write_json(ff.state, {"epoch": epoch + 1, "elapsed": elapsed,
                                       "rng": rng_states(self.model)})
             per_epoch = elapsed / max(1, len(history))
@@ -66,13 +80,23 @@ def epoch_logger(ff: FoldFiles, history: list[dict[str, Any]], t_start: float,
     return EpochEnd()
 
 
-def resume(ff: FoldFiles, label: str, steps: int,
-           log: Log) -> tuple[Any, int, float, list[dict[str, Any]]]:
-    """The fold's last checkpoint as (model, epochs done, seconds spent, history); no model if none."""
-    from pipeline.model import load_model
+@dataclass
+class Resumed:
+    """Where a fold stands: its checkpointed model (saved form; None: start afresh), the epochs
+    it holds, the seconds they took and their history rows."""
+
+    model: Any = None
+    done: int = 0
+    elapsed: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resume(ff: FoldFiles, label: str, steps: int, log: Log) -> Resumed:
+    """The fold's last checkpoint (an empty Resumed if there is none or it is unreadable)."""
+    from pipeline.model import load_model, seed_generators
 
     if not (ff.last.is_file() and ff.history.is_file()):
-        return None, 0, 0.0, []
+        return Resumed()
     try:
         model = load_model(ff.last)
         # The optimizer's step count is saved inside the model, so it cannot disagree with it.
@@ -91,9 +115,9 @@ def resume(ff: FoldFiles, label: str, steps: int,
     except Exception as exc:  # a checkpoint torn by a kill or damaged on disk: never use it
         log(f"  {label}: checkpoint unreadable ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); restarting this fold")
-        return None, 0, 0.0, []
+        return Resumed()
     log(f"  resuming {label} after epoch {done} ({duration(elapsed)} done)")
-    return model, done, elapsed, history
+    return Resumed(model, done, elapsed, history)
 
 
 def clear(ff: FoldFiles) -> None:

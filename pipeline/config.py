@@ -113,6 +113,11 @@ class Config:
     threads: int = field(default=0, metadata={"role": "execution"})
     # bit-identical results on one machine (slower)
     deterministic: bool = field(default=False, metadata={"role": "execution"})
+    # The arithmetic a fold trains in: auto = mixed_bfloat16 on CPUs with native bfloat16
+    # (amx_bf16 or avx512_bf16; ~2–3× the images/s), mixed_float16 on GPUs with tensor cores,
+    # float32 elsewhere (pipeline.plan). A run keeps the precision it started with (config.json
+    # holds the resolved value); saved models and every prediction are float32 whatever it is.
+    precision: str = field(default="auto", metadata={"role": "numerics"})
     # tuning and Kaggle
     # take model hyperparameters from this Optuna study's best trial
     study: str = field(default="", metadata={"role": "source"})
@@ -131,6 +136,8 @@ ROLES = {
     "source": "where hyperparameters came from (the study)",
     "record": "recorded with the run, not a knob (the profile it started from)",
     "execution": "how a run is executed or submitted; may change when a run resumes",
+    "numerics": "the arithmetic a run trains in: the run's or the machine's choice, never "
+                "searched or taken from a study; fixed once the run starts",
 }
 
 
@@ -151,6 +158,7 @@ def keys_with(*roles: str) -> frozenset[str]:
 # checking a config needs no Keras import.
 MODEL_NAMES = ("simple", "deep", "lean", "strided", "deotte")
 LR_SCHEDULES = ("onecycle", "cosine", "exponential", "constant")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 # Presets hold only their differences from the defaults, with the reason.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -164,7 +172,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # One process: starting a worker (importing TensorFlow) costs more than a tiny fold saves.
     # No TTA: it would five-fold every prediction in the tests for no information.
     "tiny": {"folds": 2, "epochs": 4, "filters": 16, "dense_units": 64, "batch_size": 32,
-             "learning_rate": 3e-3, "warmup_epochs": 1.0, "workers": 1, "tta": False},
+             "learning_rate": 3e-3, "warmup_epochs": 1.0, "workers": 1, "tta": False,
+             # The same numbers on every host, whatever its CPU flags.
+             "precision": "float32"},
     # The seed project's network, kept as the baseline the report compares against.
     "simple": {"model": "simple", "epochs": 10, "augment": False, "lr_schedule": "constant",
                "learning_rate": 1e-3, "batch_size": 128, "dense_dropout": 0.5, "label_smoothing": 0.0,
@@ -201,6 +211,7 @@ def _check(cfg: Config) -> None:
         (0 <= cfg.ema < 1, "ema", "must be in [0, 1) (0 = no weight averaging)"),
         (cfg.early_stopping >= 0, "early_stopping", "must be >= 0"),
         (cfg.threads >= 0, "threads", "must be >= 0"),
+        (cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
         (cfg.pseudo_from == "" or (RUN_NAME.match(cfg.pseudo_from) is not None
                                    and ".." not in cfg.pseudo_from),
          "pseudo_from", "must be the name of a finished run (letters, digits, '.', '_', '-')"),

@@ -40,7 +40,7 @@ def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = prin
     with run_lock(rf.root, log):
         t0 = time.time()
         models = fold_models(rf.root, cfg.folds)
-        probs = average_probs(models, x, tta=use_tta)
+        probs = average_probs(models, x, tta=use_tta, source=f"run '{run}'")
         seconds = time.time() - t0
         holdout = score_holdout(paths, run, models, use_tta)
         per_run = write_run_submission(paths, run, probs, ids, {
@@ -88,7 +88,7 @@ def score_holdout(paths: Paths, run: str, models: list[Any], tta: bool) -> dict[
     rows = holdout_rows(read_split(rf.root, len(y)))
     if not len(rows):
         return None
-    probs = average_probs(models, x[rows], tta=tta)
+    probs = average_probs(models, x[rows], tta=tta, source=f"run '{run}'")
     save_npy(rf.holdout_probs, probs)
     result = {**score(y[rows], probs), "share": load_run_config(rf.root).holdout, "tta": tta,
               "models": len(models)}

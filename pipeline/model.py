@@ -4,7 +4,15 @@ Every model takes uint8 images (N, 28, 28, 1); scaling to [0, 1] and augmentatio
 inside the model, so training and prediction see the same preprocessing and augmentation is
 off at inference.
 
-    model = build_model(cfg, steps_per_epoch=263)
+    saved = build_model(cfg, steps_per_epoch=263)         # plain Keras layers, float32
+    model = training_form(saved, cfg, steps_per_epoch=263)  # fused BatchNorm, cfg.precision
+    model.fit(...)
+    copy_state(model, saved)                                # the trained state, saved form
+    saved.save("model.keras")
+
+A model trains in its *training form* (BatchNorm on the fused kernel, `cfg.precision`) and is
+saved, checkpointed and used for predictions in its *saved form* (Keras' BatchNormalization,
+float32), which computes the same function and loads anywhere without this package.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
+from pipeline.batchnorm import FusedBatchNormalization  # noqa: E402
 from pipeline.config import MODEL_NAMES, Config  # noqa: E402
 
 NUM_CLASSES = 10
@@ -28,6 +37,11 @@ INPUT_SHAPE = (28, 28, 1)
 # short runs (the sample, tuning trials) have far fewer.
 BN_MOMENTUM = 0.9
 FLOOR = 1e-4  # the cosine schedules end at this fraction of the peak learning rate
+OUTPUT = "probs"  # the softmax layer's name
+# Layers that compute in float32 whatever the precision: the input scaling and augmentation
+# (image geometry), and the softmax output (the loss reads it).
+FLOAT32_LAYERS = (layers.Rescaling, layers.RandomRotation, layers.RandomZoom,
+                  layers.RandomTranslation)
 
 
 def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1,
@@ -140,25 +154,81 @@ def augmentation(cfg: Config) -> list[layers.Layer]:
 
 
 def build_model(cfg: Config, steps_per_epoch: int = 1) -> keras.Model:
-    """A fresh compiled model of family `cfg.model` with the run's schedule and loss."""
+    """A fresh compiled model of family `cfg.model` in its saved form (float32, Keras layers)."""
     inputs = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255)(inputs)
     for layer in augmentation(cfg):
         x = layer(x)
     x = MODELS[cfg.model](x, cfg)
-    # float32 even under a mixed_float16 policy (GPU plans): a float16 softmax loses precision.
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probs", dtype="float32")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name=OUTPUT)(x)
     model = keras.Model(inputs, outputs, name=cfg.model)
-    # One-hot labels (see `one_hot`) let the built-in loss smooth them; "accuracy" then means
-    # categorical accuracy, so the metric names (val_accuracy) stay the same.
+    _compile(model, cfg, steps_per_epoch, "float32")
+    return model
+
+
+def _compile(model: keras.Model, cfg: Config, steps_per_epoch: int, precision: str) -> None:
+    """Compile with the run's optimizer, schedule, loss and metric."""
     adam = keras.optimizers.Adam(learning_rate=schedule(cfg, steps_per_epoch),
                                  beta_1=cfg.adam_beta_1, beta_2=cfg.adam_beta_2,
                                  use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
-    model.compile(optimizer=adam,
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
+    optimizer = keras.optimizers.LossScaleOptimizer(adam) if precision == "mixed_float16" else adam
+    # One-hot labels (see `one_hot`) let the built-in loss smooth them; "accuracy" then means
+    # categorical accuracy, so the metric names (val_accuracy) stay the same.
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"],
                   jit_compile=False)  # XLA measured 6-8× slower than oneDNN on CPU
+
+
+# --- the two forms of a model ---------------------------------------------------------------
+
+def training_form(saved: keras.Model, cfg: Config, steps_per_epoch: int,
+                  precision: str | None = None, fused_bn: bool = True) -> keras.Model:
+    """`saved` rebuilt to train fast, holding the same state: BatchNorm on the fused kernel and
+    the run's precision (`cfg.precision`, resolved; or `precision`), compiled as build_model."""
+    precision = precision or cfg.precision
+    if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+        raise ValueError(f"precision {precision!r}: resolve it first (pipeline.plan)")
+
+    def clone(layer: layers.Layer) -> layers.Layer:
+        config = layer.get_config()
+        if isinstance(layer, FLOAT32_LAYERS) or layer.name == OUTPUT:
+            return layer.__class__.from_config(config)
+        config["dtype"] = precision
+        if fused_bn and type(layer) is layers.BatchNormalization:
+            return FusedBatchNormalization.from_config(config)
+        return layer.__class__.from_config(config)
+
+    model = keras.models.clone_model(saved, clone_function=clone)
+    _compile(model, cfg, steps_per_epoch, precision)
+    copy_state(saved, model)
     return model
+
+
+def copy_state(src: keras.Model, dst: keras.Model) -> None:
+    """Copy weights, BatchNorm statistics, random-number streams and the optimizer's state from
+    `src` into `dst`, a model of the same layers in another form."""
+    dst.set_weights(src.get_weights())
+    for a, b in zip(seed_generators(src), seed_generators(dst), strict=True):
+        b.state.assign(a.state.value)
+    opt_src, opt_dst = _inner(src.optimizer), _inner(dst.optimizer)
+    if opt_src.built:
+        if not opt_dst.built:
+            opt_dst.build(dst.trainable_variables)
+        for a, b in zip(opt_src.variables, opt_dst.variables, strict=True):
+            b.assign(a.value)
+
+
+def _inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """The optimizer itself, inside a loss-scaling wrapper (mixed_float16) or not."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
+    """The random-number streams of the model's augmentation and dropout layers, in layer order."""
+    return [v for layer in model.layers for v in vars(layer).values()
+            if isinstance(v, keras.random.SeedGenerator)]
 
 
 def build_state(model: keras.Model) -> None:

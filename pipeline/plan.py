@@ -1,5 +1,6 @@
 """The execution plan: how many fold processes, threads, GPUs and which precision, chosen from
-the machine a run starts on (`workers=auto`, `threads=auto`; explicit values win).
+the machine a run starts on (`workers=auto`, `threads=auto`, `precision=auto`; explicit values
+win).
 
 `choose` is pure (a `Machine` in, a `Plan` out) so it is tested with made-up machines;
 `this_machine` describes the real one, and `apply` configures TensorFlow in a worker process.
@@ -7,16 +8,21 @@ the machine a run starts on (`workers=auto`, `threads=auto`; explicit values win
     CPU: one fold process per core, up to the folds to train; the cores are split among the
          processes of a round as threads (a last fold trained alone gets them all).
     GPU: one fold process per GPU (pinned with CUDA_VISIBLE_DEVICES; folds queue for a free
-         GPU), memory growth, mixed_float16 on GPUs with tensor cores (compute capability ≥ 7).
+         GPU), memory growth.
+    Precision (auto): mixed_bfloat16 on CPUs with native bfloat16 (the amx_bf16 or avx512_bf16
+         flag), mixed_float16 on GPUs with tensor cores (compute capability ≥ 7), else float32.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.errors import UserError
 
 AUTO = 0  # the config value of `workers` / `threads` that asks for the plan's choice
 # What the plan suggests on a GPU, where batches of 64 leave it mostly idle; it does not apply
@@ -24,6 +30,9 @@ AUTO = 0  # the config value of `workers` / `threads` that asks for the plan's c
 # depend on the machine. On CPU fold 1 this pair scored as the default (60 errors against 58 on
 # 13,440 paired images, p = 0.85; scripts/results/fold-screens-holdout.json).
 GPU_BATCH, GPU_LEARNING_RATE = 256, 0.004
+# CPU flags (as /proc/cpuinfo names them) of native bfloat16 arithmetic, which oneDNN's
+# convolutions use: AMX tiles, or AVX512 bfloat16 dot products.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,24 @@ class Machine:
     cores: int
     gpus: tuple[str, ...] = ()  # device names, e.g. ("NVIDIA H200",)
     compute_capability: tuple[tuple[int, int], ...] = ()  # per GPU, (major, minor)
+    cpu: str = ""  # the CPU's model name
+    cpu_flags: frozenset[str] = frozenset()  # /proc/cpuinfo's flags
+
+    @property
+    def bf16_flags(self) -> list[str]:
+        """The CPU's native-bfloat16 flags (empty: none)."""
+        return [f for f in BF16_FLAGS if f in self.cpu_flags]
+
+    @property
+    def tensor_cores(self) -> bool:
+        """Every GPU has tensor cores (compute capability 7.0 or newer)."""
+        return (bool(self.gpus) and len(self.compute_capability) == len(self.gpus)
+                and all(cc >= (7, 0) for cc in self.compute_capability))
+
+    def describe(self) -> dict[str, Any]:
+        """What env.json records of the machine."""
+        return {"cpu": self.cpu, "cores": self.cores, "bf16_flags": self.bf16_flags,
+                "gpus": list(self.gpus)}
 
 
 @dataclass(frozen=True)
@@ -42,7 +69,7 @@ class Plan:
     device: str  # "cpu" or "gpu"
     processes: int  # folds trained at once, each in its own process
     threads: int  # TensorFlow threads per process while all `processes` run
-    precision: str  # "float32" or "mixed_float16"
+    precision: str  # "float32", "mixed_bfloat16" or "mixed_float16"
     batch_size: int
     gpus: tuple[int, ...] = field(default_factory=tuple)  # GPU index of each process slot
     cores: int = 1
@@ -77,30 +104,59 @@ class Plan:
                 "gpus": list(self.gpus), "cores": self.cores}
 
 
+def precision_for(requested: str, machine: Machine) -> str:
+    """The precision to train in on `machine`: `requested`, or for auto the machine's best."""
+    if requested == "mixed_float16" and not machine.gpus:
+        raise UserError("config: precision=mixed_float16 needs a GPU (a CPU has no fast float16); "
+                        "use auto, float32 or mixed_bfloat16")
+    if requested != "auto":
+        return requested
+    if machine.gpus:
+        return "mixed_float16" if machine.tensor_cores else "float32"
+    return "mixed_bfloat16" if machine.bf16_flags else "float32"
+
+
 def choose(cfg: Config, machine: Machine, folds: int) -> Plan:
     """The plan for training `folds` folds of `cfg` on `machine`."""
     folds = max(1, folds)
     cores = max(1, machine.cores)
+    precision = precision_for(cfg.precision, machine)
     if machine.gpus:
         processes = cfg.workers or min(len(machine.gpus), folds)
-        tensor_cores = all(cc >= (7, 0) for cc in machine.compute_capability) \
-            and len(machine.compute_capability) == len(machine.gpus)
-        plan = Plan("gpu", processes, cfg.threads or max(1, cores // processes),
-                    "mixed_float16" if tensor_cores else "float32", cfg.batch_size,
-                    gpus=tuple(range(len(machine.gpus))), cores=cores)
+        plan = Plan("gpu", processes, cfg.threads or max(1, cores // processes), precision,
+                    cfg.batch_size, gpus=tuple(range(len(machine.gpus))), cores=cores)
     else:
         processes = cfg.workers or min(cores, folds)
-        plan = Plan("cpu", processes, cfg.threads or max(1, cores // processes), "float32",
+        plan = Plan("cpu", processes, cfg.threads or max(1, cores // processes), precision,
                     cfg.batch_size, cores=cores)
     return plan
 
 
+def cpu_info(path: Path = Path("/proc/cpuinfo")) -> tuple[str, frozenset[str]]:
+    """The CPU's model name and flags (Linux; elsewhere the platform's name and no flags)."""
+    model, flags = platform.processor(), frozenset()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = frozenset(value.split())
+        if model and flags:
+            break
+    return model, flags
+
+
 def this_machine() -> Machine:
-    """The cores this process may use and the GPUs TensorFlow sees."""
+    """The cores this process may use, the CPU, and the GPUs TensorFlow sees."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    cpu, flags = cpu_info()
     from pipeline.console import quiet_tensorflow
 
     quiet_tensorflow()
@@ -113,7 +169,7 @@ def this_machine() -> Machine:
         names.append(str(details.get("device_name", gpu.name)))
         if details.get("compute_capability"):
             caps.append(tuple(details["compute_capability"]))
-    return Machine(cores, tuple(names), tuple(caps))
+    return Machine(cores, tuple(names), tuple(caps), cpu, flags)
 
 
 def apply(plan: Plan, threads: int) -> None:
@@ -121,7 +177,6 @@ def apply(plan: Plan, threads: int) -> None:
     from pipeline.console import quiet_tensorflow
 
     quiet_tensorflow()
-    import keras
     import tensorflow as tf
 
     current = tf.config.threading.get_intra_op_parallelism_threads()
@@ -142,4 +197,3 @@ def apply(plan: Plan, threads: int) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # already started with its memory setting (a second run in one process)
-    keras.mixed_precision.set_global_policy(plan.precision)

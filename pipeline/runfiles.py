@@ -94,13 +94,28 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
     rf = RunFiles(Path(run_dir))
     if not rf.config.is_file():
         return
-    saved, now = read_json(rf.config), cfg.to_dict()
+    # Keys added since the run started take their default, which is what runs did before them.
+    saved = {**Config().to_dict(), "precision": started_precision(rf.root), **read_json(rf.config)}
+    now = cfg.to_dict()
     free = config_mod.keys_with("execution")
     diff = [k for k in now if k not in free and saved.get(k) != now[k]]
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in diff[:4])
         raise UserError(f"run '{rf.name}' was started with another config ({changes}); "
                         "use a new --run name, or `make clean-run RUN=...` to start it over")
+
+
+def started_precision(run_dir: Path) -> str:
+    """The precision a run started with ("auto" for a new run): config.json's; for runs made before
+    the key existed, the plan's in env.json, else float32 (then the only CPU precision)."""
+    rf = RunFiles(Path(run_dir))
+    saved = read_optional(rf.config)
+    if saved is None:
+        return "auto"
+    if saved.get("precision", "auto") != "auto":
+        return str(saved["precision"])
+    env = read_optional(rf.env) or {}
+    return str(env.get("plan", {}).get("precision", "float32"))
 
 
 def read_split(run_dir: Path, rows: int | None = None) -> np.ndarray:

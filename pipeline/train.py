@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,12 @@ from pipeline.errors import Interrupted
 from pipeline.files import (load_npy, read_json, remove_stale_temps, run_lock, save_keras, save_npy,
                             write_json, write_text)
 from pipeline.folds import HOLDOUT, check_labels, load_folds, train_rows, val_rows
-from pipeline.plan import Plan, apply, choose, this_machine
+from pipeline.plan import Plan, apply, choose, precision_for, this_machine
 from pipeline.pool import Job, run_jobs
 from pipeline.predict import average_probs
 from pipeline.pseudo import check_teacher, pseudo_labels
 from pipeline.runfiles import (FoldFiles, RunFiles, check_resumable, check_same_split,
-                               fold_checksums, fold_done)
+                               fold_checksums, fold_done, started_precision)
 
 Log = Callable[[str], None]
 Eta = Callable[[float, int], float]  # (seconds per epoch, epochs done) → seconds left in the run
@@ -77,10 +77,16 @@ class Fitted:
 
 def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d: 0.0,
              callbacks: list | None = None, log: Log = print) -> Fitted:
-    """Train one fold, continuing from its last checkpoint if there is one."""
+    """Train one fold, continuing from its last checkpoint if there is one.
+
+    The model trains in its training form (fused BatchNorm, `cfg.precision`, which must be
+    resolved) and is checkpointed, returned and used for the out-of-fold predictions in its saved
+    form (pipeline.model), so those predictions are made exactly as the test predictions are.
+    """
     import keras
 
-    from pipeline.model import build_model, build_state, one_hot, refresh_batchnorm
+    from pipeline.model import (build_model, build_state, copy_state, one_hot, refresh_batchnorm,
+                                training_form)
 
     cfg, ff = job.cfg, FoldFiles(job.folder)
     if job.checkpoint:
@@ -94,35 +100,44 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
         y_fit = np.concatenate([y_fit, job.extra[1].astype(y.dtype)])
     steps = math.ceil(len(x_fit) / cfg.batch_size)
 
-    model, done, elapsed_before, history = (checkpoint.resume(ff, job.label, steps, log)
-                                            if job.checkpoint else (None, 0, 0.0, []))
-    if model is None:
-        model = build_model(cfg, steps_per_epoch=steps)
-    else:
-        keras.utils.set_random_seed(base_seed + done)  # else epoch done+1 shuffles like epoch 1
+    start = (checkpoint.resume(ff, job.label, steps, log) if job.checkpoint
+             else checkpoint.Resumed())
+    saved = start.model or build_model(cfg, steps_per_epoch=steps)
+    model = training_form(saved, cfg, steps)
+    if start.done:
+        keras.utils.set_random_seed(base_seed + start.done)  # else epoch done+1 shuffles like epoch 1
+
+    def saved_form(trained: keras.Model) -> keras.Model:
+        copy_state(trained, saved)
+        return saved
+
+    history = start.history
     t_start = time.time()
-    cbs = [checkpoint.epoch_logger(ff, history, t_start, elapsed_before,
+    cbs = [checkpoint.epoch_logger(ff, history, t_start, start.elapsed,
                                    f"{job.label}/{cfg.folds}", cfg.epochs, eta, log,
-                                   save=job.checkpoint),
+                                   save=job.checkpoint, saved_form=saved_form),
            *(_tensorboard(ff) if job.checkpoint else [])]
     if cfg.early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping,
                                                  restore_best_weights=True))
     cbs.extend(callbacks or [])
-    if done < cfg.epochs:
+    if start.done < cfg.epochs:
         build_state(model)  # new or resumed: else the first epoch traces its step twice
         model.fit(x_fit, one_hot(y_fit), batch_size=cfg.batch_size, epochs=cfg.epochs,
-                  initial_epoch=done, validation_data=(x[job.val_idx], one_hot(y[job.val_idx])),
+                  initial_epoch=start.done,
+                  validation_data=(x[job.val_idx], one_hot(y[job.val_idx])),
                   validation_batch_size=1024,  # inference needs no small batches
                   callbacks=cbs, verbose=0, shuffle=True)
     if cfg.ema:
         # fit() swaps the averages in when it ends; a fold resumed after its last epoch did not fit.
         model.optimizer.finalize_variable_values(model.trainable_weights)
         refresh_batchnorm(model, x_fit, cfg.batch_size, seed=base_seed)
-    # Out-of-fold predictions are made exactly as test predictions are (TTA included), so the
-    # CV accuracy estimates what the submission will score.
-    probs = average_probs([model], x[job.val_idx], tta=cfg.tta)
-    return Fitted(model, history, probs, elapsed_before + time.time() - t_start)
+    saved = saved_form(model)
+    # Out-of-fold predictions are made exactly as test predictions are (the saved model, TTA
+    # included), so the CV accuracy estimates what the submission will score.
+    probs = average_probs([saved], x[job.val_idx], tta=cfg.tta,
+                          source=f"{job.label}'s model")
+    return Fitted(saved, history, probs, start.elapsed + time.time() - t_start)
 
 
 def fold_scores(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -193,6 +208,11 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
     rf = RunFiles(paths.run_dir(run))
     with run_lock(rf.root, log):
         remove_stale_temps(rf.root)  # left by a killed run; safe to sweep while we hold the lock
+        machine = this_machine()
+        # precision=auto: the precision the run started with (config.json keeps it), else the
+        # machine's; saved resolved, so a resume on another host computes as the run began.
+        cfg = replace(cfg, precision=precision_for(
+            started_precision(rf.root) if cfg.precision == "auto" else cfg.precision, machine))
         check_resumable(rf.root, cfg)
         t0 = time.time()
         # 1. The data and its split, checked before anything is written.
@@ -224,8 +244,9 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
 
         # 3. Train them, as the machine allows: in this process, or several at a time in child
         # processes (one per core or GPU).
-        plan = choose(cfg, this_machine(), len(todo))
-        write_json(rf.env, {**environment(paths), "plan": plan.to_dict(), **(provenance or {})})
+        plan = choose(cfg, machine, len(todo))
+        write_json(rf.env, {**environment(paths), "machine": machine.describe(),
+                            "plan": plan.to_dict(), **(provenance or {})})
         parallel = plan.processes > 1 and len(todo) > 1
         if todo:
             log(plan.line())

@@ -74,7 +74,8 @@ RANGES: dict[str, tuple[float, float]] = {
 SEARCHED = (*CHOICES, *RANGES, "epochs")
 # Config keys that say how a search or a run is executed, not what the model is: never copied
 # into best_params.json, so they stay the training command's own choice.
-NOT_HYPERPARAMETERS = keys_with("split", "prediction", "source", "record", "execution")
+NOT_HYPERPARAMETERS = keys_with("split", "prediction", "source", "record", "execution",
+                                "numerics")
 
 
 def suggest(trial: optuna.Trial, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
@@ -417,6 +418,8 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
     # The same planning as `train`: one worker process per core (per GPU), up to the trials.
     plan = choose(replace(settings.base, workers=settings.workers or settings.base.workers),
                   this_machine(), settings.budget.trials)
+    # Trials train in the plan's precision (precision=auto: this machine's), as `train` would.
+    settings = replace(settings, base=replace(settings.base, precision=plan.precision))
     settings.budget.check(settings.base.folds, settings.pinned)
     study = load_study(settings)  # a bad --storage fails here, before the data is read
     data = _load_data(settings)

@@ -1,8 +1,9 @@
 """Measure the pipeline's speed (and, with --cv, its accuracy) and record it as JSON.
 
-Prints and writes runs/bench/<timestamp>.json: the machine, data load seconds (cold CSV and
-cached), training images/s with and without augmentation (one process, and the profile's
-`workers` processes at once, as `train` runs folds), inference images/s, and with
+Prints and writes runs/bench/<timestamp>.json: the machine (CPU model, its native-bfloat16
+flags), data load seconds (cold CSV and cached), training images/s of each precision × BatchNorm
+kernel (one process, and the plan's processes at once, as `train` runs folds), of the plan's own
+form with 1 … N processes and without augmentation, inference images/s, and with
 `--cv PROFILE` a full k-fold run with per-fold accuracy, OOF accuracy and wall time; with
 `--oof-tta RUN` a finished run's OOF accuracy without and with test-time augmentation.
 
@@ -38,21 +39,16 @@ from pipeline.config import Paths  # noqa: E402
 
 
 def machine() -> dict:
-    """CPU model, cores and library versions."""
+    """CPU model and native-bfloat16 flags, cores and library versions."""
     import keras
     import tensorflow as tf
 
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "backend": keras.backend.backend(),
+    from pipeline.plan import this_machine
+
+    here = this_machine()
+    return {"cpu": here.cpu, "bf16_flags": here.bf16_flags, "cores": os.cpu_count(),
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "backend": keras.backend.backend(),
             "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
 
 
@@ -68,16 +64,32 @@ def time_load(data: Path) -> dict:
     return {"rows": len(x), "cold_csv_s": round(cold, 3), "cached_s": round(cached, 3)}
 
 
-def _train_speed(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int,
+@dataclasses.dataclass(frozen=True)
+class Form:
+    """How the timed model trains: its precision and BatchNorm kernel ("fused" is what `train`
+    uses; "keras" is Keras' own BatchNormalization, the code path before the fused kernel)."""
+
+    precision: str
+    batchnorm: str = "fused"
+
+    @property
+    def name(self) -> str:
+        """How the JSON names it, e.g. "mixed_bfloat16/fused"."""
+        return f"{self.precision}/{self.batchnorm}"
+
+
+def _train_speed(cfg: config_mod.Config, form: Form, x: np.ndarray, y: np.ndarray, n: int,
                  barrier: Any = None, repeats: int = 1) -> float:
     """Training images/s on x[:n], the best of `repeats` epochs after a compiling warm-up."""
     import keras
 
-    from pipeline.model import build_model, one_hot
+    from pipeline.model import build_model, one_hot, training_form
 
     keras.utils.set_random_seed(0)
     y = one_hot(y)  # what the compiled loss expects, as in `train`
-    model = build_model(cfg, steps_per_epoch=max(1, n // cfg.batch_size))
+    steps = max(1, n // cfg.batch_size)
+    model = training_form(build_model(cfg, steps_per_epoch=steps), cfg, steps,
+                          precision=form.precision, fused_bn=form.batchnorm == "fused")
     warm = min(n, 4 * cfg.batch_size)
     model.fit(x[:warm], y[:warm], batch_size=cfg.batch_size, epochs=1, verbose=0)
     if barrier is not None:
@@ -90,16 +102,16 @@ def _train_speed(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, n: int,
     return best
 
 
-def _speed_worker(cfg: config_mod.Config, plan: Any, threads: int, x: np.ndarray, y: np.ndarray,
-                  n: int, barrier: Any) -> float:
+def _speed_worker(cfg: config_mod.Config, form: Form, plan: Any, threads: int, x: np.ndarray,
+                  y: np.ndarray, n: int, barrier: Any) -> float:
     """One of several processes timed together, set up as `train` sets up its fold workers."""
     from pipeline.train import setup_tensorflow
 
     setup_tensorflow(cfg, plan, threads)
-    return _train_speed(cfg, x, y, n, barrier, repeats=2)
+    return _train_speed(cfg, form, x, y, n, barrier, repeats=2)
 
 
-def parallel_speed(cfg: config_mod.Config, machine: Any, workers: int, x: np.ndarray,
+def parallel_speed(cfg: config_mod.Config, form: Form, machine: Any, workers: int, x: np.ndarray,
                    y: np.ndarray, n: int, gpus: tuple[int, ...] | None = None) -> float:
     """Total training images/s of `workers` processes training at once, each set up as the plan
     for that many workers would (cores split among them; on GPUs, one GPU each)."""
@@ -110,47 +122,66 @@ def parallel_speed(cfg: config_mod.Config, machine: Any, workers: int, x: np.nda
     if gpus is not None:
         plan = dataclasses.replace(plan, gpus=gpus)
     barrier = CONTEXT.Barrier(workers)
-    jobs = [Job(f"speed worker {i}", _speed_worker, (cfg, plan, plan.threads, x[:n], y[:n], n, barrier))
+    jobs = [Job(f"speed worker {i}", _speed_worker,
+                (cfg, form, plan, plan.threads, x[:n], y[:n], n, barrier))
             for i in range(workers)]
     return sum(run_jobs(jobs, workers, slot_env=plan.env_for_slot))
 
 
+def forms(machine: Any) -> list[Form]:
+    """Every precision the machine can train in × both BatchNorm kernels."""
+    precisions = ["float32", "mixed_bfloat16"] + (["mixed_float16"] if machine.gpus else [])
+    return [Form(p, bn) for p in precisions for bn in ("keras", "fused")]
+
+
 def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
                images: int) -> dict:
-    """Training images/s with and without augmentation in one process, and with the fold
-    workers training at once; inference images/s."""
+    """Training images/s of each precision × BatchNorm kernel, in one process and in the plan's
+    processes at once; of the plan's own form with 1 … N processes and without augmentation;
+    inference images/s."""
     from pipeline.model import build_model
-
-    n = min(images, len(x))
-    out: dict = {"images": n, "batch_size": cfg.batch_size, "model": cfg.model}
-    # Best of 3 epochs each: on a shared machine a single short epoch can be twice as slow.
-    for augment in (False, True):
-        rate = _train_speed(dataclasses.replace(cfg, augment=augment), x, y, n, repeats=3)
-        out["train_img_s_augment" if augment else "train_img_s_plain"] = round(rate, 1)
-    out["augment_cost"] = round(1 - out["train_img_s_augment"] / out["train_img_s_plain"], 3)
-    # What the plan would pick here, and the measurements to check it against: the combined
-    # speed of 1 … N fold processes (N = cores, or GPUs), and of each GPU alone.
     from pipeline.plan import choose, this_machine
 
+    n = min(images, len(x))
     machine = this_machine()
     plan = choose(cfg, machine, cfg.folds)
-    out["machine"] = {"cores": machine.cores, "gpus": list(machine.gpus)}
-    out["plan"] = {**plan.to_dict(), "line": plan.line()}
+    cfg = dataclasses.replace(cfg, precision=plan.precision)
+    out: dict = {"images": n, "batch_size": cfg.batch_size, "model": cfg.model,
+                 "machine": {"cores": machine.cores, "gpus": list(machine.gpus),
+                             "cpu": machine.cpu, "bf16_flags": machine.bf16_flags},
+                 "plan": {**plan.to_dict(), "line": plan.line()}}
+    together = plan.processes
     top = len(machine.gpus) or machine.cores
 
-    def speed(workers: int) -> float:
+    def speed(form: Form, workers: int) -> float:
         if workers == 1 and not machine.gpus:
             # One fold process on CPU is `train` training in its own process on every core:
-            # the in-process measurement above (no worker process to start for it).
-            return out["train_img_s_augment" if cfg.augment else "train_img_s_plain"]
-        return parallel_speed(cfg, machine, workers, x, y, n)
+            # measured in this process (no worker process to start for it). Best of 3 epochs:
+            # on a shared machine a single short epoch can be twice as slow.
+            return _train_speed(cfg, form, x, y, n, repeats=3)
+        return parallel_speed(cfg, form, machine, workers, x, y, n)
 
-    out["train_img_s_by_workers"] = {str(w): round(speed(w), 1) for w in range(1, top + 1)}
+    # What `train` runs (the plan's precision, fused BatchNorm) against the other forms, the
+    # pre-fused code path (float32/keras) among them.
+    out["train_img_s_by_form"] = {
+        form.name: {str(w): round(speed(form, w), 1) for w in sorted({1, together})}
+        for form in forms(machine)}
+    mine = Form(plan.precision)
+    out["form"] = mine.name
+    by_form = out["train_img_s_by_form"][mine.name]
+    out["train_img_s_augment"] = by_form["1"]
+    out["train_img_s_plain"] = round(_train_speed(dataclasses.replace(cfg, augment=False), mine,
+                                                   x, y, n, repeats=3), 1)
+    out["augment_cost"] = round(1 - out["train_img_s_augment"] / out["train_img_s_plain"], 3)
+    out["train_img_s_by_workers"] = {
+        str(w): by_form[str(w)] if str(w) in by_form else round(speed(mine, w), 1)
+        for w in range(1, top + 1)}
     out["fastest_workers"] = int(max(out["train_img_s_by_workers"],
                                      key=out["train_img_s_by_workers"].get))
     if machine.gpus:
-        out["train_img_s_by_gpu"] = {str(g): round(parallel_speed(cfg, machine, 1, x, y, n, (g,)), 1)
-                                     for g in range(len(machine.gpus))}
+        out["train_img_s_by_gpu"] = {
+            str(g): round(parallel_speed(cfg, mine, machine, 1, x, y, n, (g,)), 1)
+            for g in range(len(machine.gpus))}
     model = build_model(cfg)
     model.predict(x_test[:2048], batch_size=2048, verbose=0)
     t = time.perf_counter()

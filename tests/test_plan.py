@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import resolve
-from pipeline.plan import Machine, choose
+from pipeline.errors import UserError
+from pipeline.plan import Machine, choose, cpu_info
 
 H200 = ("NVIDIA H200", (9, 0))
 K80 = ("Tesla K80", (3, 7))
@@ -98,3 +99,42 @@ def test_a_second_run_in_one_process_keeps_the_threads_with_a_warning() -> None:
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
     assert warnings == ["warning: TensorFlow has already started in this process: it keeps its "
                         "default thread(s) instead of 1"] * 2
+
+
+# Made-up CPUs by their flags: what `precision=auto` picks must not depend on the host's CPU.
+AMX = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX512_BF16 = frozenset({"avx512f", "avx512_bf16"})
+NO_BF16 = frozenset({"avx2", "avx512f"})
+
+
+@pytest.mark.parametrize("flags, gpus, precision", [
+    (AMX, [], "mixed_bfloat16"),
+    (AVX512_BF16, [], "mixed_bfloat16"),
+    (NO_BF16, [], "float32"),
+    (AMX, [H200], "mixed_float16"),  # a GPU with tensor cores wins over the host's bf16
+    (NO_BF16, [K80], "float32"),
+])
+def test_auto_precision_follows_the_machine(flags: frozenset, gpus: list, precision: str) -> None:
+    machine = Machine(2, tuple(g[0] for g in gpus), tuple(g[1] for g in gpus), "a CPU", flags)
+    plan = choose(resolve("cpu"), machine, 5)
+    assert plan.precision == precision and f" · {precision} · " in plan.line()
+    assert machine.describe()["bf16_flags"] == sorted(flags & {"amx_bf16", "avx512_bf16"})
+    # An explicit precision wins; `tiny` pins float32 so the tests compute alike everywhere.
+    assert choose(resolve("cpu", sets={"precision": "float32"}), machine, 5).precision == "float32"
+    assert choose(resolve("tiny"), machine, 2).precision == "float32"
+
+
+def test_float16_on_a_cpu_is_refused_in_one_line() -> None:
+    with pytest.raises(UserError, match=r"^config: precision=mixed_float16 needs a GPU"):
+        choose(resolve("cpu", sets={"precision": "mixed_float16"}), Machine(2, cpu_flags=AMX), 5)
+    with pytest.raises(UserError, match="precision='bfloat16' must be one of auto, float32"):
+        resolve("cpu", sets={"precision": "bfloat16"})
+
+
+def test_cpu_info_reads_the_model_name_and_flags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                       "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+    model, flags = cpu_info(cpuinfo)
+    assert model == "Intel(R) Xeon(R) Platinum 8480+" and {"amx_bf16", "avx512_bf16"} <= flags
+    assert cpu_info(tmp_path / "missing")[1] == frozenset()
