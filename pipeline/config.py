@@ -93,6 +93,11 @@ class Config:
     # averaged weights; 0 = off (the last step's weights).
     ema: float = 0.0
     early_stopping: int = 0  # patience in epochs on val_accuracy; 0 = off (train all epochs)
+    # ensemble
+    # Members trained on all the labelled rows (every fold's training and validation rows) for
+    # `epochs` epochs, the count the folds validated, after or beside the folds; the submission
+    # averages the fold models and these. The folds alone still give the OOF/CV scores.
+    refit: int = field(default=0, metadata={"role": "ensemble"})
     # prediction
     # Average predictions over the image and its four one-pixel shifts. For the `cpu` profile
     # it removed 5, 10 and 6 of 184, 189 and 197 OOF errors with three seeds, for ~1 minute
@@ -136,6 +141,8 @@ ROLES = {
     "source": "where hyperparameters came from (the study)",
     "record": "recorded with the run, not a knob (the profile it started from)",
     "execution": "how a run is executed or submitted; may change when a run resumes",
+    "ensemble": "the models a run trains beyond its folds for the submission: the run's own "
+                "choice, never searched or taken from a study; may grow when a run resumes",
     "numerics": "the arithmetic a run trains in: the run's or the machine's choice, never "
                 "searched or taken from a study; fixed once the run starts",
 }
@@ -210,6 +217,9 @@ def _check(cfg: Config) -> None:
         (0 < cfg.adam_beta_2 < 1, "adam_beta_2", "must be in (0, 1)"),
         (0 <= cfg.ema < 1, "ema", "must be in [0, 1) (0 = no weight averaging)"),
         (cfg.early_stopping >= 0, "early_stopping", "must be >= 0"),
+        (0 <= cfg.refit <= 100, "refit", "must be in [0, 100] (members on all rows; 0 = none)"),
+        (cfg.refit == 0 or cfg.early_stopping == 0, "refit",
+         "needs early_stopping=0: members train on every labelled row, with none left to stop on"),
         (cfg.threads >= 0, "threads", "must be >= 0"),
         (cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
         (cfg.pseudo_from == "" or (RUN_NAME.match(cfg.pseudo_from) is not None

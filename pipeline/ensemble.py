@@ -24,7 +24,7 @@ from pipeline.evaluate import score
 from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json
 from pipeline.folds import HOLDOUT, holdout_rows
 from pipeline.predict import average_probs
-from pipeline.runfiles import RunFiles, fold_models, load_run_config, read_split
+from pipeline.runfiles import RunFiles, ensemble_models, load_run_config, read_split
 from pipeline.submission import read_sample_ids, write_submission
 
 Log = Callable[[str], None]
@@ -39,13 +39,14 @@ def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = prin
     ids = _submission_ids(paths, len(x))
     with run_lock(rf.root, log):
         t0 = time.time()
-        models = fold_models(rf.root, cfg.folds)
+        models = ensemble_models(rf.root, cfg)
         probs = average_probs(models, x, tta=use_tta, source=f"run '{run}'")
         seconds = time.time() - t0
         holdout = score_holdout(paths, run, models, use_tta)
         per_run = write_run_submission(paths, run, probs, ids, {
             "tta": use_tta, "models": len(models), "seconds": round(seconds, 2)})
-    log(f"{len(models)} fold models{' × 5 TTA views' if use_tta else ''} on {len(x)} test images in "
+    members = f" + {cfg.refit} refit members" if cfg.refit else ""
+    log(f"{cfg.folds} fold models{members}{' × 5 TTA views' if use_tta else ''} on {len(x)} test images in "
         f"{seconds:.1f}s → {paths.submissions / 'submission.csv'} (copy: {per_run})")
     if holdout:
         log(holdout_line(holdout))

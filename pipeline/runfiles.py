@@ -6,7 +6,8 @@ whether a run or fold is finished and intact, so the layout is written down once
     runs/<run>/config.json env.json folds.npy oof_probs.npy metrics.json folds.csv
                test_probs.npy holdout_probs.npy prediction.json kaggle_submission.json
                report.html figures/  fold_<i>/{model.keras,oof.npy,val_idx.npy,history.csv,
-               metrics.json,pseudo.npy,last.keras,state.json,tb/}
+               metrics.json,pseudo.npy,last.keras,state.json,tb/}  member_<j>/{the same; no
+               validation rows, so oof.npy and val_idx.npy are empty}
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ class RunFiles:
         """Fold `i`'s folder (0-based)."""
         return FoldFiles(self.root / f"fold_{i}")
 
+    def member(self, j: int) -> FoldFiles:
+        """Refit member `j`'s folder (0-based): a model trained on all the labelled rows."""
+        return FoldFiles(self.root / f"member_{j}")
+
+    def models(self, cfg: Config) -> list[FoldFiles]:
+        """The folders of every model the run trains, in order: its folds, then its members."""
+        return [self.fold(i) for i in range(cfg.folds)] + [self.member(j) for j in range(cfg.refit)]
+
 
 def train_command(run: str) -> str:
     """The command that trains (or finishes) run `run`, for error messages."""
@@ -97,7 +106,7 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
     # Keys added since the run started take their default, which is what runs did before them.
     saved = {**Config().to_dict(), "precision": started_precision(rf.root), **read_json(rf.config)}
     now = cfg.to_dict()
-    free = config_mod.keys_with("execution")
+    free = config_mod.keys_with("execution", "ensemble")
     diff = [k for k in now if k not in free and saved.get(k) != now[k]]
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in diff[:4])
@@ -230,12 +239,13 @@ def fold_done(fold_dir: Path, log: Log = print) -> dict[str, Any] | None:
     return meta
 
 
-def load_fold_model(run_dir: Path, fold: int) -> Any:
-    """Load one finished fold's model, refusing a file that no longer matches its checksum."""
+def load_fold_model(run_dir: Path, fold: int | FoldFiles) -> Any:
+    """Load one finished fold's (or member's) model, refusing a file that no longer matches
+    its checksum."""
     from pipeline.model import load_model
 
     rf = RunFiles(Path(run_dir))
-    path = rf.fold(fold).model
+    path = (rf.fold(fold) if isinstance(fold, int) else fold).model
     retrain = f"run {train_command(rf.name)} to retrain it"
     # A damaged model may still load and predict garbage: trust only what training recorded.
     if not fold_intact(path.parent):
@@ -249,12 +259,12 @@ def load_fold_model(run_dir: Path, fold: int) -> Any:
         raise UserError(f"{path}: cannot load ({why}); {retrain}") from None
 
 
-def fold_models(run_dir: Path, folds: int) -> list[Any]:
-    """Load every fold model of a finished run."""
+def ensemble_models(run_dir: Path, cfg: Config) -> list[Any]:
+    """Load every model of a finished run's ensemble: its fold models, then its members."""
     rf = RunFiles(Path(run_dir))
-    missing = [i for i in range(folds) if not rf.fold(i).model.is_file()]
+    files = rf.models(cfg)
+    missing = [ff.root.name for ff in files if not ff.model.is_file()]
     if missing or not rf.metrics.is_file():
-        raise UserError(f"run '{rf.name}' is not finished (fold(s) "
-                        f"{', '.join(str(i + 1) for i in missing) or '?'} missing); "
-                        f"run {train_command(rf.name)} to complete it")
-    return [load_fold_model(rf.root, i) for i in range(folds)]
+        raise UserError(f"run '{rf.name}' is not finished ({', '.join(missing) or 'no metrics.json'} "
+                        f"missing); run {train_command(rf.name)} to complete it")
+    return [load_fold_model(rf.root, ff) for ff in files]

@@ -34,7 +34,7 @@ MAX_RETRIES = 2  # re-runs of a trial whose worker died, before it counts as fai
 
 PRUNERS = ("median", "hyperband", "none")
 # Pinned keys that do not change what trials learn: a study may resume with other values.
-EXECUTION_KEYS = keys_with("prediction", "source", "execution")
+EXECUTION_KEYS = keys_with("prediction", "source", "execution", "ensemble")
 DEFAULT_HEARTBEAT = 10  # seconds between a running trial's heartbeats
 GRACE = 4  # a trial with no heartbeat for GRACE × heartbeat seconds is declared dead
 SQLITE_TIMEOUT = 60.0  # seconds a writer waits for SQLite's lock (see README: measured)

@@ -49,20 +49,33 @@ Eta = Callable[[float, int], float]  # (seconds per epoch, epochs done) → seco
 
 @dataclass(frozen=True)
 class FoldJob:
-    """One fold to train: its config, its rows of train.csv, and its folder."""
+    """One model to train: a fold, or a refit member (no validation rows), with its config, its
+    rows of train.csv, and its folder."""
 
     cfg: Config
-    fold: int  # 0-based
+    fold: int  # 0-based among the run's models: folds first, then members (seeds differ)
     train_idx: np.ndarray
-    val_idx: np.ndarray
+    val_idx: np.ndarray  # empty for a member
     folder: Path
     extra: tuple[np.ndarray, np.ndarray] | None = None  # pseudo-labelled images and labels
     checkpoint: bool = True  # save after every epoch so a killed fold resumes (tuning: off)
 
     @property
     def label(self) -> str:
-        """How the console names this fold."""
-        return f"fold {self.fold + 1}"
+        """How the console names this model: "fold 2", "member 1"."""
+        return model_label(self.cfg, self.fold)
+
+    @property
+    def of(self) -> str:
+        """The label with the count of its kind: "fold 2/5"."""
+        return model_label(self.cfg, self.fold, of=True)
+
+
+def model_label(cfg: Config, k: int, of: bool = False) -> str:
+    """The run's k-th model (0-based) as the console names it: "fold 2" ("fold 2/5"), "member 1"."""
+    if k < cfg.folds:
+        return f"fold {k + 1}" + (f"/{cfg.folds}" if of else "")
+    return f"member {k - cfg.folds + 1}" + (f"/{cfg.refit}" if of else "")
 
 
 @dataclass
@@ -113,9 +126,8 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
 
     history = start.history
     t_start = time.time()
-    cbs = [checkpoint.epoch_logger(ff, history, t_start, start.elapsed,
-                                   f"{job.label}/{cfg.folds}", cfg.epochs, eta, log,
-                                   save=job.checkpoint, saved_form=saved_form),
+    cbs = [checkpoint.epoch_logger(ff, history, t_start, start.elapsed, job.of, cfg.epochs,
+                                   eta, log, save=job.checkpoint, saved_form=saved_form),
            *(_tensorboard(ff) if job.checkpoint else [])]
     if cfg.early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping,
@@ -125,7 +137,8 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
         build_state(model)  # new or resumed: else the first epoch traces its step twice
         model.fit(x_fit, one_hot(y_fit), batch_size=cfg.batch_size, epochs=cfg.epochs,
                   initial_epoch=start.done,
-                  validation_data=(x[job.val_idx], one_hot(y[job.val_idx])),
+                  validation_data=((x[job.val_idx], one_hot(y[job.val_idx]))
+                                   if len(job.val_idx) else None),
                   validation_batch_size=1024,  # inference needs no small batches
                   callbacks=cbs, verbose=0, shuffle=True)
     if cfg.ema:
@@ -135,8 +148,8 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
     saved = saved_form(model)
     # Out-of-fold predictions are made exactly as test predictions are (the saved model, TTA
     # included), so the CV accuracy estimates what the submission will score.
-    probs = average_probs([saved], x[job.val_idx], tta=cfg.tta,
-                          source=f"{job.label}'s model")
+    probs = (average_probs([saved], x[job.val_idx], tta=cfg.tta, source=f"{job.label}'s model")
+             if len(job.val_idx) else np.zeros((0, 10), np.float32))
     return Fitted(saved, history, probs, start.elapsed + time.time() - t_start)
 
 
@@ -158,8 +171,11 @@ def save_fold(job: FoldJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
     hist = pd.DataFrame(fitted.history)
     write_text(ff.history, hist.to_csv(index=False))
     best_epoch = int(hist["val_accuracy"].idxmax() + 1) if "val_accuracy" in hist else len(hist)
+    scores = fold_scores(fitted.probs, y[job.val_idx]) if len(job.val_idx) else {}
     meta = {
-        "fold": job.fold + 1, **fold_scores(fitted.probs, y[job.val_idx]), "best_epoch": best_epoch,
+        **({"fold": job.fold + 1} if job.fold < job.cfg.folds
+           else {"member": job.fold - job.cfg.folds + 1}),
+        **scores, "best_epoch": best_epoch,
         "epochs_run": len(hist), "seconds": round(fitted.seconds, 2),
         "n_train": int(len(job.train_idx)), "n_val": int(len(job.val_idx)),
         "n_pseudo": int(len(job.extra[1])) if job.extra is not None else 0,
@@ -230,17 +246,23 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             f"{cfg.epochs} epochs on {len(y) - held} images"
             f"{f' ({held} more held out)' if held else ''}"
             f"{f' + images pseudo-labelled by run {cfg.pseudo_from!r}' if cfg.pseudo_from else ''}"
+            f"{f', then {cfg.refit} member(s) on all {len(y) - held}' if cfg.refit else ''}"
             f" → {rf.root}")
 
-        # 2. The folds still to train.
-        metas: list[dict[str, Any] | None] = [fold_done(rf.fold(i).root, log)
-                                              for i in range(cfg.folds)]
+        # 2. The models still to train: the folds, then the refit members.
+        models = rf.models(cfg)
+        metas: list[dict[str, Any] | None] = [fold_done(ff.root, log) for ff in models]
         todo = [i for i, m in enumerate(metas) if m is None]
-        if cfg.folds - len(todo):
-            log(f"resuming: {cfg.folds - len(todo)} finished fold(s) kept, {len(todo)} to train")
+        if len(models) - len(todo):
+            folds_kept = sum(m is not None for m in metas[:cfg.folds])
+            members_kept = len(models) - len(todo) - folds_kept
+            log(f"resuming: {folds_kept} finished fold(s)"
+                f"{f' and {members_kept} member(s)' if members_kept else ''} kept, "
+                f"{len(todo)} to train")
         if max_folds is not None and len(todo) > max_folds:
             todo = todo[:max_folds]
-            log(f"--max-folds {max_folds}: training fold(s) {', '.join(str(i + 1) for i in todo)} only")
+            log(f"--max-folds {max_folds}: training "
+                f"{', '.join(model_label(cfg, i) for i in todo)} only")
 
         # 3. Train them, as the machine allows: in this process, or several at a time in child
         # processes (one per core or GPU).
@@ -259,25 +281,29 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         except KeyboardInterrupt:
             raise Interrupted(_interrupted_where(rf, cfg, todo, metas, parallel)) from None
         if any(m is None for m in metas):
-            left = [str(i + 1) for i, m in enumerate(metas) if m is None]
-            log(f"run '{run}' is partial: fold(s) {', '.join(left)} still to train; "
+            left = [model_label(cfg, i) for i, m in enumerate(metas) if m is None]
+            log(f"run '{run}' is partial: {', '.join(left)} still to train; "
                 "run the command again without --max-folds to finish it")
             return None
 
         # 4. The run's out-of-fold predictions and metrics.
-        metrics = summarize(rf, cfg, y, fold_of, [m for m in metas if m is not None],
-                            time.time() - t0)
+        done = [m for m in metas if m is not None]
+        metrics = summarize(rf, cfg, y, fold_of, done[:cfg.folds], time.time() - t0,
+                            members=done[cfg.folds:])
         log(format_table(metrics))
         return metrics
 
 
-def _job(cfg: Config, paths: Paths, run: str, x: np.ndarray, fold_of: np.ndarray, fold: int,
+def _job(cfg: Config, paths: Paths, run: str, x: np.ndarray, fold_of: np.ndarray, k: int,
          log: Log) -> FoldJob:
-    """Fold `fold` of run `run`, with its pseudo-labelled images if the run has a teacher."""
-    val_idx = val_rows(fold_of, fold)
-    return FoldJob(cfg, fold, train_rows(fold_of, fold), val_idx,
-                   RunFiles(paths.run_dir(run)).fold(fold).root,
-                   extra=pseudo_labels(cfg, paths, run, fold, x, val_idx, log))
+    """Model `k` of run `run`: a fold, with its pseudo-labelled images if the run has a teacher,
+    or a member, on every labelled row."""
+    folder = RunFiles(paths.run_dir(run)).models(cfg)[k].root
+    if k >= cfg.folds:
+        return FoldJob(cfg, k, np.flatnonzero(fold_of != HOLDOUT), np.zeros(0, np.int64), folder)
+    val_idx = val_rows(fold_of, k)
+    return FoldJob(cfg, k, train_rows(fold_of, k), val_idx, folder,
+                   extra=pseudo_labels(cfg, paths, run, k, x, val_idx, log))
 
 
 def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndarray,
@@ -285,15 +311,14 @@ def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndar
                   log: Log) -> None:
     """Train the folds in `todo` one after another in this process."""
     for n, i in enumerate(todo):
-        log(f"=== fold {i + 1}/{cfg.folds} ===")
+        log(f"=== {model_label(cfg, i, of=True)} ===")
         later = len(todo) - n - 1
 
         def eta(per_epoch: float, done: int, later: int = later) -> float:
             return per_epoch * ((cfg.epochs - done) + later * cfg.epochs)
 
         metas[i] = train_fold(_job(cfg, paths, run, x, fold_of, i, log), x, y, eta=eta, log=log)
-        log(f"fold {i + 1}: val accuracy {metas[i]['val_accuracy']:.4f} "
-            f"in {duration(metas[i]['seconds'])}")
+        log(_done_line(cfg, i, metas[i]))
 
 
 def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str, fold: int,
@@ -323,14 +348,19 @@ def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[
         jobs.append(Job(f"fold {i + 1}", _fold_worker, (cfg, plan, threads, paths, run, i, later)))
 
     def started(n: int, job: Job, pid: int) -> None:
-        log(f"=== fold {todo[n] + 1}/{cfg.folds} (process {pid}, {job.args[2]} thread(s)) ===")
+        log(f"=== {model_label(cfg, todo[n], of=True)} (process {pid}, {job.args[2]} thread(s)) ===")
 
     def finished(n: int, job: Job, meta: dict[str, Any]) -> None:
         metas[todo[n]] = meta
-        log(f"fold {todo[n] + 1}: val accuracy {meta['val_accuracy']:.4f} "
-            f"in {duration(meta['seconds'])}")
+        log(_done_line(cfg, todo[n], meta))
 
     run_jobs(jobs, at_once, on_start=started, on_done=finished, slot_env=plan.env_for_slot)
+
+
+def _done_line(cfg: Config, k: int, meta: dict[str, Any]) -> str:
+    """The line that reports a finished fold or member."""
+    score = f"val accuracy {meta['val_accuracy']:.4f}" if "val_accuracy" in meta else "trained"
+    return f"{model_label(cfg, k)}: {score} in {duration(meta['seconds'])}"
 
 
 def _interrupted_where(rf: RunFiles, cfg: Config, todo: list[int],
@@ -340,14 +370,15 @@ def _interrupted_where(rf: RunFiles, cfg: Config, todo: list[int],
     if parallel or not running:
         return ("interrupted; finished folds and the last epoch of each running fold are saved — "
                 "run the same command again to resume")
-    state = rf.fold(running[0]).state
+    state = rf.models(cfg)[running[0]].state
     after = f" after epoch {read_json(state)['epoch']}" if state.is_file() else ""
-    return (f"interrupted in fold {running[0] + 1}/{cfg.folds}{after}; finished folds and the last "
-            "epoch are saved — run the same command again to resume")
+    return (f"interrupted in {model_label(cfg, running[0], of=True)}{after}; finished folds and "
+            "the last epoch are saved — run the same command again to resume")
 
 
 def summarize(rf: RunFiles, cfg: Config, y: np.ndarray, fold_of: np.ndarray,
-              fold_meta: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+              fold_meta: list[dict[str, Any]], wall: float,
+              members: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """Assemble out-of-fold probabilities and write the run's metrics.json and folds.csv."""
     # Held-out rows have no out-of-fold prediction: their rows stay zero and are left out here.
     oof = np.zeros((len(y), 10), dtype=np.float32)
@@ -362,9 +393,10 @@ def summarize(rf: RunFiles, cfg: Config, y: np.ndarray, fold_of: np.ndarray,
         "cv_accuracy": scores["val_accuracy"], "cv_log_loss": scores["val_loss"],
         "fold_accuracy_mean": float(accs.mean()), "fold_accuracy_std": float(accs.std()),
         "n_train": int(len(rows)), "n_holdout": int(len(y) - len(rows)),
-        "train_seconds": round(sum(m["seconds"] for m in fold_meta), 2),
+        "train_seconds": round(sum(m["seconds"] for m in (*fold_meta, *members)), 2),
         "wall_seconds_last_invocation": round(wall, 2),
         "folds": [{k: v for k, v in m.items() if k != "sha256"} for m in fold_meta],
+        "members": [{k: v for k, v in m.items() if k != "sha256"} for m in members],
     }
     # Later stages (predict's holdout score, Kaggle submit) add their own keys; keep them.
     if rf.metrics.is_file():
@@ -396,7 +428,10 @@ def format_table(metrics: dict[str, Any]) -> str:
         f"mean ± std fold accuracy: {metrics['fold_accuracy_mean']:.4f} ± "
         f"{metrics['fold_accuracy_std']:.4f}",
         f"CV (out-of-fold) accuracy: {metrics['cv_accuracy']:.4f}  log loss "
-        f"{metrics['cv_log_loss']:.4f}  folds took {duration(metrics['train_seconds'])} in all "
+        f"{metrics['cv_log_loss']:.4f}"
+        + (f"  + {len(metrics['members'])} refit member(s) for the submission"
+           if metrics.get("members") else "")
+        + f"  training took {duration(metrics['train_seconds'])} in all "
         f"({duration(metrics['wall_seconds_last_invocation'])} wall this time)"])
 
 

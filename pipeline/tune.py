@@ -75,7 +75,7 @@ SEARCHED = (*CHOICES, *RANGES, "epochs")
 # Config keys that say how a search or a run is executed, not what the model is: never copied
 # into best_params.json, so they stay the training command's own choice.
 NOT_HYPERPARAMETERS = keys_with("split", "prediction", "source", "record", "execution",
-                                "numerics")
+                                "ensemble", "numerics")
 
 
 def suggest(trial: optuna.Trial, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:

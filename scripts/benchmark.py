@@ -224,10 +224,10 @@ def oof_tta(paths: Paths, run: str, y: np.ndarray, x: np.ndarray) -> dict:
     augmentation (what `tta=true` would have scored), and the seconds each took."""
     from pipeline.predict import average_probs
     from pipeline.folds import HOLDOUT
-    from pipeline.runfiles import RunFiles, fold_models, load_run_config, read_split
+    from pipeline.runfiles import RunFiles, load_fold_model, load_run_config, read_split
 
     run_dir = paths.run_dir(run)
-    models = fold_models(run_dir, load_run_config(run_dir).folds)
+    models = [load_fold_model(run_dir, i) for i in range(load_run_config(run_dir).folds)]
     rows = np.flatnonzero(read_split(run_dir, len(y)) != HOLDOUT)  # the rows with OOF predictions
     out: dict = {"run": run}
     for tta in (False, True):

@@ -61,7 +61,10 @@ def test_config_key_roles_are_declared_once_and_cover_every_key() -> None:
     assert config.keys_with("execution") == {"threads", "workers", "deterministic", "competition"}
     # What each stage ignores is derived from the roles, not listed by hand.
     assert tune.NOT_HYPERPARAMETERS == keys - config.keys_with("model")
-    assert study.EXECUTION_KEYS == config.keys_with("prediction", "source", "execution")
+    # A study may resume with other values of these, never of what trials learn or compute in.
+    assert {"tta", "study", "workers", "refit"} <= study.EXECUTION_KEYS
+    assert not {"precision", "epochs", "holdout", "seed"} & study.EXECUTION_KEYS
+    assert {"precision", "refit", "holdout", "tta"} <= tune.NOT_HYPERPARAMETERS
     assert report.HIDDEN_KEYS == config.keys_with("record", "prediction", "execution")
     assert "holdout" in tune.NOT_HYPERPARAMETERS and "learning_rate" not in tune.NOT_HYPERPARAMETERS
     from pipeline.model import MODELS
