@@ -28,6 +28,18 @@ Log = Callable[[str], None]
 NON_FINITE_ADVICE = "--set precision=float32, or a lower --set learning_rate"
 
 
+@dataclass(frozen=True)
+class Eta:
+    """Seconds left in the run, from a model's seconds per epoch: the epochs it has left, then
+    `later` rounds of models still waiting for a process."""
+
+    epochs: int
+    later: int = 0
+
+    def __call__(self, per_epoch: float, done: int) -> float:
+        return per_epoch * ((self.epochs - done) + self.later * self.epochs)
+
+
 def rng_states(model: Any) -> list[list[int]]:
     """Where each random layer's stream stands."""
     from pipeline.model import seed_generators
@@ -124,3 +136,16 @@ def clear(ff: FoldFiles) -> None:
     """Remove the checkpoint once the fold's final files are written."""
     ff.last.unlink(missing_ok=True)
     ff.state.unlink(missing_ok=True)
+
+
+def tensorboard(ff: FoldFiles) -> list:
+    """Per-epoch TensorBoard scalars in `<fold>/tb/` for `make tensorboard`; none without the package."""
+    import importlib.util
+
+    import keras
+
+    # Keras' callback writes through tf.summary, which needs the tensorboard package.
+    if importlib.util.find_spec("tensorboard") is None:
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=str(ff.tensorboard), histogram_freq=0,
+                                        write_graph=False, update_freq="epoch", profile_batch=0)]

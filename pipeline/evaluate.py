@@ -22,6 +22,19 @@ def score(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
             "ci_method": "Clopper-Pearson (exact binomial)"}
 
 
+def fold_scores(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Validation accuracy and log loss of a fold's (or a run's out-of-fold) predictions."""
+    from sklearn.metrics import log_loss
+
+    return {"val_accuracy": accuracy(probs, y),
+            "val_loss": float(log_loss(y, probs, labels=list(range(10))))}
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    """The share of rows whose most probable class is the label."""
+    return float(np.mean(np.asarray(probs).argmax(1) == y))
+
+
 def paired(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray) -> dict[str, Any]:
     """Errors only A makes, only B makes, both make, and McNemar's exact two-sided p-value."""
     wrong_a, wrong_b = probs_a.argmax(1) != y, probs_b.argmax(1) != y

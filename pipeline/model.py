@@ -248,6 +248,14 @@ def build_state(model: keras.Model) -> None:
     model.reset_metrics()
 
 
+def average_weights(model: keras.Model, x: np.ndarray, batch_size: int, seed: int) -> None:
+    """Put the optimizer's moving average of the weights (`ema`) into the model, with BatchNorm
+    statistics recomputed for them on `x`."""
+    # fit() swaps the averages in when it ends; a fold resumed after its last epoch did not fit.
+    model.optimizer.finalize_variable_values(model.trainable_weights)
+    refresh_batchnorm(model, x, batch_size, seed=seed)
+
+
 def refresh_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, seed: int,
                       batches: int = 100) -> None:
     """Re-estimate every BatchNorm layer's moving statistics for the model's current weights.

@@ -132,6 +132,12 @@ def choose(cfg: Config, machine: Machine, folds: int) -> Plan:
     return plan
 
 
+def rounds_after(n: int, total: int, at_once: int) -> int:
+    """Rounds still to come after the one the n-th of `total` models trains in, `at_once` at a time."""
+    start = n - n % at_once
+    return -(-max(0, total - start - at_once) // at_once)
+
+
 def cpu_info(path: Path = Path("/proc/cpuinfo")) -> tuple[str, frozenset[str]]:
     """The CPU's model name and flags (Linux; elsewhere the platform's name and no flags)."""
     model, flags = platform.processor(), frozenset()
@@ -197,3 +203,13 @@ def apply(plan: Plan, threads: int) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # already started with its memory setting (a second run in one process)
+
+
+def setup_tensorflow(cfg: Config, plan: Plan, threads: int) -> None:
+    """Configure this process's TensorFlow for the plan (threads, GPU memory) and the config's
+    determinism; must run before TensorFlow starts working."""
+    apply(plan, threads)
+    if cfg.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()

@@ -28,9 +28,9 @@ from pipeline.config import DATA_DIR, PROFILES, Config, keys_with
 from pipeline.console import duration, table
 from pipeline.evaluate import paired, paired_text
 from pipeline.folds import holdout_rows
-from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split
+from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split, saved_config
 from pipeline.study import open_saved_study
-from pipeline.train import fold_table
+from pipeline.runmetrics import fold_table
 from pipeline.data import file_sha256, load_test, load_train
 from pipeline.errors import UserError
 from pipeline.folds import HOLDOUT
@@ -671,10 +671,10 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
     loaded = []
     for run in runs:
         run_dir = Path(runs_dir) / run
-        loaded.append((run, finished_metrics(run_dir), read_json(run_dir / "config.json"),
+        loaded.append((run, finished_metrics(run_dir), saved_config(run_dir),
                        read_optional(run_dir / KAGGLE_FILE)))
     keys = [f.name for f in fields(Config)]
-    shown = {"profile", "model", "folds", "epochs"}
+    shown = {"profile", "model", "folds", "epochs", "precision"}
     differ = [k for k in keys if k not in shown | HIDDEN_KEYS
               and len({json.dumps(c.get(k)) for _, _, c, _ in loaded}) > 1]
     any_holdout = any("holdout" in m for _, m, _, _ in loaded)
@@ -685,6 +685,7 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
         rows.append({
             "run": run, "profile": cfg.get("profile"), "model": cfg.get("model"),
             "folds×epochs": f"{cfg.get('folds')}×{cfg.get('epochs')}",
+            "precision": cfg["precision"],
             "settings that differ": " ".join(f"{k}={cfg.get(k) if cfg.get(k) != '' else 'none'}"
                                              for k in differ) or "-",
             "CV acc": f"{m['cv_accuracy']:.4f}",

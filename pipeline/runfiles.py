@@ -103,15 +103,20 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
     rf = RunFiles(Path(run_dir))
     if not rf.config.is_file():
         return
-    # Keys added since the run started take their default, which is what runs did before them.
-    saved = {**Config().to_dict(), "precision": started_precision(rf.root), **read_json(rf.config)}
-    now = cfg.to_dict()
+    saved, now = saved_config(rf.root), cfg.to_dict()
     free = config_mod.keys_with("execution", "ensemble")
     diff = [k for k in now if k not in free and saved.get(k) != now[k]]
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in diff[:4])
         raise UserError(f"run '{rf.name}' was started with another config ({changes}); "
                         "use a new --run name, or `make clean-run RUN=...` to start it over")
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json as a dict of every key: keys added since the run started take their
+    default, which is what runs did before them (the precision: see `started_precision`)."""
+    rf = RunFiles(Path(run_dir))
+    return {**Config().to_dict(), "precision": started_precision(rf.root), **read_json(rf.config)}
 
 
 def started_precision(run_dir: Path) -> str:

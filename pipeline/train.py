@@ -1,11 +1,12 @@
 """k-fold cross-validated training: one model per fold, out-of-fold predictions, resumable.
 
-Writes `runs/<run>/` (see pipeline.runfiles for every file): config.json, env.json, folds.npy,
-oof_probs.npy, metrics.json, folds.csv, and per fold `fold_<i>/` with model.keras, history.csv
-and metrics.json. A checkpoint after every epoch (pipeline.checkpoint) lets an interrupted run
-continue where it stopped; finished folds are verified by checksum and skipped. Folds train
-`workers` at a time in child processes (pipeline.pool); with `pseudo_from` each fold also trains
-on images its teacher fold labelled (pipeline.pseudo).
+For each fold: fit, predict its validation rows, save; then the refit members (`refit`), which
+fit on every labelled row. Writes `runs/<run>/` (see pipeline.runfiles for every file):
+config.json, env.json, folds.npy, oof_probs.npy, metrics.json, folds.csv, and per model
+`fold_<i>/` or `member_<j>/` with model.keras, history.csv and metrics.json. A checkpoint after
+every epoch (pipeline.checkpoint) lets an interrupted run continue where it stopped; finished
+models are verified by checksum and skipped. The plan (pipeline.plan) runs the loop in this
+process or `workers` models at a time in child processes (pipeline.pool).
 
     python -m pipeline train --profile cpu --run cpu
 """
@@ -13,70 +14,38 @@ on images its teacher fold labelled (pipeline.pseudo).
 from __future__ import annotations
 
 import math
-import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline import checkpoint
-from pipeline.config import PROJ_ROOT, Config, Paths
-from pipeline.console import duration, table
-from pipeline.data import file_sha256, load_train
+from pipeline.config import Config, Paths
+from pipeline.console import duration
+from pipeline.data import load_train
 from pipeline.errors import Interrupted
+from pipeline.evaluate import fold_scores
 from pipeline.files import (load_npy, read_json, remove_stale_temps, run_lock, save_keras, save_npy,
                             write_json, write_text)
-from pipeline.folds import HOLDOUT, check_labels, load_folds, train_rows, val_rows
-from pipeline.plan import Plan, apply, choose, precision_for, this_machine
+from pipeline.folds import HOLDOUT, check_labels, load_folds
+from pipeline.jobs import FoldJob, job_for, model_label
+from pipeline.plan import Plan, choose, precision_for, rounds_after, setup_tensorflow, this_machine
 from pipeline.pool import Job, run_jobs
 from pipeline.predict import average_probs
-from pipeline.pseudo import check_teacher, pseudo_labels
+from pipeline.provenance import environment
+from pipeline.pseudo import check_teacher
 from pipeline.runfiles import (FoldFiles, RunFiles, check_resumable, check_same_split,
                                fold_checksums, fold_done, started_precision)
+from pipeline.runmetrics import format_table, summarize
 
 Log = Callable[[str], None]
 Eta = Callable[[float, int], float]  # (seconds per epoch, epochs done) → seconds left in the run
 
 
 # --- one fold -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FoldJob:
-    """One model to train: a fold, or a refit member (no validation rows), with its config, its
-    rows of train.csv, and its folder."""
-
-    cfg: Config
-    fold: int  # 0-based among the run's models: folds first, then members (seeds differ)
-    train_idx: np.ndarray
-    val_idx: np.ndarray  # empty for a member
-    folder: Path
-    extra: tuple[np.ndarray, np.ndarray] | None = None  # pseudo-labelled images and labels
-    checkpoint: bool = True  # save after every epoch so a killed fold resumes (tuning: off)
-
-    @property
-    def label(self) -> str:
-        """How the console names this model: "fold 2", "member 1"."""
-        return model_label(self.cfg, self.fold)
-
-    @property
-    def of(self) -> str:
-        """The label with the count of its kind: "fold 2/5"."""
-        return model_label(self.cfg, self.fold, of=True)
-
-
-def model_label(cfg: Config, k: int, of: bool = False) -> str:
-    """The run's k-th model (0-based) as the console names it: "fold 2" ("fold 2/5"), "member 1"."""
-    if k < cfg.folds:
-        return f"fold {k + 1}" + (f"/{cfg.folds}" if of else "")
-    return f"member {k - cfg.folds + 1}" + (f"/{cfg.refit}" if of else "")
-
 
 @dataclass
 class Fitted:
@@ -98,19 +67,13 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
     """
     import keras
 
-    from pipeline.model import (build_model, build_state, copy_state, one_hot, refresh_batchnorm,
-                                training_form)
+    from pipeline.model import average_weights, build_model, build_state, copy_state, one_hot, training_form
 
     cfg, ff = job.cfg, FoldFiles(job.folder)
     if job.checkpoint:
         ff.root.mkdir(parents=True, exist_ok=True)
-    base_seed = cfg.seed + 1000 * job.fold + 100_003 * cfg.model_seed
-    keras.utils.set_random_seed(base_seed)
-    train_idx = _subsample(job.train_idx, y, cfg.subsample, cfg.seed + job.fold)
-    x_fit, y_fit = x[train_idx], y[train_idx]
-    if job.extra is not None:
-        x_fit = np.concatenate([x_fit, job.extra[0]])
-        y_fit = np.concatenate([y_fit, job.extra[1].astype(y.dtype)])
+    keras.utils.set_random_seed(job.seed)
+    x_fit, y_fit = job.fit_data(x, y)
     steps = math.ceil(len(x_fit) / cfg.batch_size)
 
     start = (checkpoint.resume(ff, job.label, steps, log) if job.checkpoint
@@ -118,7 +81,7 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
     saved = start.model or build_model(cfg, steps_per_epoch=steps)
     model = training_form(saved, cfg, steps)
     if start.done:
-        keras.utils.set_random_seed(base_seed + start.done)  # else epoch done+1 shuffles like epoch 1
+        keras.utils.set_random_seed(job.seed + start.done)  # else epoch done+1 shuffles like epoch 1
 
     def saved_form(trained: keras.Model) -> keras.Model:
         copy_state(trained, saved)
@@ -128,7 +91,7 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
     t_start = time.time()
     cbs = [checkpoint.epoch_logger(ff, history, t_start, start.elapsed, job.of, cfg.epochs,
                                    eta, log, save=job.checkpoint, saved_form=saved_form),
-           *(_tensorboard(ff) if job.checkpoint else [])]
+           *(checkpoint.tensorboard(ff) if job.checkpoint else [])]
     if cfg.early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping,
                                                  restore_best_weights=True))
@@ -142,23 +105,13 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
                   validation_batch_size=1024,  # inference needs no small batches
                   callbacks=cbs, verbose=0, shuffle=True)
     if cfg.ema:
-        # fit() swaps the averages in when it ends; a fold resumed after its last epoch did not fit.
-        model.optimizer.finalize_variable_values(model.trainable_weights)
-        refresh_batchnorm(model, x_fit, cfg.batch_size, seed=base_seed)
+        average_weights(model, x_fit, cfg.batch_size, seed=job.seed)
     saved = saved_form(model)
     # Out-of-fold predictions are made exactly as test predictions are (the saved model, TTA
     # included), so the CV accuracy estimates what the submission will score.
     probs = (average_probs([saved], x[job.val_idx], tta=cfg.tta, source=f"{job.label}'s model")
              if len(job.val_idx) else np.zeros((0, 10), np.float32))
     return Fitted(saved, history, probs, start.elapsed + time.time() - t_start)
-
-
-def fold_scores(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Validation accuracy and log loss of a fold's predictions."""
-    from sklearn.metrics import log_loss
-
-    return {"val_accuracy": float(np.mean(probs.argmax(1) == y)),
-            "val_loss": float(log_loss(y, probs, labels=list(range(10))))}
 
 
 def save_fold(job: FoldJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
@@ -190,29 +143,6 @@ def train_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, 
                log: Log = print) -> dict[str, Any]:
     """Train and save one fold of a run; its metrics."""
     return save_fold(job, fit_fold(job, x, y, eta=eta, log=log), y)
-
-
-def _subsample(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A stratified fraction of training rows; validation rows are never subsampled."""
-    if fraction >= 1:
-        return idx
-    from sklearn.model_selection import train_test_split
-
-    keep, _ = train_test_split(idx, train_size=fraction, stratify=y[idx], random_state=seed)
-    return np.sort(keep)
-
-
-def _tensorboard(ff: FoldFiles) -> list:
-    """Per-epoch TensorBoard scalars in `fold_<i>/tb/` for `make tensorboard`; none without the package."""
-    import importlib.util
-
-    import keras
-
-    # Keras' callback writes through tf.summary, which needs the tensorboard package.
-    if importlib.util.find_spec("tensorboard") is None:
-        return []
-    return [keras.callbacks.TensorBoard(log_dir=str(ff.tensorboard), histogram_freq=0,
-                                        write_graph=False, update_freq="epoch", profile_batch=0)]
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -289,21 +219,9 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         # 4. The run's out-of-fold predictions and metrics.
         done = [m for m in metas if m is not None]
         metrics = summarize(rf, cfg, y, fold_of, done[:cfg.folds], time.time() - t0,
-                            members=done[cfg.folds:])
+                            members=done[cfg.folds:], retrained=bool(todo))
         log(format_table(metrics))
         return metrics
-
-
-def _job(cfg: Config, paths: Paths, run: str, x: np.ndarray, fold_of: np.ndarray, k: int,
-         log: Log) -> FoldJob:
-    """Model `k` of run `run`: a fold, with its pseudo-labelled images if the run has a teacher,
-    or a member, on every labelled row."""
-    folder = RunFiles(paths.run_dir(run)).models(cfg)[k].root
-    if k >= cfg.folds:
-        return FoldJob(cfg, k, np.flatnonzero(fold_of != HOLDOUT), np.zeros(0, np.int64), folder)
-    val_idx = val_rows(fold_of, k)
-    return FoldJob(cfg, k, train_rows(fold_of, k), val_idx, folder,
-                   extra=pseudo_labels(cfg, paths, run, k, x, val_idx, log))
 
 
 def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndarray,
@@ -312,12 +230,8 @@ def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndar
     """Train the folds in `todo` one after another in this process."""
     for n, i in enumerate(todo):
         log(f"=== {model_label(cfg, i, of=True)} ===")
-        later = len(todo) - n - 1
-
-        def eta(per_epoch: float, done: int, later: int = later) -> float:
-            return per_epoch * ((cfg.epochs - done) + later * cfg.epochs)
-
-        metas[i] = train_fold(_job(cfg, paths, run, x, fold_of, i, log), x, y, eta=eta, log=log)
+        eta = checkpoint.Eta(cfg.epochs, rounds_after(n, len(todo), at_once=1))
+        metas[i] = train_fold(job_for(cfg, paths, run, x, fold_of, i, log), x, y, eta=eta, log=log)
         log(_done_line(cfg, i, metas[i]))
 
 
@@ -328,27 +242,24 @@ def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str, 
     x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
     fold_of = load_npy(RunFiles(paths.run_dir(run)).folds)
 
-    def eta(per_epoch: float, done: int) -> float:
-        return per_epoch * ((cfg.epochs - done) + later_rounds * cfg.epochs)
-
     def log(message: str) -> None:
         print(message, flush=True)
 
-    return train_fold(_job(cfg, paths, run, x, fold_of, fold, log), x, y, eta=eta, log=log)
+    return train_fold(job_for(cfg, paths, run, x, fold_of, fold, log), x, y,
+                      eta=checkpoint.Eta(cfg.epochs, later_rounds), log=log)
 
 
 def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[int],
                     metas: list[dict[str, Any] | None], log: Log) -> None:
     """Train the folds in `todo`, `plan.processes` at a time, each in a fresh process."""
-    jobs, at_once = [], plan.processes
-    for n, i in enumerate(todo):
-        start = n - n % at_once
-        later = math.ceil(max(0, len(todo) - start - at_once) / at_once)
-        threads = plan.threads_for(n, len(todo), cfg.threads)
-        jobs.append(Job(f"fold {i + 1}", _fold_worker, (cfg, plan, threads, paths, run, i, later)))
+    at_once = plan.processes
+    threads = [plan.threads_for(n, len(todo), cfg.threads) for n in range(len(todo))]
+    jobs = [Job(model_label(cfg, i), _fold_worker, (cfg, plan, threads[n], paths, run, i,
+                                                    rounds_after(n, len(todo), at_once)))
+            for n, i in enumerate(todo)]
 
     def started(n: int, job: Job, pid: int) -> None:
-        log(f"=== {model_label(cfg, todo[n], of=True)} (process {pid}, {job.args[2]} thread(s)) ===")
+        log(f"=== {model_label(cfg, todo[n], of=True)} (process {pid}, {threads[n]} thread(s)) ===")
 
     def finished(n: int, job: Job, meta: dict[str, Any]) -> None:
         metas[todo[n]] = meta
@@ -374,97 +285,3 @@ def _interrupted_where(rf: RunFiles, cfg: Config, todo: list[int],
     after = f" after epoch {read_json(state)['epoch']}" if state.is_file() else ""
     return (f"interrupted in {model_label(cfg, running[0], of=True)}{after}; finished folds and "
             "the last epoch are saved — run the same command again to resume")
-
-
-def summarize(rf: RunFiles, cfg: Config, y: np.ndarray, fold_of: np.ndarray,
-              fold_meta: list[dict[str, Any]], wall: float,
-              members: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    """Assemble out-of-fold probabilities and write the run's metrics.json and folds.csv."""
-    # Held-out rows have no out-of-fold prediction: their rows stay zero and are left out here.
-    oof = np.zeros((len(y), 10), dtype=np.float32)
-    for i in range(cfg.folds):
-        oof[load_npy(rf.fold(i).val_idx)] = load_npy(rf.fold(i).oof)
-    save_npy(rf.oof, oof)
-    rows = np.flatnonzero(fold_of != HOLDOUT)
-    scores = fold_scores(oof[rows], y[rows])
-    accs = np.array([m["val_accuracy"] for m in fold_meta])
-    metrics = {
-        "run": rf.name, "profile": cfg.profile, "model": cfg.model,
-        "cv_accuracy": scores["val_accuracy"], "cv_log_loss": scores["val_loss"],
-        "fold_accuracy_mean": float(accs.mean()), "fold_accuracy_std": float(accs.std()),
-        "n_train": int(len(rows)), "n_holdout": int(len(y) - len(rows)),
-        "train_seconds": round(sum(m["seconds"] for m in (*fold_meta, *members)), 2),
-        "wall_seconds_last_invocation": round(wall, 2),
-        "folds": [{k: v for k, v in m.items() if k != "sha256"} for m in fold_meta],
-        "members": [{k: v for k, v in m.items() if k != "sha256"} for m in members],
-    }
-    # Later stages (predict's holdout score, Kaggle submit) add their own keys; keep them.
-    if rf.metrics.is_file():
-        prev = read_json(rf.metrics)
-        metrics.update({k: prev[k] for k in ("kaggle", "holdout") if k in prev})
-    write_json(rf.metrics, metrics)
-    write_text(rf.folds_csv, pd.DataFrame(fold_rows(metrics)).to_csv(index=False))
-    return metrics
-
-
-def fold_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-fold table of a run's metrics, as the console, folds.csv and the report show it."""
-    return [{"fold": m["fold"], "val_accuracy": m["val_accuracy"], "val_loss": m["val_loss"],
-             "best_epoch": m.get("best_epoch", ""), "epochs_run": m.get("epochs_run", ""),
-             "seconds": m.get("seconds", 0)} for m in metrics["folds"]]
-
-
-def fold_table(metrics: dict[str, Any]) -> str:
-    """The per-fold table of a run, as the console shows it (`train`, `report`)."""
-    return table([{"fold": r["fold"], "val_acc": f"{r['val_accuracy']:.4f}",
-                   "val_loss": f"{r['val_loss']:.4f}", "best_ep": r["best_epoch"],
-                   "time": duration(r["seconds"])} for r in fold_rows(metrics)])
-
-
-def format_table(metrics: dict[str, Any]) -> str:
-    """The per-fold table and mean ± std, as printed at the end of training."""
-    return "\n".join([
-        fold_table(metrics),
-        f"mean ± std fold accuracy: {metrics['fold_accuracy_mean']:.4f} ± "
-        f"{metrics['fold_accuracy_std']:.4f}",
-        f"CV (out-of-fold) accuracy: {metrics['cv_accuracy']:.4f}  log loss "
-        f"{metrics['cv_log_loss']:.4f}"
-        + (f"  + {len(metrics['members'])} refit member(s) for the submission"
-           if metrics.get("members") else "")
-        + f"  training took {duration(metrics['train_seconds'])} in all "
-        f"({duration(metrics['wall_seconds_last_invocation'])} wall this time)"])
-
-
-# --- the process ----------------------------------------------------------------------------
-
-def setup_tensorflow(cfg: Config, plan: Plan, threads: int) -> None:
-    """Configure this process's TensorFlow for the plan (threads, GPU memory, precision) and the
-    config's determinism; must run before TensorFlow starts working."""
-    apply(plan, threads)
-    if cfg.deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-
-
-def environment(paths: Paths) -> dict[str, Any]:
-    """Versions, git commit and data hashes, so a result can be traced to what produced it."""
-    import keras
-    import tensorflow as tf
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJ_ROOT, capture_output=True,
-                                text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=PROJ_ROOT, capture_output=True, text=True, timeout=10,
-                               check=False).stdout.strip() != ""
-    except OSError:
-        commit, dirty = "", False
-    data = {name: file_sha256(paths.data / name)
-            for name in ("train.csv", "test.csv") if (paths.data / name).is_file()}
-    return {
-        "python": sys.version.split()[0], "tensorflow": tf.__version__, "keras": keras.__version__,
-        "numpy": np.__version__, "platform": platform.platform(), "processor": platform.processor(),
-        "cpu_count": os.cpu_count(), "git_commit": commit, "git_dirty": dirty,
-        "data_dir": str(paths.data), "data_sha256": data,
-    }

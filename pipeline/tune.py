@@ -211,7 +211,9 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: Claim
     import optuna
 
     from pipeline.folds import train_rows, val_rows
-    from pipeline.train import FoldJob, fit_fold, fold_scores
+    from pipeline.evaluate import fold_scores
+    from pipeline.jobs import FoldJob
+    from pipeline.train import fit_fold
 
     claim.release()  # the trial exists now: other workers may start theirs
     budget, epochs = settings.budget, settings.budget.epochs(settings.pinned)
@@ -358,7 +360,7 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
 
 def _tune_worker(settings: Settings, plan: Plan, index: int, deadline: float) -> None:
     """A local worker process (its output goes to worker-<index>.log): run trials until done."""
-    from pipeline.train import setup_tensorflow
+    from pipeline.plan import setup_tensorflow
 
     setup_tensorflow(settings.base, plan, plan.threads)
     print(f"worker {index} (pid {os.getpid()}) on study '{settings.study}'", flush=True)
@@ -410,7 +412,7 @@ def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> 
 def run_study(settings: Settings, log: Log = print, progress: bool = True,
               plots: bool = True) -> dict[str, Any]:
     """Run (or resume) a study to its target number of trials and write its results."""
-    from pipeline.train import setup_tensorflow
+    from pipeline.plan import setup_tensorflow
 
     _quiet_optuna()
     if settings.workers < 0:

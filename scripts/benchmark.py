@@ -105,7 +105,7 @@ def _train_speed(cfg: config_mod.Config, form: Form, x: np.ndarray, y: np.ndarra
 def _speed_worker(cfg: config_mod.Config, form: Form, plan: Any, threads: int, x: np.ndarray,
                   y: np.ndarray, n: int, barrier: Any) -> float:
     """One of several processes timed together, set up as `train` sets up its fold workers."""
-    from pipeline.train import setup_tensorflow
+    from pipeline.plan import setup_tensorflow
 
     setup_tensorflow(cfg, plan, threads)
     return _train_speed(cfg, form, x, y, n, barrier, repeats=2)

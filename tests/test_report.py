@@ -219,6 +219,8 @@ def test_compare_lists_runs_side_by_side(tiny_run_pair: SimpleNamespace) -> None
         lo, hi = m["cv_accuracy_ci95"]
         assert f"{m['cv_accuracy']:.4f}" in rows[name] and f"{lo:.4f}–{hi:.4f}" in rows[name]
     assert "2×4" in rows["demo"] and "2×2" in rows["short"]
+    # The precision each run trained in, always shown (tiny pins float32).
+    assert "precision" in lines[0].split() and all(" float32 " in row for row in rows.values())
     assert "study=toy" in rows["short"] and "0.98917" in rows["short"]
     assert "not submitted" in rows["demo"]
 
