@@ -70,24 +70,24 @@ def simple(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
     return layers.Dropout(cfg.dense_dropout)(x)
 
 
-def deep(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
+def conv_pool(x: keras.KerasTensor, cfg: Config, padding: str = "same") -> keras.KerasTensor:
     """Two BatchNorm/ReLU double-conv blocks with max-pooling and dropout, then a dense head."""
     for width in (cfg.filters, cfg.filters * 2):
-        x = _conv_bn(x, width, cfg.kernel_size)
-        x = _conv_bn(x, width, cfg.kernel_size)
+        x = _conv_bn(x, width, cfg.kernel_size, padding=padding)
+        x = _conv_bn(x, width, cfg.kernel_size, padding=padding)
         x = layers.MaxPooling2D()(x)
         x = layers.Dropout(cfg.dropout)(x)
     return _dense_head(x, cfg)
+
+
+def deep(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
+    """`conv_pool` with padded convs (28→14→7)."""
+    return conv_pool(x, cfg, padding="same")
 
 
 def lean(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
-    """Like `deep` but with unpadded convs (28→24→12→8→4): half the multiply-adds per image."""
-    for width in (cfg.filters, cfg.filters * 2):
-        x = _conv_bn(x, width, cfg.kernel_size, padding="valid")
-        x = _conv_bn(x, width, cfg.kernel_size, padding="valid")
-        x = layers.MaxPooling2D()(x)
-        x = layers.Dropout(cfg.dropout)(x)
-    return _dense_head(x, cfg)
+    """`conv_pool` with unpadded convs (28→24→12→8→4): half the multiply-adds per image."""
+    return conv_pool(x, cfg, padding="valid")
 
 
 def strided(x: keras.KerasTensor, cfg: Config) -> keras.KerasTensor:
