@@ -38,6 +38,9 @@ INPUT_SHAPE = (28, 28, 1)
 BN_MOMENTUM = 0.9
 FLOOR = 1e-4  # the cosine schedules end at this fraction of the peak learning rate
 OUTPUT = "probs"  # the softmax layer's name
+# Training steps per call into TensorFlow: the same batches in the same order (the same numbers),
+# with less of Python's per-step overhead (measured +10% images/s on one bf16 CPU thread).
+STEPS_PER_EXECUTION = 32
 # Layers that compute in float32 whatever the precision: the input scaling and augmentation
 # (image geometry), and the softmax output (the loss reads it).
 FLOAT32_LAYERS = (layers.Rescaling, layers.RandomRotation, layers.RandomZoom,
@@ -166,7 +169,8 @@ def build_model(cfg: Config, steps_per_epoch: int = 1) -> keras.Model:
     return model
 
 
-def _compile(model: keras.Model, cfg: Config, steps_per_epoch: int, precision: str) -> None:
+def _compile(model: keras.Model, cfg: Config, steps_per_epoch: int, precision: str,
+             steps_per_execution: int = 1) -> None:
     """Compile with the run's optimizer, schedule, loss and metric."""
     adam = keras.optimizers.Adam(learning_rate=schedule(cfg, steps_per_epoch),
                                  beta_1=cfg.adam_beta_1, beta_2=cfg.adam_beta_2,
@@ -177,7 +181,7 @@ def _compile(model: keras.Model, cfg: Config, steps_per_epoch: int, precision: s
     # categorical accuracy, so the metric names (val_accuracy) stay the same.
     model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                  metrics=["accuracy"],
+                  metrics=["accuracy"], steps_per_execution=steps_per_execution,
                   jit_compile=False)  # XLA measured 6-8× slower than oneDNN on CPU
 
 
@@ -201,7 +205,7 @@ def training_form(saved: keras.Model, cfg: Config, steps_per_epoch: int,
         return layer.__class__.from_config(config)
 
     model = keras.models.clone_model(saved, clone_function=clone)
-    _compile(model, cfg, steps_per_epoch, precision)
+    _compile(model, cfg, steps_per_epoch, precision, STEPS_PER_EXECUTION)
     copy_state(saved, model)
     return model
 

@@ -172,3 +172,20 @@ def test_a_fold_whose_loss_turns_nan_stops_the_run(sample_dir: Path, tmp_path: P
     assert (run / "fold_0" / "metrics.json").is_file() and (run / "fold_0" / "model.keras").is_file()
     assert not [p.name for p in (run / "fold_1").iterdir() if p.suffix in (".keras", ".npy", ".json")]
     assert not (run / "metrics.json").exists() and not (run / "oof_probs.npy").exists()
+
+
+def test_steps_per_execution_leaves_the_numbers_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several training steps per call into TensorFlow: the same weights as one step per call."""
+    x = np.random.default_rng(3).integers(0, 256, (200, 28, 28, 1), dtype=np.uint8)
+    y = np.eye(10, dtype=np.float32)[np.arange(200) % 10]
+    cfg = resolve("tiny", sets={"precision": "mixed_bfloat16"})
+    weights = []
+    for steps in (1, model_mod.STEPS_PER_EXECUTION):
+        monkeypatch.setattr(model_mod, "STEPS_PER_EXECUTION", steps)
+        keras.utils.set_random_seed(5)
+        trained = training_form(build_model(cfg, 7), cfg, 7)
+        trained.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=True)  # 6.25 steps an epoch
+        weights.append(trained.get_weights())
+    assert model_mod.STEPS_PER_EXECUTION > 1
+    for u, v in zip(*weights, strict=True):
+        np.testing.assert_array_equal(u, v)
