@@ -307,6 +307,16 @@ def _client() -> tuple[Any, Credentials]:
     return api, creds
 
 
+# A URL of any scheme, or anything with a query string (requests names a failed URL by its path
+# and query alone): signed storage URLs carry their signature there.
+_URLISH = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+|\S*\?\S*=\S*")
+
+
+def scrub(text: str, limit: int = 200) -> str:
+    """`text` on one line, every URL replaced by <url>, at most `limit` characters."""
+    return " ".join(_URLISH.sub("<url>", text).split())[:limit]
+
+
 def _kaggle_message(response: Any) -> str:
     """Kaggle's own error text from a response, on one line, without URLs (they may carry signatures)."""
     text = ""
@@ -314,7 +324,7 @@ def _kaggle_message(response: Any) -> str:
         body = response.json()
         text = str(body.get("message") or body.get("error") or "")
     text = text or f"{response.status_code} {response.reason or ''}".strip()
-    return " ".join(re.sub(r"https?://\S+", "<url>", text).split())
+    return scrub(text)
 
 
 def _explain(exc: Exception, competition: str, creds: Credentials, action: str) -> Exception:
@@ -329,10 +339,13 @@ def _explain(exc: Exception, competition: str, creds: Credentials, action: str) 
             return UserError(f"{creds.source}: Kaggle rejected the credentials (401 Unauthorized: {said}); "
                              f"they are wrong or expired: create a new token on {TOKEN_PAGE} and replace "
                              "them")
-        if code == 403:
-            return UserError(f"Kaggle refused to {action} {competition!r} (403 Forbidden: {said}); "
-                             f"accept the competition rules on {page}/rules while logged in as this "
-                             "token's user (the API cannot accept them), then run the command again")
+        if code == 403 and competition:
+            # Kaggle answers an unknown slug with 403 as well as 404: both causes are named.
+            return UserError(f"Kaggle refused to {action} {competition!r} (403 Forbidden: {said}): "
+                             f"either no competition is called {competition!r} (check --competition"
+                             ") or this account must still accept its rules: accept the competition "
+                             f"rules on {page}/rules while logged in as this token's user (the API "
+                             "cannot accept them), then run the command again")
         if code == 404:
             return UserError(f"competition {competition!r} not found on Kaggle (404: {said}); check "
                              "--competition or the config key competition (e.g. digit-recognizer)")
@@ -345,8 +358,8 @@ def _explain(exc: Exception, competition: str, creds: Credentials, action: str) 
         return UserError(f"could not reach Kaggle to {action} ({type(exc).__name__}); check the internet "
                          "connection (and HTTPS_PROXY if you use a proxy), then run the command again")
     if isinstance(exc, requests.RequestException):
-        return UserError(f"request to Kaggle failed while trying to {action} ({type(exc).__name__}: {exc}); "
-                         "run the command again")
+        return UserError(f"request to Kaggle failed while trying to {action} ({type(exc).__name__}: "
+                         f"{scrub(str(exc))}); run the command again")
     return exc  # not a network problem but a bug: re-raised as it is
 
 
@@ -452,31 +465,65 @@ def _status_name(submission: Any) -> str:
     return getattr(status, "name", str(status or "PENDING"))
 
 
+def _public_score(submission: Any) -> str | None:
+    """The public score Kaggle gave, or None (the client reports a missing one as "")."""
+    score = getattr(submission, "public_score", None)
+    return str(score) if score not in (None, "") else None
+
+
+def _get_submission(api: Any, ref: int) -> Any:
+    """One GetSubmission call. Not `api.get_submission`: on a 429 that sleeps out Retry-After up to
+    ten times inside one call, past --timeout, printing "Will retry" lines; waiting is ours to do."""
+    from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
+
+    with contextlib.redirect_stdout(io.StringIO()):  # with VERBOSE=1 it prints auth headers
+        with api.build_kaggle_client() as client:
+            request = ApiGetSubmissionRequest()
+            request.ref = int(ref)
+            return client.competitions.competition_api_client.get_submission(request)
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds from a Retry-After header given in seconds, else None."""
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        return max(0.0, float(response.headers.get("Retry-After")))
+    return None
+
+
 def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: Credentials,
                    log: Log = print) -> Any:
     """Poll the submission until Kaggle scores it; returns it, or None when `timeout` seconds pass first."""
-    from requests import HTTPError
+    import requests
 
     deadline = time.monotonic() + timeout
     delay = 1.0
     while True:
+        wait, status = delay, "PENDING"
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # with VERBOSE=1 it prints auth headers
-                submission = api.get_submission(ref)
-        except HTTPError as exc:
-            if exc.response is None or exc.response.status_code != 404:
+            submission = _get_submission(api, ref)
+            status = _status_name(submission)
+            if status == "ERROR" or (status == "COMPLETE" and _public_score(submission) is not None):
+                return submission
+            if status == "COMPLETE":
+                status = "COMPLETE, no public score yet"  # it may show a moment later
+        except requests.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else 0
+            if code == 429:
+                wait = _retry_after(exc.response) or delay
+                status = "Kaggle is rate-limiting status checks (429)"
+            elif code == 404 or code >= 500:
+                status = "not readable yet" if code == 404 else f"Kaggle answered {code}"
+            else:
                 raise _explain(exc, competition, creds, "check the submission") from None
-            submission = None  # a brand-new submission may not be readable yet
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            status = f"no answer from Kaggle ({type(exc).__name__})"
         except Exception as exc:
             raise _explain(exc, competition, creds, "check the submission") from None
-        status = _status_name(submission) if submission is not None else "PENDING"
-        if status in ("COMPLETE", "ERROR"):
-            return submission
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        log(f"  status {status}, checking again in {min(delay, left):.0f} s…")
-        time.sleep(min(delay, left))
+        log(f"  {status}; checking again in {min(wait, left):.0f} s…")
+        time.sleep(min(wait, left))
         delay = min(delay * 2, 15.0)  # scoring takes seconds to minutes; don't hammer the API
 
 
@@ -501,8 +548,9 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
     ref = int(getattr(result, "ref", 0) or 0)
     said = " ".join((getattr(result, "message", "") or "").split())
     if not ref:
-        # The client reports a failed upload by returning ref 0 and this message instead of raising.
-        detail = " ".join(captured.getvalue().split())[:200]
+        # The client reports a failed upload by returning ref 0 and this message instead of raising;
+        # what it printed may hold the signed storage URL, a secret.
+        detail = scrub(captured.getvalue())
         raise UserError(f"Kaggle did not accept the upload of {csv} ({said or 'no reason given'}"
                         f"{'; ' + detail if detail else ''}); nothing was submitted, try again later")
     entry: dict[str, Any] = {
@@ -520,7 +568,7 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
         warn(f"submission {ref} not scored after {timeout:g} s; see "
              f"https://www.kaggle.com/competitions/{competition}/submissions")
         return entry
-    entry.update(status=_status_name(scored), public_score=getattr(scored, "public_score", None),
+    entry.update(status=_status_name(scored), public_score=_public_score(scored),
                  error=(getattr(scored, "error_description", None) or None),
                  scored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if record is not None:
