@@ -421,16 +421,16 @@ def default_message(run: str | None, run_dir: Path | None, csv: Path) -> str:
 
 
 def prepare_submission(paths: Paths, run: str | None, file: Path | None,
-                       log: Log = print) -> tuple[Path, str | None]:
-    """The validated CSV to send and the run it belongs to (None for a bare --file)."""
-    from pipeline.runfiles import latest_complete_run
+                       log: Log = print) -> tuple[Path, str | None, int]:
+    """The validated CSV to send, the run it belongs to (None for a bare --file) and its rows."""
+    from pipeline.runfiles import RunFiles, latest_trained_run, trained_at
 
     if file is None:
-        run = run or latest_complete_run(paths.runs)
+        run = run or latest_trained_run(paths.runs)
         csv = paths.submissions / f"{run}.csv"
-        metrics = paths.run_dir(run) / "metrics.json"
+        rf = RunFiles(paths.run_dir(run))
         # Rebuild when missing or older than the run's last training (a resumed or retrained run).
-        if not csv.is_file() or (metrics.is_file() and csv.stat().st_mtime < metrics.stat().st_mtime):
+        if not csv.is_file() or (rf.metrics.is_file() and csv.stat().st_mtime < trained_at(rf.root)):
             from pipeline.ensemble import predict_run
 
             log(f"building the submission of run '{run}'…")
@@ -444,15 +444,54 @@ def prepare_submission(paths: Paths, run: str | None, file: Path | None,
     if ids is None:  # no sample_submission.csv to compare with: Kaggle's ids are 1…28,000
         ids = np.arange(1, KAGGLE_ROWS + 1)
     read_submission(csv, ids)
-    return csv, run
+    return csv, run, len(ids)
 
 
-def submit_run(paths: Paths, *, competition: str, run: str | None = None, file: Path | None = None,
-               message: str | None = None, dry_run: bool = False, wait: bool = True,
-               timeout: float = 600.0, log: Log = print) -> dict[str, Any] | None:
-    """`python -m pipeline submit`: pick or build the CSV, validate it, upload it and record the score."""
-    competition = parse_competition(competition)
-    csv, run = prepare_submission(paths, run, file, log)
+def what_is_sent(paths: Paths, run: str | None, picked: bool, csv: Path, rows: int) -> list[str]:
+    """What `submit` says before it sends anything: the run, how it was picked, its profile, its
+    CV accuracy and holdout estimate, and the file."""
+    checked = ("sample_submission.csv" if (paths.data / "sample_submission.csv").is_file()
+               else f"Kaggle's {KAGGLE_ROWS:,} ImageIds")
+    file_line = f"  file {csv} ({rows} rows, checked against {checked})"
+    if run is None:
+        return ["a file of your own, recorded in no run (--run NAME records the score in a run):",
+                file_line]
+    from pipeline.runfiles import read_optional
+
+    run_dir = paths.run_dir(run)
+    profile = (read_optional(run_dir / "config.json") or {}).get("profile", "?")
+    how = ("the most recently trained run; name another with --run" if picked
+           else "named with --run")
+    metrics = read_optional(run_dir / "metrics.json") or {}
+    cv = metrics.get("cv_accuracy")
+    cv_text = f"CV accuracy {cv:.4f} (out-of-fold)" if isinstance(cv, (int, float)) else "no CV accuracy"
+    h = metrics.get("holdout")
+    held = (f"holdout estimate {h['accuracy']:.4f} ({h['errors']} errors on {h['n']} held-out images)"
+            if isinstance(h, dict) and "accuracy" in h
+            else "holdout estimate: none (the run held nothing out; --set holdout=0.1 when training "
+                 "gives one)")
+    return [f"run '{run}' (profile {profile}; {how})", f"  {cv_text}; {held}", file_line]
+
+
+def _run_competition(paths: Paths, run: str | None) -> str:
+    """The competition a run was trained for (its config key), else the config's default."""
+    from pipeline.config import Config
+    from pipeline.runfiles import read_optional
+
+    saved = read_optional(paths.run_dir(run) / "config.json") if run else None
+    return str((saved or {}).get("competition") or Config().competition)
+
+
+def submit_run(paths: Paths, *, competition: str | None = None, run: str | None = None,
+               picked: bool = False, file: Path | None = None, message: str | None = None,
+               dry_run: bool = False, wait: bool = True, timeout: float = 600.0,
+               log: Log = print) -> dict[str, Any] | None:
+    """`python -m pipeline submit`: pick or build the CSV, validate it, say what it is, upload it
+    and record the score. `picked`: the run was not named but taken as the latest."""
+    competition = parse_competition(competition or _run_competition(paths, run))
+    csv, run, rows = prepare_submission(paths, run, file, log)
+    for line in what_is_sent(paths, run, picked, csv, rows):
+        log(line)
     run_dir = paths.run_dir(run) if run else None
     message = message if message is not None else default_message(run, run_dir, csv)
     record = run_dir / "kaggle_submission.json" if run_dir else None

@@ -248,6 +248,11 @@ def test_submit_latest_run_waits_for_score(env, server, project):
     r = cli(env, "submit", *dirs(project), "--timeout", 30)
     assert r.returncode == 0, r.stderr
     assert "public score: 0.98765" in r.stdout
+    # Before anything is sent: which run, how it was picked, its estimates and the file.
+    said = r.stdout[:r.stdout.index("submitted: ref")]
+    assert "run 'r1' (profile tiny; the most recently trained run" in said
+    assert "CV accuracy 0.9877" in said and "holdout estimate: none" in said
+    assert f"file {project['csv']} (540 rows, checked against sample_submission.csv)" in said
     assert server.calls() == ["StartSubmissionUpload", "PUT /upload/blob1", "CreateSubmission",
                               "GetSubmission", "GetSubmission"]
     assert server.uploads["blob1"] == project["csv"].read_bytes()
