@@ -456,13 +456,13 @@ def what_is_sent(paths: Paths, run: str | None, picked: bool, csv: Path, rows: i
     if run is None:
         return ["a file of your own, recorded in no run (--run NAME records the score in a run):",
                 file_line]
-    from pipeline.runfiles import read_optional
+    from pipeline.runfiles import RunFiles, read_optional
 
-    run_dir = paths.run_dir(run)
-    profile = (read_optional(run_dir / "config.json") or {}).get("profile", "?")
+    rf = RunFiles(paths.run_dir(run))
+    profile = (read_optional(rf.config) or {}).get("profile", "?")
     how = ("the most recently trained run; name another with --run" if picked
            else "named with --run")
-    metrics = read_optional(run_dir / "metrics.json") or {}
+    metrics = read_optional(rf.metrics) or {}
     cv = metrics.get("cv_accuracy")
     cv_text = f"CV accuracy {cv:.4f} (out-of-fold)" if isinstance(cv, (int, float)) else "no CV accuracy"
     h = metrics.get("holdout")
@@ -476,9 +476,9 @@ def what_is_sent(paths: Paths, run: str | None, picked: bool, csv: Path, rows: i
 def _run_competition(paths: Paths, run: str | None) -> str:
     """The competition a run was trained for (its config key), else the config's default."""
     from pipeline.config import Config
-    from pipeline.runfiles import read_optional
+    from pipeline.runfiles import RunFiles, read_optional
 
-    saved = read_optional(paths.run_dir(run) / "config.json") if run else None
+    saved = read_optional(RunFiles(paths.run_dir(run)).config) if run else None
     return str((saved or {}).get("competition") or Config().competition)
 
 

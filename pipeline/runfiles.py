@@ -196,10 +196,10 @@ def trained_at(run_dir: Path) -> float:
     rf = RunFiles(Path(run_dir))
     times = []
     for meta_path in rf.root.glob("fold_*/metrics.json"):
-        meta = read_optional(meta_path) or {}
         try:
+            meta = read_optional(meta_path) or {}
             times.append(datetime.fromisoformat(str(meta["finished_at"])).timestamp())
-        except (KeyError, ValueError):
+        except (UserError, KeyError, TypeError, ValueError):  # older or damaged: the file's time
             times.append(meta_path.stat().st_mtime)
     # A run with no fold folders (made by hand) falls back to its metrics.json.
     return max(times) if times else rf.metrics.stat().st_mtime
@@ -217,9 +217,10 @@ def latest_trained_run(runs_dir: Path) -> str:
 
     Runs made by `demo` are left out (they learnt the embedded sample, not the competition).
     """
-    done = [run for run in finished_runs(runs_dir) if not is_demo(Path(runs_dir) / run)]
+    runs = finished_runs(runs_dir)
+    done = [run for run in runs if not is_demo(Path(runs_dir) / run)]
     if not done:
-        demos = [run for run in finished_runs(runs_dir) if is_demo(Path(runs_dir) / run)]
+        demos = [run for run in runs if run not in done]
         named = (f" (demo runs are taken only when named: --run {demos[-1]}, or "
                  f"RUN={demos[-1]} for make)" if demos else "")
         raise UserError(f"{runs_dir}: no trained run found{named}; train one with `make train`")

@@ -67,7 +67,7 @@ def write_sample(out_dir: Path, force: bool = False) -> Path:
     """
     out_dir = Path(out_dir)
     files = sample_files()
-    for name in ("train.csv", "test.csv", "sample_submission.csv", "test_labels.csv"):
+    for name in FILES:  # train.csv first: the file a refusal should name
         path = out_dir / name
         if path.is_file() and not _is_sample(path, files[name]):
             raise UserError(f"{path}: not the embedded sample (your competition data?); the demo "
