@@ -130,8 +130,8 @@ def test_deterministic_runs_are_bit_identical(twin_demos: list[Path]) -> None:
     assert json.loads((b / "config.json").read_text())["workers"] == 2
     for name in ("folds.npy", "oof_probs.npy", "test_probs.npy", "fold_0/oof.npy", "fold_1/oof.npy"):
         assert np.array_equal(np.load(a / name), np.load(b / name)), name
-    assert (twin_demos[0] / "subs" / "submission.csv").read_bytes() == \
-        (twin_demos[1] / "subs" / "submission.csv").read_bytes()
+    assert (twin_demos[0] / "subs" / "demo.csv").read_bytes() == \
+        (twin_demos[1] / "subs" / "demo.csv").read_bytes()
     assert json.loads((a / "config.json").read_text())["deterministic"] is True
 
 
