@@ -332,10 +332,10 @@ def test_a_submission_scored_error_is_shown_and_recorded(env, server, project):
 def test_rate_limited_status_checks_keep_to_the_timeout(env, server, project):
     # The client on its own would sleep out Retry-After (up to ten times) inside one call.
     server.errors["GetSubmission"] = (429, "Too many requests", {"Retry-After": "600"})
-    r = cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 2)
+    r = cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 1)
     assert r.returncode == 0, r.stderr
     assert "Will retry" not in r.stderr and "Kaggle is rate-limiting status checks (429)" in r.stdout
-    assert "submission 40000001 not scored after 2 s" in r.stderr
+    assert "submission 40000001 not scored after 1 s" in r.stderr
     record = record_of(project)
     assert record["status"] == "PENDING" and record["ref"] == 40_000_001
 
@@ -359,9 +359,9 @@ def test_a_failed_storage_upload_never_shows_the_signed_url(env, server, project
 
 def test_complete_without_a_public_score_is_recorded_as_pending(env, server, project):
     server.score = None
-    r = cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 2)
+    r = cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 1)
     assert r.returncode == 0, r.stderr
-    assert "public score:" not in r.stdout and "not scored after 2 s" in r.stderr
+    assert "public score:" not in r.stdout and "not scored after 1 s" in r.stderr
     record = record_of(project)
     assert record["status"] == "PENDING" and record["public_score"] is None
 
