@@ -8,12 +8,15 @@ PYTHON_SYSTEM ?= python3
 VENV          := .venv
 PYTHON        := $(VENV)/bin/python
 PROFILE       ?= cpu
-RUN           ?= $(PROFILE)
+# The run a target takes. Unset: `train` names it after PROFILE; submission, submit and report
+# take the most recently trained run (never a demo run); tensorboard shows every run.
+RUN           ?=
 DATA          ?= data
 # Extra flags for the pipeline command, e.g. make train ARGS="--set epochs=20"
 ARGS          ?=
-# report/tensorboard: the run named by RUN=… on the command line, else the latest run (all runs)
-RUN_GIVEN     := $(filter command line environment,$(origin RUN))
+# What clean-run / clean-study delete: only a name typed on the make command line.
+RUN_NAMED     := $(if $(filter command line,$(origin RUN)),$(RUN))
+STUDY_NAMED   := $(if $(filter command line,$(origin STUDY)),$(STUDY))
 # Hyperparameter search (make tune): study name, target total trials, seconds, local processes
 STUDY         ?= default
 TRIALS        ?= 30
@@ -21,7 +24,7 @@ TIMEOUT       ?= 1800
 WORKERS       ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help install download tune demo train submission submit report compare tensorboard dashboard test bench clean clean-run
+.PHONY: help install download tune demo train submission submit report compare tensorboard dashboard test bench clean clean-run clean-study
 
 #################################################################################
 # SETUP                                                                         #
@@ -44,7 +47,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 # PIPELINE                                                                      #
 #################################################################################
 
-## Run the whole pipeline on the embedded sample (no data download, no credentials)
+## The whole pipeline on the embedded sample in data/sample/ (no download; never touches your data or submission.csv)
 demo: install
 	$(PYTHON) -m pipeline demo $(ARGS)
 
@@ -56,25 +59,25 @@ download: install
 tune: install
 	$(PYTHON) -m pipeline tune --data $(DATA) --profile $(PROFILE) --study $(STUDY) --trials $(TRIALS) --timeout $(TIMEOUT) --workers $(WORKERS) $(ARGS)
 
-## k-fold train a run on DATA=data (PROFILE=cpu, RUN=<profile>); re-running resumes
+## k-fold train a run on DATA=data (PROFILE=cpu; RUN=name, default: the profile's name); re-running resumes
 train: install
-	$(PYTHON) -m pipeline train --data $(DATA) --profile $(PROFILE) --run $(RUN) $(ARGS)
+	$(PYTHON) -m pipeline train --data $(DATA) --profile $(PROFILE) $(if $(RUN),--run $(RUN)) $(ARGS)
 
-## Ensemble the run's fold models on test.csv → submissions/submission.csv
+## Ensemble a run's fold models on test.csv → submissions/submission.csv (RUN=name, default: the latest trained run)
 submission: install
-	$(PYTHON) -m pipeline predict --data $(DATA) --run $(RUN) $(ARGS)
+	$(PYTHON) -m pipeline predict --data $(DATA) $(if $(RUN),--run $(RUN)) $(ARGS)
 
-## Validate and upload a run's submission (RUN=name, default: latest finished run), wait for the score
+## Show and upload a run's submission (RUN=name, default: the latest trained run), wait for the score
 submit: install
-	$(PYTHON) -m pipeline submit --data $(DATA) $(if $(filter command line environment,$(origin RUN)),--run $(RUN)) $(ARGS)
+	$(PYTHON) -m pipeline submit --data $(DATA) $(if $(RUN),--run $(RUN)) $(ARGS)
 
 #################################################################################
 # INSPECT                                                                       #
 #################################################################################
 
-## Rebuild runs/<RUN>/report.html and print a summary (default: the latest run)
+## Rebuild runs/<RUN>/report.html and print a summary (RUN=name, default: the latest trained run)
 report: install
-	$(PYTHON) -m pipeline report $(if $(RUN_GIVEN),--run $(RUN)) $(ARGS)
+	$(PYTHON) -m pipeline report $(if $(RUN),--run $(RUN)) $(ARGS)
 
 ## Runs side by side to pick a submission: make compare RUNS="cpu simple" (default: all)
 compare: install
@@ -82,7 +85,7 @@ compare: install
 
 ## Serve TensorBoard for runs/<RUN> (default: every run) on http://localhost:6006
 tensorboard: install
-	$(VENV)/bin/tensorboard --logdir runs$(if $(RUN_GIVEN),/$(RUN))
+	$(VENV)/bin/tensorboard --logdir runs$(if $(RUN),/$(RUN))
 
 ## Watch tuning study STUDY in optuna-dashboard on http://127.0.0.1:8080 (PORT=…), until Ctrl-C
 dashboard: install
@@ -104,15 +107,31 @@ test: $(VENV)/.installed-dev
 bench: install
 	$(PYTHON) scripts/benchmark.py --data $(DATA) --profile $(PROFILE) $(if $(CV),--cv $(CV)) $(ARGS)
 
-## Remove runs/, submissions and the sample (keeps .venv and downloaded data)
+## Remove what is rebuilt in seconds: the sample, parse caches, __pycache__ (keeps runs, studies, submissions, data)
 clean:
-	rm -rf runs data/sample
-	find submissions -type f ! -name .gitkeep -delete
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf data/sample runs/cache .pytest_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
-## Delete one run's folder to start it over: make clean-run RUN=name
+## Delete one trained run, runs/<RUN>/, to start it over: make clean-run RUN=name (its submissions/<RUN>.csv stays)
 clean-run:
-	rm -rf runs/$(RUN)
+	@run='$(RUN_NAMED)'; \
+	if [ -z "$$run" ]; then \
+		echo "make clean-run deletes a trained run: name it on the command line, e.g. make clean-run RUN=cpu" >&2; exit 2; fi; \
+	if ! printf '%s' "$$run" | grep -Eqx '[A-Za-z0-9][A-Za-z0-9_.-]*' || \
+		{ [ ! -f "runs/$$run/config.json" ] && [ ! -f "runs/$$run/blend.json" ]; }; then \
+		echo "make clean-run: runs/$$run/ is not a run (no config.json or blend.json); nothing deleted" >&2; exit 2; fi; \
+	echo "deleting runs/$$run/ (its fold models, metrics and report; submissions/$$run.csv stays)"; \
+	rm -rf "runs/$$run"
+
+## Delete one tuning study's folder, runs/tune/<STUDY>/: make clean-study STUDY=name (a --storage database is not touched)
+clean-study:
+	@study='$(STUDY_NAMED)'; \
+	if [ -z "$$study" ]; then \
+		echo "make clean-study deletes a tuning study: name it on the command line, e.g. make clean-study STUDY=default" >&2; exit 2; fi; \
+	if ! printf '%s' "$$study" | grep -Eqx '[A-Za-z0-9][A-Za-z0-9_.-]*' || [ ! -d "runs/tune/$$study" ]; then \
+		echo "make clean-study: runs/tune/$$study/ is not a study folder; nothing deleted" >&2; exit 2; fi; \
+	echo "deleting runs/tune/$$study/ (its study.db, best_params.json and plots)"; \
+	rm -rf "runs/tune/$$study"
 
 #################################################################################
 # HELP                                                                          #

@@ -19,8 +19,9 @@ from pipeline.errors import Interrupted, UserError
 
 
 def _paths(args: argparse.Namespace) -> Paths:
+    # Commands that write no submission (train, tune) have no --submissions-dir.
     return Paths(data=Path(args.data).resolve(), runs=Path(args.runs_dir).resolve(),
-                 submissions=Path(args.submissions_dir).resolve())
+                 submissions=Path(getattr(args, "submissions_dir", SUBMISSIONS_DIR)).resolve())
 
 
 def _sets(args: argparse.Namespace) -> dict[str, str]:
@@ -36,6 +37,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _run_name(args: argparse.Namespace, default: str) -> str:
     return config_mod.check_run_name(args.run or default)
+
+
+def _run_taken(args: argparse.Namespace, runs: Path) -> str:
+    """The run named by --run, else the most recently trained one (the one rule for every
+    command that takes a run; see pipeline.runfiles.latest_trained_run)."""
+    from pipeline.runfiles import latest_trained_run
+
+    return config_mod.check_run_name(args.run) if args.run else latest_trained_run(runs)
 
 
 def _log(message: str) -> None:
@@ -128,10 +137,9 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from pipeline.ensemble import predict_run
-    from pipeline.runfiles import latest_complete_run
 
     paths = _paths(args)
-    run = config_mod.check_run_name(args.run) if args.run else latest_complete_run(paths.runs)
+    run = _run_taken(args, paths.runs)
     predict_run(paths, run, tta=args.tta, log=_log)
     if not args.no_report:
         _report_after(paths, run)
@@ -152,18 +160,21 @@ def _demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from pipeline.ensemble import predict_run
+    from pipeline.runfiles import mark_demo
     from pipeline.sample import write_sample
     from pipeline.train import train_run
 
     # Check the config and run name before writing anything.
-    cfg = config_mod.resolve(args.profile or "tiny", Path(args.config) if args.config else None,
-                             _sets(args))
+    cfg = _config(args)
     run = _run_name(args, "demo")
-    data = write_sample(Path(args.data).resolve() if args.data_given else SAMPLE_DIR)
-    paths = Paths(data=data, runs=Path(args.runs_dir).resolve(),
-                  submissions=Path(args.submissions_dir).resolve())
+    data = write_sample(Path(args.data).resolve())  # refuses a folder of other data
+    paths = _paths(args)
     train_run(cfg, paths, run, log=_log)
-    sub = predict_run(paths, run, log=_log)
+    # Marked only once training accepted the folder: a run of the user's own is never marked.
+    mark_demo(paths.run_dir(run), data)
+    # Its submission is for the sample's 540 test images, never Kaggle's: submission.csv, the
+    # file a user uploads by hand, stays the last real run's.
+    sub = predict_run(paths, run, log=_log, latest=False)
     truth = data / "test_labels.csv"
     if truth.is_file():
         acc = float(np.mean(pd.read_csv(sub)["Label"].to_numpy() == pd.read_csv(truth)["Label"].to_numpy()))
@@ -174,10 +185,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from pipeline.report import build_report, summary_text
-    from pipeline.runfiles import latest_complete_run
 
     runs = Path(args.runs_dir).resolve()
-    run = config_mod.check_run_name(args.run) if args.run else latest_complete_run(runs)
+    run = _run_taken(args, runs)
     build_report(runs, run, data=Path(args.data).resolve() if args.data_given else None, log=_log)
     _log(summary_text(runs / run))
     return 0
@@ -198,7 +208,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _download(args: argparse.Namespace) -> int:
     from pipeline.kaggle import download
 
-    download(args.competition or _config(args).competition, Path(args.data).resolve(), force=args.force,
+    download(args.competition, Path(args.data).resolve(), force=args.force,
              from_zip=Path(args.from_zip).resolve() if args.from_zip else None, log=_log)
     return 0
 
@@ -208,34 +218,60 @@ def _submit(args: argparse.Namespace) -> int:
 
     if args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
-    from pipeline.runfiles import latest_complete_run
+    from pipeline.runfiles import RunFiles
 
     paths = _paths(args)
-    run = config_mod.check_run_name(args.run) if args.run else None
-    submit_run(paths, competition=args.competition or _config(args).competition, run=run,
+    # A bare --file belongs to no run; otherwise the run is picked as every command picks it.
+    run = None if args.file and not args.run else _run_taken(args, paths.runs)
+    submit_run(paths, competition=args.competition, run=run, picked=not args.run,
                file=Path(args.file).resolve() if args.file else None, message=args.message,
                dry_run=args.dry_run, wait=not args.no_wait, timeout=args.timeout, log=_log)
     # The report shows the Kaggle result recorded in the run; rebuild it when there is one.
-    recorded = run or (None if args.file else latest_complete_run(paths.runs))
-    if not args.dry_run and recorded and (paths.run_dir(recorded) / "kaggle_submission.json").is_file():
-        _report_after(paths, recorded)
+    if not args.dry_run and run and RunFiles(paths.run_dir(run)).kaggle.is_file():
+        _report_after(paths, run)
     return 0
 
 
 # --- parser ---------------------------------------------------------------------------------
+# Each command gets only the flags it uses, with its own defaults in its help.
 
-def _common(p: argparse.ArgumentParser, profile_default: str | None = "cpu") -> None:
-    p.add_argument("--data", default=str(DATA_DIR), help="folder holding train.csv/test.csv (default: data/)")
-    p.add_argument("--run", help="run name: outputs go to runs/<name>/ (train: default the profile "
-                   "name; predict/submit: default the latest finished run)")
-    p.add_argument("--profile", default=profile_default, choices=list(PROFILES),
-                   help=f"config preset (default: {profile_default})")
+LATEST = "the most recently trained run; a demo run only when named"
+
+
+def _data_flag(p: argparse.ArgumentParser, default: Path = DATA_DIR,
+               shown: str = "data/") -> None:
+    p.add_argument("--data", default=str(default),
+                   help=f"folder holding train.csv/test.csv/sample_submission.csv (default: {shown})")
+
+
+def _run_flag(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--run", help=f"outputs go to runs/<RUN>/ (default: {default})")
+
+
+def _taken_run_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--run", help=f"the run to {what} (default: {LATEST})")
+
+
+def _config_flags(p: argparse.ArgumentParser, profile: str) -> None:
+    p.add_argument("--profile", default=profile, choices=list(PROFILES),
+                   help=f"config preset (default: {profile})")
     p.add_argument("--config", help="TOML/YAML/JSON file of config overrides")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable), e.g. --set epochs=20")
-    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs are written (default: runs/)")
+
+
+def _runs_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
+
+
+def _submissions_dir_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--submissions-dir", default=str(SUBMISSIONS_DIR),
                    help="where submission CSVs are written (default: submissions/)")
+
+
+def _competition_flag(p: argparse.ArgumentParser, default: str | None, shown: str) -> None:
+    p.add_argument("--competition", default=default, metavar="SLUG",
+                   help=f"competition slug or URL (default: {shown})")
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
@@ -304,27 +340,29 @@ Command = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m pipeline` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
+        prog="python -m pipeline", allow_abbrev=False,
         description="Digit Recognizer pipeline: data → k-fold CNNs → fold ensemble → submission.csv")
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' own start-up and log lines (TensorFlow's, "
                         f"oneDNN's, CUDA's); the same as {VERBOSE_ENV}=1")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Command, help: str, profile_default: str | None = "cpu",
-            common: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        if common:
-            _common(p, profile_default)
+    def add(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
+        # No abbreviations: `--run` must not quietly mean `--runs-dir` where there is no --run.
+        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
         p.set_defaults(handler=handler)
         return p
 
-    p = add("sample", _sample, "write the embedded sample dataset (from scikit-learn's digits)",
-            common=False)
+    p = add("sample", _sample, "write the embedded sample dataset (from scikit-learn's digits)")
     p.add_argument("--out", default=str(SAMPLE_DIR), help="output folder (default: data/sample/)")
-    p.add_argument("--force", action="store_true", help="rewrite even if present")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite even if present (never over files the sample did not write)")
 
     p = add("train", _train, "k-fold train a run (resumes if the run exists)")
+    _data_flag(p)
+    _run_flag(p, "the profile name")
+    _config_flags(p, "cpu")
+    _runs_dir_flag(p)
     p.add_argument("--max-folds", type=int, metavar="N",
                    help="train at most N more folds, then stop (a quick look; re-run to finish)")
     _deterministic_flag(p)
@@ -334,36 +372,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("tune", _tune, "search hyperparameters with Optuna (re-running resumes; "
             "--workers/--storage to scale out)")
+    _data_flag(p)
+    _config_flags(p, "cpu")
+    _runs_dir_flag(p)
     _tune_args(p)
 
     from pipeline.dashboard import DEFAULT_PORT
 
     p = add("dashboard", _dashboard, "watch a tuning study in the browser: optuna-dashboard on "
-            "http://127.0.0.1:PORT, until Ctrl-C", common=False)
+            "http://127.0.0.1:PORT, until Ctrl-C")
     p.add_argument("--study", required=True, help="the study to show (runs/tune/<STUDY>/)")
     p.add_argument("--storage", help="the study's storage URL (default: "
                    "sqlite:///runs/tune/<STUDY>/study.db, as for tune)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port on 127.0.0.1; 0 picks a free one (default: {DEFAULT_PORT})")
-    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
+    _runs_dir_flag(p)
 
-    p = add("predict", _predict, "ensemble a run's fold models on test.csv → submissions/submission.csv")
+    p = add("predict", _predict, "ensemble a run's fold models on test.csv → "
+            "submissions/<run>.csv and submissions/submission.csv")
+    _data_flag(p)
+    _taken_run_flag(p, "predict")
+    _runs_dir_flag(p)
+    _submissions_dir_flag(p)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="test-time augmentation (default: the run's config)")
+                   help="test-time augmentation (default: the run's config key tta)")
     _no_report_flag(p)
 
     p = add("blend", _blend, "average finished runs trained on the same folds (seeds/architectures)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="runs to average")
-    p.add_argument("--name", help="output name: runs/<name>/, submissions/<name>.csv")
+    p.add_argument("--name", help="output name: runs/<name>/, submissions/<name>.csv "
+                   "(default: blend-<RUN>-<RUN>…)")
+    _data_flag(p)
+    _runs_dir_flag(p)
+    _submissions_dir_flag(p)
 
+    default_competition = Config().competition
     p = add("download", _download, "download and install the competition data from Kaggle into --data")
-    p.add_argument("--competition", help="competition slug or URL (default: config key competition)")
+    _data_flag(p)
+    _competition_flag(p, default_competition, default_competition)
     p.add_argument("--force", action="store_true", help="download again even if valid files are present")
     p.add_argument("--from-zip", metavar="ZIP", help="install from an archive on disk instead of downloading")
 
-    p = add("submit", _submit, "validate a run's submission (default: the latest finished run; built "
-            "if needed) and upload it to Kaggle")
-    p.add_argument("--competition", help="competition slug or URL (default: config key competition)")
+    p = add("submit", _submit, "validate a run's submission (built if needed) and upload it to Kaggle")
+    _data_flag(p)
+    _taken_run_flag(p, "submit")
+    _runs_dir_flag(p)
+    _submissions_dir_flag(p)
+    _competition_flag(p, None, "the run's config key competition, which is "
+                      f"{default_competition} unless set when it was trained")
     p.add_argument("--file", metavar="CSV", help="submit this CSV instead of the run's submission")
     p.add_argument("--message", help="submission description (default: run, profile and CV accuracy)")
     p.add_argument("--dry-run", action="store_true",
@@ -372,21 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to wait for the score (default: 600)")
 
-    p = add("demo", _demo, "the whole pipeline on the embedded sample (profile tiny, run 'demo')",
-            profile_default=None)
+    p = add("demo", _demo, "the whole pipeline on the embedded sample: writes it, trains, predicts "
+            "and reports; never over other data, never submissions/submission.csv")
+    _data_flag(p, SAMPLE_DIR, "data/sample/; a folder holding other data is refused")
+    _run_flag(p, "demo")
+    _config_flags(p, "tiny")
+    _runs_dir_flag(p)
+    _submissions_dir_flag(p)
     _deterministic_flag(p)
 
     p = add("report", _report, "rebuild runs/<run>/report.html (figures, metrics) and print a "
-            "summary (default: the latest finished run)", common=False)
-    p.add_argument("--run", help="run name (default: the latest finished run)")
+            "summary")
+    _taken_run_flag(p, "report on")
     p.add_argument("--data", default=str(DATA_DIR),
                    help="folder with the run's train.csv/test.csv (default: the one it was trained on)")
-    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
+    _runs_dir_flag(p)
 
     p = add("compare", _compare, "runs side by side: settings, CV accuracy with its confidence "
-            "interval, time, Kaggle score", common=False)
+            "interval, time, Kaggle score")
     p.add_argument("runs", nargs="*", metavar="RUN", help="run names (default: every finished run)")
-    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
+    _runs_dir_flag(p)
     return parser
 
 

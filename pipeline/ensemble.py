@@ -30,8 +30,10 @@ from pipeline.submission import read_sample_ids, write_submission
 Log = Callable[[str], None]
 
 
-def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print) -> Path:
-    """Ensemble a finished run's fold models on test.csv and write its submission files."""
+def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print,
+                latest: bool = True) -> Path:
+    """Ensemble a finished run's fold models on test.csv and write its submission files
+    (`latest=False`: not submissions/submission.csv, which stays the last real run's)."""
     rf = RunFiles(paths.run_dir(run))
     cfg = load_run_config(rf.root)
     use_tta = cfg.tta if tta is None else tta
@@ -44,10 +46,11 @@ def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = prin
         seconds = time.time() - t0
         holdout = score_holdout(paths, run, models, use_tta)
         per_run = write_run_submission(paths, run, probs, ids, {
-            "tta": use_tta, "models": len(models), "seconds": round(seconds, 2)})
+            "tta": use_tta, "models": len(models), "seconds": round(seconds, 2)}, latest=latest)
     members = f" + {cfg.refit} refit members" if cfg.refit else ""
-    log(f"{cfg.folds} fold models{members}{' × 5 TTA views' if use_tta else ''} on {len(x)} test images in "
-        f"{seconds:.1f}s → {paths.submissions / 'submission.csv'} (copy: {per_run})")
+    log(f"{cfg.folds} fold models{members}{' × 5 TTA views' if use_tta else ''} on {len(x)} test "
+        f"images in {seconds:.1f}s → " + (f"{paths.submissions / 'submission.csv'} (copy: {per_run})"
+                                          if latest else str(per_run)))
     if holdout:
         log(holdout_line(holdout))
     return per_run
@@ -65,7 +68,7 @@ def _submission_ids(paths: Paths, rows: int) -> np.ndarray:
 
 
 def write_run_submission(paths: Paths, run: str, probs: np.ndarray, ids: np.ndarray,
-                         info: dict[str, Any]) -> Path:
+                         info: dict[str, Any], latest: bool = True) -> Path:
     """A run's test probabilities, its submission (and the copy submissions/submission.csv) and
     prediction.json; every submission the pipeline writes goes through here."""
     rf = RunFiles(paths.run_dir(run))
@@ -76,7 +79,8 @@ def write_run_submission(paths: Paths, run: str, probs: np.ndarray, ids: np.ndar
     labels = probs.argmax(1)
     per_run = paths.submissions / f"{run}.csv"
     df = write_submission(per_run, labels, ids)
-    write_submission(paths.submissions / "submission.csv", labels, ids)
+    if latest:
+        write_submission(paths.submissions / "submission.csv", labels, ids)
     write_json(rf.prediction, {"submission": str(per_run), "rows": len(df), **info,
                                "label_counts": np.bincount(labels, minlength=10).tolist()})
     return per_run

@@ -307,6 +307,16 @@ def _client() -> tuple[Any, Credentials]:
     return api, creds
 
 
+# A URL of any scheme, or anything with a query string (requests names a failed URL by its path
+# and query alone): signed storage URLs carry their signature there.
+_URLISH = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+|\S*\?\S*=\S*")
+
+
+def scrub(text: str, limit: int = 200) -> str:
+    """`text` on one line, every URL replaced by <url>, at most `limit` characters."""
+    return " ".join(_URLISH.sub("<url>", text).split())[:limit]
+
+
 def _kaggle_message(response: Any) -> str:
     """Kaggle's own error text from a response, on one line, without URLs (they may carry signatures)."""
     text = ""
@@ -314,7 +324,7 @@ def _kaggle_message(response: Any) -> str:
         body = response.json()
         text = str(body.get("message") or body.get("error") or "")
     text = text or f"{response.status_code} {response.reason or ''}".strip()
-    return " ".join(re.sub(r"https?://\S+", "<url>", text).split())
+    return scrub(text)
 
 
 def _explain(exc: Exception, competition: str, creds: Credentials, action: str) -> Exception:
@@ -329,10 +339,13 @@ def _explain(exc: Exception, competition: str, creds: Credentials, action: str) 
             return UserError(f"{creds.source}: Kaggle rejected the credentials (401 Unauthorized: {said}); "
                              f"they are wrong or expired: create a new token on {TOKEN_PAGE} and replace "
                              "them")
-        if code == 403:
-            return UserError(f"Kaggle refused to {action} {competition!r} (403 Forbidden: {said}); "
-                             f"accept the competition rules on {page}/rules while logged in as this "
-                             "token's user (the API cannot accept them), then run the command again")
+        if code == 403 and competition:
+            # Kaggle answers an unknown slug with 403 as well as 404: both causes are named.
+            return UserError(f"Kaggle refused to {action} {competition!r} (403 Forbidden: {said}): "
+                             f"either no competition is called {competition!r} (check --competition"
+                             ") or this account must still accept its rules: accept the competition "
+                             f"rules on {page}/rules while logged in as this token's user (the API "
+                             "cannot accept them), then run the command again")
         if code == 404:
             return UserError(f"competition {competition!r} not found on Kaggle (404: {said}); check "
                              "--competition or the config key competition (e.g. digit-recognizer)")
@@ -345,8 +358,8 @@ def _explain(exc: Exception, competition: str, creds: Credentials, action: str) 
         return UserError(f"could not reach Kaggle to {action} ({type(exc).__name__}); check the internet "
                          "connection (and HTTPS_PROXY if you use a proxy), then run the command again")
     if isinstance(exc, requests.RequestException):
-        return UserError(f"request to Kaggle failed while trying to {action} ({type(exc).__name__}: {exc}); "
-                         "run the command again")
+        return UserError(f"request to Kaggle failed while trying to {action} ({type(exc).__name__}: "
+                         f"{scrub(str(exc))}); run the command again")
     return exc  # not a network problem but a bug: re-raised as it is
 
 
@@ -408,16 +421,16 @@ def default_message(run: str | None, run_dir: Path | None, csv: Path) -> str:
 
 
 def prepare_submission(paths: Paths, run: str | None, file: Path | None,
-                       log: Log = print) -> tuple[Path, str | None]:
-    """The validated CSV to send and the run it belongs to (None for a bare --file)."""
-    from pipeline.runfiles import latest_complete_run
+                       log: Log = print) -> tuple[Path, str | None, int]:
+    """The validated CSV to send, the run it belongs to (None for a bare --file) and its rows."""
+    from pipeline.runfiles import RunFiles, latest_trained_run, trained_at
 
     if file is None:
-        run = run or latest_complete_run(paths.runs)
+        run = run or latest_trained_run(paths.runs)
         csv = paths.submissions / f"{run}.csv"
-        metrics = paths.run_dir(run) / "metrics.json"
+        rf = RunFiles(paths.run_dir(run))
         # Rebuild when missing or older than the run's last training (a resumed or retrained run).
-        if not csv.is_file() or (metrics.is_file() and csv.stat().st_mtime < metrics.stat().st_mtime):
+        if not csv.is_file() or (rf.metrics.is_file() and csv.stat().st_mtime < trained_at(rf.root)):
             from pipeline.ensemble import predict_run
 
             log(f"building the submission of run '{run}'…")
@@ -431,15 +444,54 @@ def prepare_submission(paths: Paths, run: str | None, file: Path | None,
     if ids is None:  # no sample_submission.csv to compare with: Kaggle's ids are 1…28,000
         ids = np.arange(1, KAGGLE_ROWS + 1)
     read_submission(csv, ids)
-    return csv, run
+    return csv, run, len(ids)
 
 
-def submit_run(paths: Paths, *, competition: str, run: str | None = None, file: Path | None = None,
-               message: str | None = None, dry_run: bool = False, wait: bool = True,
-               timeout: float = 600.0, log: Log = print) -> dict[str, Any] | None:
-    """`python -m pipeline submit`: pick or build the CSV, validate it, upload it and record the score."""
-    competition = parse_competition(competition)
-    csv, run = prepare_submission(paths, run, file, log)
+def what_is_sent(paths: Paths, run: str | None, picked: bool, csv: Path, rows: int) -> list[str]:
+    """What `submit` says before it sends anything: the run, how it was picked, its profile, its
+    CV accuracy and holdout estimate, and the file."""
+    checked = ("sample_submission.csv" if (paths.data / "sample_submission.csv").is_file()
+               else f"Kaggle's {KAGGLE_ROWS:,} ImageIds")
+    file_line = f"  file {csv} ({rows} rows, checked against {checked})"
+    if run is None:
+        return ["a file of your own, recorded in no run (--run NAME records the score in a run):",
+                file_line]
+    from pipeline.runfiles import RunFiles, read_optional
+
+    rf = RunFiles(paths.run_dir(run))
+    profile = (read_optional(rf.config) or {}).get("profile", "?")
+    how = ("the most recently trained run; name another with --run" if picked
+           else "named with --run")
+    metrics = read_optional(rf.metrics) or {}
+    cv = metrics.get("cv_accuracy")
+    cv_text = f"CV accuracy {cv:.4f} (out-of-fold)" if isinstance(cv, (int, float)) else "no CV accuracy"
+    h = metrics.get("holdout")
+    held = (f"holdout estimate {h['accuracy']:.4f} ({h['errors']} errors on {h['n']} held-out images)"
+            if isinstance(h, dict) and "accuracy" in h
+            else "holdout estimate: none (the run held nothing out; --set holdout=0.1 when training "
+                 "gives one)")
+    return [f"run '{run}' (profile {profile}; {how})", f"  {cv_text}; {held}", file_line]
+
+
+def _run_competition(paths: Paths, run: str | None) -> str:
+    """The competition a run was trained for (its config key), else the config's default."""
+    from pipeline.config import Config
+    from pipeline.runfiles import RunFiles, read_optional
+
+    saved = read_optional(RunFiles(paths.run_dir(run)).config) if run else None
+    return str((saved or {}).get("competition") or Config().competition)
+
+
+def submit_run(paths: Paths, *, competition: str | None = None, run: str | None = None,
+               picked: bool = False, file: Path | None = None, message: str | None = None,
+               dry_run: bool = False, wait: bool = True, timeout: float = 600.0,
+               log: Log = print) -> dict[str, Any] | None:
+    """`python -m pipeline submit`: pick or build the CSV, validate it, say what it is, upload it
+    and record the score. `picked`: the run was not named but taken as the latest."""
+    competition = parse_competition(competition or _run_competition(paths, run))
+    csv, run, rows = prepare_submission(paths, run, file, log)
+    for line in what_is_sent(paths, run, picked, csv, rows):
+        log(line)
     run_dir = paths.run_dir(run) if run else None
     message = message if message is not None else default_message(run, run_dir, csv)
     record = run_dir / "kaggle_submission.json" if run_dir else None
@@ -452,31 +504,65 @@ def _status_name(submission: Any) -> str:
     return getattr(status, "name", str(status or "PENDING"))
 
 
+def _public_score(submission: Any) -> str | None:
+    """The public score Kaggle gave, or None (the client reports a missing one as "")."""
+    score = getattr(submission, "public_score", None)
+    return str(score) if score not in (None, "") else None
+
+
+def _get_submission(api: Any, ref: int) -> Any:
+    """One GetSubmission call. Not `api.get_submission`: on a 429 that sleeps out Retry-After up to
+    ten times inside one call, past --timeout, printing "Will retry" lines; waiting is ours to do."""
+    from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
+
+    with contextlib.redirect_stdout(io.StringIO()):  # with VERBOSE=1 it prints auth headers
+        with api.build_kaggle_client() as client:
+            request = ApiGetSubmissionRequest()
+            request.ref = int(ref)
+            return client.competitions.competition_api_client.get_submission(request)
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds from a Retry-After header given in seconds, else None."""
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        return max(0.0, float(response.headers.get("Retry-After")))
+    return None
+
+
 def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: Credentials,
                    log: Log = print) -> Any:
     """Poll the submission until Kaggle scores it; returns it, or None when `timeout` seconds pass first."""
-    from requests import HTTPError
+    import requests
 
     deadline = time.monotonic() + timeout
     delay = 1.0
     while True:
+        wait, status = delay, "PENDING"
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # with VERBOSE=1 it prints auth headers
-                submission = api.get_submission(ref)
-        except HTTPError as exc:
-            if exc.response is None or exc.response.status_code != 404:
+            submission = _get_submission(api, ref)
+            status = _status_name(submission)
+            if status == "ERROR" or (status == "COMPLETE" and _public_score(submission) is not None):
+                return submission
+            if status == "COMPLETE":
+                status = "COMPLETE, no public score yet"  # it may show a moment later
+        except requests.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else 0
+            if code == 429:
+                wait = _retry_after(exc.response) or delay
+                status = "Kaggle is rate-limiting status checks (429)"
+            elif code == 404 or code >= 500:
+                status = "not readable yet" if code == 404 else f"Kaggle answered {code}"
+            else:
                 raise _explain(exc, competition, creds, "check the submission") from None
-            submission = None  # a brand-new submission may not be readable yet
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            status = f"no answer from Kaggle ({type(exc).__name__})"
         except Exception as exc:
             raise _explain(exc, competition, creds, "check the submission") from None
-        status = _status_name(submission) if submission is not None else "PENDING"
-        if status in ("COMPLETE", "ERROR"):
-            return submission
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        log(f"  status {status}, checking again in {min(delay, left):.0f} s…")
-        time.sleep(min(delay, left))
+        log(f"  {status}; checking again in {min(wait, left):.0f} s…")
+        time.sleep(min(wait, left))
         delay = min(delay * 2, 15.0)  # scoring takes seconds to minutes; don't hammer the API
 
 
@@ -501,8 +587,9 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
     ref = int(getattr(result, "ref", 0) or 0)
     said = " ".join((getattr(result, "message", "") or "").split())
     if not ref:
-        # The client reports a failed upload by returning ref 0 and this message instead of raising.
-        detail = " ".join(captured.getvalue().split())[:200]
+        # The client reports a failed upload by returning ref 0 and this message instead of raising;
+        # what it printed may hold the signed storage URL, a secret.
+        detail = scrub(captured.getvalue())
         raise UserError(f"Kaggle did not accept the upload of {csv} ({said or 'no reason given'}"
                         f"{'; ' + detail if detail else ''}); nothing was submitted, try again later")
     entry: dict[str, Any] = {
@@ -520,7 +607,7 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
         warn(f"submission {ref} not scored after {timeout:g} s; see "
              f"https://www.kaggle.com/competitions/{competition}/submissions")
         return entry
-    entry.update(status=_status_name(scored), public_score=getattr(scored, "public_score", None),
+    entry.update(status=_status_name(scored), public_score=_public_score(scored),
                  error=(getattr(scored, "error_description", None) or None),
                  scored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if record is not None:

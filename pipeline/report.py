@@ -395,9 +395,11 @@ def _card(label: str, value: str, sub: str = "") -> str:
 def _kaggle_score(kaggle: dict[str, Any] | None) -> str:
     if not kaggle:
         return "not submitted"
+    if kaggle.get("status") == "ERROR":
+        return "not scored (error)"
     score = kaggle.get("public_score")
     if score in (None, ""):
-        return f"pending ({kaggle.get('status', 'submitted')})"
+        return "pending"
     try:
         return f"{float(score):.5f}"
     except (TypeError, ValueError):
@@ -485,8 +487,7 @@ def render_html(rd: RunData, made: dict[str, Path], study: dict[str, Any] | None
                  f"{h['errors']} errors on {h['n']} held-out images, 95% CI "
                  f"{h['ci95'][0]:.4f}–{h['ci95'][1]:.4f}")] if (h := m.get("holdout")) else []),
         _card("CV log loss", f"{m['cv_log_loss']:.4f}", "lower is better"),
-        _card("Kaggle public score", _kaggle_score(rd.kaggle),
-              (rd.kaggle or {}).get("time", "") or "make submit to get one"),
+        _card("Kaggle public score", _kaggle_score(rd.kaggle), _kaggle_when(rd.kaggle)),
         _card("Training time", duration(m.get("train_seconds", 0)),
               f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs, summed over folds "
               f"({cfg.get('workers', 1)} at a time)"),
@@ -603,12 +604,22 @@ def _submission_html(rd: RunData) -> str:
     return _table(["", ""], rows, cls="kv") + _kaggle_html(rd.kaggle, rd.name)
 
 
+def _kaggle_when(kaggle: dict[str, Any] | None) -> str:
+    """The Kaggle card's second line: when it was submitted, or how to submit."""
+    if not kaggle:
+        return "make submit to get one"
+    if kaggle.get("status") == "ERROR":
+        return f"Kaggle: {kaggle.get('error') or 'no reason given'}"
+    return f"submitted {kaggle.get('submitted_at', '?')}"
+
+
 def _kaggle_html(kaggle: dict[str, Any] | None, run: str) -> str:
     if not kaggle:
         return (f'<p class="note">Not submitted to Kaggle: <code>make submit RUN={_e(run)}</code> '
                 "uploads it and records the public score here.</p>")
     rows = [["Kaggle public score", _kaggle_score(kaggle)]]
-    rows += [[key, kaggle.get(key, "")] for key in ("status", "message", "ref", "time") if key in kaggle]
+    rows += [[key, kaggle[key]] for key in ("status", "error", "message", "ref", "competition",
+                                            "submitted_at", "scored_at") if kaggle.get(key)]
     return "<h3>Kaggle</h3>" + _table(["", ""], rows, cls="kv")
 
 

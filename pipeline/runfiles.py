@@ -5,15 +5,18 @@ whether a run or fold is finished and intact, so the layout is written down once
 
     runs/<run>/config.json env.json folds.npy oof_probs.npy metrics.json folds.csv
                test_probs.npy holdout_probs.npy prediction.json kaggle_submission.json
-               report.html figures/  fold_<i>/{model.keras,oof.npy,val_idx.npy,history.csv,
-               metrics.json,pseudo.npy,last.keras,state.json,tb/}  member_<j>/{the same; no
-               validation rows, so oof.npy and val_idx.npy are empty}
+               demo.json report.html figures/  fold_<i>/{model.keras,oof.npy,val_idx.npy,
+               history.csv,metrics.json,pseudo.npy,last.keras,state.json,tb/}  member_<j>/{the
+               same; no validation rows, so oof.npy and val_idx.npy are empty}
+
+It also decides which run a command takes when it is given none (`latest_trained_run`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from pipeline import config as config_mod
 from pipeline.config import Config
 from pipeline.data import file_sha256
 from pipeline.errors import UserError
-from pipeline.files import load_npy, read_json
+from pipeline.files import load_npy, read_json, write_json
 
 Log = Callable[[str], None]
 
@@ -66,6 +69,7 @@ class RunFiles:
     prediction = property(lambda self: self.root / "prediction.json")
     blend = property(lambda self: self.root / "blend.json")
     kaggle = property(lambda self: self.root / "kaggle_submission.json")
+    demo = property(lambda self: self.root / "demo.json")  # made by `demo`: never picked unnamed
     report = property(lambda self: self.root / "report.html")
     figures = property(lambda self: self.root / "figures")
 
@@ -185,18 +189,55 @@ def read_optional(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def mark_demo(run_dir: Path, data: Path) -> None:
+    """Record that `demo` made this run, so no command picks it unless it is named."""
+    write_json(RunFiles(Path(run_dir)).demo, {"made_by": "python -m pipeline demo",
+                                              "data": str(data)})
+
+
+def is_demo(run_dir: Path) -> bool:
+    """True for a run made by `demo` (on the embedded sample: never one to submit)."""
+    return RunFiles(Path(run_dir)).demo.is_file()
+
+
+def trained_at(run_dir: Path) -> float:
+    """When training last finished a fold of the run (seconds since the epoch).
+
+    From what training alone writes: each finished fold's recorded `finished_at` (for folds
+    trained before that key existed, its metrics.json's mtime). `report`, `predict` and `submit`
+    rewrite the run's metrics.json, never a fold's, so looking at a run does not change this.
+    """
+    rf = RunFiles(Path(run_dir))
+    times = []
+    for meta_path in rf.root.glob("fold_*/metrics.json"):
+        try:
+            meta = read_optional(meta_path) or {}
+            times.append(datetime.fromisoformat(str(meta["finished_at"])).timestamp())
+        except (UserError, KeyError, TypeError, ValueError):  # older or damaged: the file's time
+            times.append(meta_path.stat().st_mtime)
+    # A run with no fold folders (made by hand) falls back to its metrics.json.
+    return max(times) if times else rf.metrics.stat().st_mtime
+
+
 def finished_runs(runs_dir: Path) -> list[str]:
-    """Names of the runs under `runs_dir` that finished training, oldest first."""
+    """Names of the runs under `runs_dir` that finished training, in the order they finished."""
     done = [p.parent for p in Path(runs_dir).glob("*/metrics.json")
             if RunFiles(p.parent).config.is_file()]
-    return [p.name for p in sorted(done, key=lambda p: RunFiles(p).metrics.stat().st_mtime)]
+    return [p.name for p in sorted(done, key=lambda p: (trained_at(p), p.name))]
 
 
-def latest_complete_run(runs_dir: Path) -> str:
-    """Name of the most recently finished run."""
-    done = finished_runs(runs_dir)
+def latest_trained_run(runs_dir: Path) -> str:
+    """The run a command takes when none is named: the one whose training finished last.
+
+    Runs made by `demo` are left out (they learnt the embedded sample, not the competition).
+    """
+    runs = finished_runs(runs_dir)
+    done = [run for run in runs if not is_demo(Path(runs_dir) / run)]
     if not done:
-        raise UserError(f"{runs_dir}: no finished run found; run `make train` (or `make demo`) first")
+        demos = [run for run in runs if run not in done]
+        named = (f" (demo runs are taken only when named: --run {demos[-1]}, or "
+                 f"RUN={demos[-1]} for make)" if demos else "")
+        raise UserError(f"{runs_dir}: no trained run found{named}; train one with `make train`")
     return done[-1]
 
 

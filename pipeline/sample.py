@@ -18,6 +18,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline.data import PIXELS
+from pipeline.errors import UserError
 from pipeline.files import write_text
 
 TEST_FRACTION = 0.3
@@ -38,19 +39,42 @@ def _csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False, lineterminator="\n")
 
 
-def write_sample(out_dir: Path, force: bool = False) -> Path:
-    """Write the sample into `out_dir` (deterministic; skipped when already complete)."""
-    out_dir = Path(out_dir)
-    if not force and all((out_dir / f).is_file() for f in FILES):
-        return out_dir
+def sample_files() -> dict[str, str]:
+    """The sample's files, name → CSV text, in the order they are written (train.csv last)."""
     x, y = sample_images()
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=TEST_FRACTION, stratify=y, random_state=0)
     train = pd.DataFrame(x_tr, columns=PIXELS)
     train.insert(0, "label", y_tr)
     ids = np.arange(1, len(x_te) + 1)
-    # Written last-to-first so train.csv, the file users look for, only appears when all are there.
-    write_text(out_dir / "test_labels.csv", _csv(pd.DataFrame({"ImageId": ids, "Label": y_te})))
-    write_text(out_dir / "sample_submission.csv", _csv(pd.DataFrame({"ImageId": ids, "Label": 0})))
-    write_text(out_dir / "test.csv", _csv(pd.DataFrame(x_te, columns=PIXELS)))
-    write_text(out_dir / "train.csv", _csv(train))
+    # Last-to-first, so train.csv, the file users look for, only appears when all are there.
+    return {"test_labels.csv": _csv(pd.DataFrame({"ImageId": ids, "Label": y_te})),
+            "sample_submission.csv": _csv(pd.DataFrame({"ImageId": ids, "Label": 0})),
+            "test.csv": _csv(pd.DataFrame(x_te, columns=PIXELS)),
+            "train.csv": _csv(train)}
+
+
+def _is_sample(path: Path, text: str) -> bool:
+    """Whether the file at `path` holds exactly `text` (the size first: real data is far bigger)."""
+    data = text.encode()
+    return path.stat().st_size == len(data) and path.read_bytes() == data
+
+
+def write_sample(out_dir: Path, force: bool = False) -> Path:
+    """Write the sample into `out_dir` (deterministic; skipped when already complete).
+
+    Never overwrites a file it did not write: a folder holding other data (the competition's,
+    say) is refused, `force` or not.
+    """
+    out_dir = Path(out_dir)
+    files = sample_files()
+    for name in FILES:  # train.csv first: the file a refusal should name
+        path = out_dir / name
+        if path.is_file() and not _is_sample(path, files[name]):
+            raise UserError(f"{path}: not the embedded sample (your competition data?); the demo "
+                            "and `sample` never overwrite it: choose another folder with --data / "
+                            "--out (the default is data/sample/)")
+    if not force and all((out_dir / f).is_file() for f in FILES):
+        return out_dir
+    for name, text in files.items():
+        write_text(out_dir / name, text)
     return out_dir

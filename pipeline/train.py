@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -132,6 +133,8 @@ def save_fold(job: FoldJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
         "epochs_run": len(hist), "seconds": round(fitted.seconds, 2),
         "n_train": int(len(job.train_idx)), "n_val": int(len(job.val_idx)),
         "n_pseudo": int(len(job.extra[1])) if job.extra is not None else 0,
+        # Which run is "the latest" is decided from this (pipeline.runfiles.trained_at).
+        "finished_at": datetime.now(timezone.utc).isoformat(),
         "sha256": fold_checksums(ff.root),
     }
     write_json(ff.metrics, meta)

@@ -34,7 +34,8 @@ from pipeline.sample import write_sample
 # to the xdist workers in collection order, and a long file handed out last would leave one
 # worker running it alone at the end.
 HEAVY_FIRST = ("test_parallel.py", "test_reliability.py", "test_pipeline.py", "test_tune.py",
-               "test_postgres.py", "test_benchmark.py", "test_holdout.py", "test_report.py")
+               "test_postgres.py", "test_benchmark.py", "test_holdout.py", "test_report.py",
+               "test_kaggle.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

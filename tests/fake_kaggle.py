@@ -6,6 +6,13 @@ the upload URL → CreateSubmission, GetSubmission / ListSubmissions for polling
 access-token sign-in. Every request is recorded, so a test can assert that nothing (or exactly what)
 was sent.
 
+On request from a test it also gives Kaggle's unhappy answers: any error (with headers, e.g. a 429
+with Retry-After) for a named method (`errors`), 403 instead of 404 for an unknown competition
+(`unknown_competition`), a submission scored ERROR with an `errorDescription` (`status`), a
+COMPLETE one without a `publicScore` (`score=None`), and a signed upload URL the client cannot use
+(`storage_unreachable`): its PUT fails at once, as an unreachable storage host does after the
+client's own retries, and the client prints the exception, signed URL and all.
+
 The client is pointed here by `client_env()`: KAGGLE_API_ENVIRONMENT=LOCALHOST selects kagglesdk's LOCAL
 endpoint, and a `sitecustomize.py` written next to the test replaces that endpoint ("http://localhost",
 port 80, in kagglesdk.kaggle_env._env_to_endpoint, which no env var can change) with this server's URL.
@@ -24,6 +31,9 @@ from typing import Any
 
 API = "/api/v1/"
 USERNAME, KEY, TOKEN = "fakeuser", "0123456789abcdef0123456789abcdef", "KGAT_fake_token_0123456789"
+# The signature a storage upload URL carries, as Google Cloud Storage's signed URLs do: a secret.
+SIGNATURE = "fakesignature0123456789abcdef"
+SIGNED_QUERY = f"X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Signature={SIGNATURE}"
 
 SITECUSTOMIZE = '''\
 """Test hook: send kagglesdk's LOCALHOST environment to the fake Kaggle server in FAKE_KAGGLE_URL."""
@@ -52,10 +62,15 @@ class FakeKaggle:
 
     archive: bytes = b""
     competition: str = "digit-recognizer"
-    errors: dict[str, tuple[int, str]] = field(default_factory=dict)  # method name -> (status, message)
+    # method name -> (status, message) or (status, message, extra headers)
+    errors: dict[str, tuple] = field(default_factory=dict)
+    unknown_competition: int = 404  # Kaggle has answered an unknown slug with 403 as well
     upload_status: int = 200
-    pending_polls: int = 1  # GetSubmission answers PENDING this many times, then COMPLETE
-    score: str = "0.98765"
+    storage_unreachable: bool = False  # the signed upload URL cannot be used
+    pending_polls: int = 1  # GetSubmission answers PENDING this many times, then `status`
+    status: str = "COMPLETE"  # or "ERROR", with error_description
+    error_description: str = ""
+    score: str | None = "0.98765"  # None: COMPLETE without a publicScore
     requests: list[Seen] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     submissions: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -74,10 +89,12 @@ class FakeKaggle:
         self._server.server_close()
 
     def calls(self) -> list[str]:
-        """The API methods called, in order ("DownloadDataFiles", "PUT /upload/…", "GET /files/…")."""
+        """The API methods called, in order ("DownloadDataFiles", "PUT /upload/…", "GET /files/…"),
+        without query strings."""
         out = []
         for r in self.requests:
-            out.append(r.path[len(API):].split("/")[-1] if r.path.startswith(API) else f"{r.method} {r.path}")
+            path = r.path.split("?")[0]
+            out.append(path[len(API):].split("/")[-1] if path.startswith(API) else f"{r.method} {path}")
         return out
 
     def authorized(self, headers: dict[str, str]) -> bool:
@@ -137,9 +154,10 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
         def _json(self, status: int, obj: Any) -> None:
             self._send(status, json.dumps(obj).encode())
 
-        def _error(self, status: int, message: str) -> None:
+        def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             # Kaggle's error shape; the client raises HTTPError(message) for it.
-            self._json(status, {"code": status, "message": message})
+            self._send(status, json.dumps({"code": status, "message": message}).encode(),
+                       headers=headers)
 
         def do_GET(self) -> None:
             self._record()
@@ -151,7 +169,7 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
 
         def do_PUT(self) -> None:
             body = self._record()
-            token = self.path.rsplit("/", 1)[-1]
+            token = self.path.split("?")[0].rsplit("/", 1)[-1]
             if self.path.startswith("/upload/") and state.upload_status in (200, 201):
                 state.uploads[token] = body
                 self._json(state.upload_status, {})
@@ -176,6 +194,8 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 return self._error(401, "Unauthenticated")
             comp = req.get("competitionName")
             if comp is not None and comp != state.competition:
+                if state.unknown_competition == 403:
+                    return self._error(403, "Permission 'competitions.participate' was denied")
                 return self._error(404, f"Competition '{comp}' not found")
             handler = getattr(self, f"_api_{method}", None)
             if handler is None:
@@ -188,7 +208,10 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
 
         def _api_StartSubmissionUpload(self, req: dict[str, Any]) -> None:
             token = f"blob{len(state.uploads) + 1}"
-            self._json(200, {"token": token, "createUrl": f"{state.url}/upload/{token}"})
+            url = f"{state.url}/upload/{token}"
+            if state.storage_unreachable:  # a port no client can open: the PUT fails at once
+                url = f"http://127.0.0.1:99999/upload/{token}"
+            self._json(200, {"token": token, "createUrl": f"{url}?{SIGNED_QUERY}"})
 
         def _api_CreateSubmission(self, req: dict[str, Any]) -> None:
             token = req.get("blobFileTokens")
@@ -204,8 +227,10 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             sub["polls"] += 1
             done = sub["polls"] > state.pending_polls
             out = {k: v for k, v in sub.items() if k != "polls"}
-            out.update(status="COMPLETE" if done else "PENDING", date="2024-01-01T00:00:00Z")
-            if done:
+            out.update(status=state.status if done else "PENDING", date="2024-01-01T00:00:00Z")
+            if done and state.status == "ERROR":
+                out["errorDescription"] = state.error_description
+            elif done and state.score is not None:
                 out["publicScore"] = state.score
             return out
 

@@ -19,7 +19,7 @@ import pytest
 from pipeline.config import PROJ_ROOT
 from pipeline.errors import UserError
 from pipeline.submission import read_submission
-from tests.conftest import cli_in_process, last_error_line, mutate_csv, run_cli
+from tests.conftest import call_cli, cli_in_process, last_error_line, mutate_csv, run_cli
 
 
 # --- data CSVs ------------------------------------------------------------------------------
@@ -70,10 +70,10 @@ def test_bad_train_csv_is_one_line_and_writes_nothing(capsys, sample_dir: Path, 
     if content is not None:
         (data / "train.csv").write_bytes(content)
     code, err = cli_in_process(capsys, "train", "--profile", "tiny", "--data", str(data),
-                     "--runs-dir", str(tmp_path / "runs"), "--submissions-dir", str(tmp_path / "subs"))
+                               "--runs-dir", str(tmp_path / "runs"))
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: {data / 'train.csv'}:") and message in err[0]
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "subs").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_csv_in_a_real_process(sample_dir: Path, tmp_path: Path) -> None:
@@ -157,6 +157,46 @@ def test_bad_flags_and_run_names(capsys, tmp_path: Path, args: list[str], messag
     if not err[-1].startswith("python -m pipeline"):  # argparse prints its usage first
         assert len(err) == 1
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["predict", "--set", "tta=false"], ["predict", "--profile", "cpu"],
+    ["predict", "--config", "c.toml"], ["blend", "a", "b", "--run", "x"],
+    ["blend", "a", "b", "--profile", "cpu"], ["blend", "a", "b", "--set", "epochs=1"],
+    ["tune", "--run", "x"], ["tune", "--submissions-dir", "x"], ["train", "--submissions-dir", "x"],
+    ["download", "--run", "x"], ["download", "--set", "competition=x"],
+    ["download", "--runs-dir", "x"], ["submit", "--profile", "cpu"], ["submit", "--set", "tta=false"],
+], ids=" ".join)
+def test_a_flag_the_command_does_not_use_is_a_usage_error(capsys, tmp_path: Path,
+                                                          args: list[str]) -> None:
+    # Folders of its own, so that a command which did accept the flag would touch nothing real.
+    own = ["--data", str(tmp_path / "data")]
+    if args[0] != "download":
+        own += ["--runs-dir", str(tmp_path / "runs")]
+    code, err = cli_in_process(capsys, *args[:-2], *own, *args[-2:])
+    assert code == 2
+    assert err[-1] == f"python -m pipeline: error: unrecognized arguments: {' '.join(args[-2:])}"
+
+
+def _help(command: str) -> str:
+    return " ".join(call_cli(command, "--help").stdout.split())
+
+
+def test_each_command_shows_its_own_defaults() -> None:
+    latest = "(default: the most recently trained run; a demo run only when named)"
+    for command in ("predict", "submit", "report"):
+        text = _help(command)
+        assert latest in text and "profile name" not in text, text
+    train = _help("train")
+    assert "outputs go to runs/<RUN>/ (default: the profile name)" in train
+    assert "config preset (default: cpu)" in train and "most recently" not in train
+    demo = _help("demo")
+    assert "(default: data/sample/;" in demo and "config preset (default: tiny)" in demo
+    assert "outputs go to runs/<RUN>/ (default: demo)" in demo
+    assert "(default: data/)" not in demo and "(default: None)" not in demo
+    assert "competition slug or URL (default: digit-recognizer)" in _help("download")
+    assert ("(default: the run's config key competition, which is digit-recognizer unless set "
+            "when it was trained)") in _help("submit")
 
 
 def test_bad_config_in_a_real_process(tmp_path: Path) -> None:

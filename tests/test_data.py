@@ -88,11 +88,11 @@ def test_bad_csv_from_cli_is_one_line_and_writes_nothing(sample_dir: Path, tmp_p
     lines[41] = lines[41].rsplit(",", 1)[0] + ",300"
     (data / "train.csv").write_text("\n".join(lines) + "\n")
     (data / "test.csv").write_bytes((sample_dir / "test.csv").read_bytes())
-    runs, subs = tmp_path / "runs", tmp_path / "subs"
+    runs = tmp_path / "runs"
     proc = run_cli("train", "--profile", "tiny", "--data", str(data), "--runs-dir", str(runs),
-                   "--submissions-dir", str(subs), check=False)
+                   check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert last_error_line(proc) == (f"error: {data / 'train.csv'}: row 42, column 'pixel783': "
                                      "pixel value 300 is outside 0–255")
-    assert not any(p.is_file() for p in runs.rglob("*")) and not subs.exists()
+    assert not any(p.is_file() for p in runs.rglob("*"))

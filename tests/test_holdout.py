@@ -4,6 +4,7 @@ scored on the fold ensemble by `predict`, compared paired between runs by `compa
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,19 @@ from tests.conftest import call_cli, last_error_line
 def held(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two tiny runs (model seeds 0 and 1) with holdout=0.15, trained and predicted."""
     root = tmp_path_factory.mktemp("holdout")
-    common = ["--data", str(sample_dir), "--runs-dir", str(root / "runs"),
-              "--submissions-dir", str(root / "subs")]
+    common = ["--data", str(sample_dir), "--runs-dir", str(root / "runs")]
+    subs = ["--submissions-dir", str(root / "subs")]
     out = {}
     for seed in (0, 1):
         run = f"h{seed}"
         # No report.html: the estimate's place in the report is test_report's business.
         train = call_cli("train", "--profile", "tiny", "--run", run, "--set", "holdout=0.15",
                          "--set", f"model_seed={seed}", "--set", "epochs=3", "--no-report", *common)
-        predict = call_cli("predict", "--run", run, "--no-report", *common)
+        predict = call_cli("predict", "--run", run, "--no-report", *common, *subs)
         out[run] = {"train": train.stdout, "predict": predict.stdout}
     y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
-    return {"runs": root / "runs", "common": common, "y": y, **out}
+    return {"runs": root / "runs", "subs": root / "subs", "common": common, "subs_flag": subs,
+            "y": y, **out}
 
 
 def test_split_is_stratified_seeded_and_disjoint_from_every_fold() -> None:
@@ -104,6 +106,29 @@ def test_resume_reuses_the_holdout_and_a_changed_one_is_refused(held: dict) -> N
     assert "was started with another config (holdout: 0.15 → 0.2)" in last_error_line(changed)
 
 
+def test_looking_at_a_run_never_changes_which_run_is_submitted(held: dict, tmp_path: Path) -> None:
+    """Without --run, submit and predict take h1, trained last, though `report` and `predict`
+    of h0 rewrote h0's metrics.json since; submit says what it is about to send."""
+    runs, subs = tmp_path / "runs", tmp_path / "subs"
+    shutil.copytree(held["runs"], runs)
+    shutil.copytree(held["subs"], subs)
+    data = held["common"][held["common"].index("--data") + 1]
+    common = ["--data", data, "--runs-dir", str(runs), "--submissions-dir", str(subs)]
+    call_cli("report", "--run", "h0", "--data", data, "--runs-dir", str(runs))
+    call_cli("predict", "--run", "h0", "--no-report", *common)
+    said = " ".join(call_cli("submit", "--dry-run", *common).stdout.split())
+    metrics = json.loads((runs / "h1" / "metrics.json").read_text())
+    h = metrics["holdout"]
+    assert "run 'h1' (profile tiny; the most recently trained run" in said
+    assert f"CV accuracy {metrics['cv_accuracy']:.4f}" in said
+    assert (f"holdout estimate {h['accuracy']:.4f} ({h['errors']} errors on {h['n']} held-out "
+            "images)") in said
+    assert f"file {subs / 'h1.csv'} (540 rows, checked against sample_submission.csv)" in said
+    assert "nothing was sent" in said
+    predicted = call_cli("predict", "--no-report", *common).stdout
+    assert f"(copy: {subs / 'h1.csv'})" in predicted
+
+
 def test_compare_pairs_two_runs_on_the_same_holdout(held: dict) -> None:
     proc = call_cli("compare", "h0", "h1", "--runs-dir", str(held["runs"]))
     rows = np.flatnonzero(np.load(held["runs"] / "h0" / "folds.npy") == HOLDOUT)
@@ -139,7 +164,7 @@ def test_mcnemar_is_exact_and_says_when_a_difference_is_noise() -> None:
 
 
 def test_blend_scores_the_blended_ensemble_on_the_holdout(held: dict) -> None:
-    proc = call_cli("blend", "h0", "h1", "--name", "hb", *held["common"])
+    proc = call_cli("blend", "h0", "h1", "--name", "hb", *held["common"], *held["subs_flag"])
     rows = np.flatnonzero(np.load(held["runs"] / "h0" / "folds.npy") == HOLDOUT)
     mean = (np.load(held["runs"] / "h0" / "holdout_probs.npy")
             + np.load(held["runs"] / "h1" / "holdout_probs.npy")) / 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -22,7 +23,8 @@ import pytest
 from pipeline import kaggle as kg
 from pipeline.config import PROJ_ROOT
 from pipeline.errors import UserError
-from tests.fake_kaggle import KEY, TOKEN, FakeKaggle, client_env, write_kaggle_json
+from tests.conftest import copy_demo
+from tests.fake_kaggle import KEY, SIGNATURE, TOKEN, FakeKaggle, client_env, write_kaggle_json
 
 FILES = ("train.csv", "test.csv", "sample_submission.csv")
 SAMPLE_ROWS = "1257,540"  # the embedded sample's train and test sizes
@@ -49,7 +51,7 @@ def cli(env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
     """Run `python -m pipeline ARGS` from the repo root; secrets must never show in its output."""
     r = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=PROJ_ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
-    assert KEY not in r.stdout + r.stderr and TOKEN not in r.stdout + r.stderr
+    assert all(secret not in r.stdout + r.stderr for secret in (KEY, TOKEN, SIGNATURE))
     return r
 
 
@@ -246,6 +248,11 @@ def test_submit_latest_run_waits_for_score(env, server, project):
     r = cli(env, "submit", *dirs(project), "--timeout", 30)
     assert r.returncode == 0, r.stderr
     assert "public score: 0.98765" in r.stdout
+    # Before anything is sent: which run, how it was picked, its estimates and the file.
+    said = r.stdout[:r.stdout.index("submitted: ref")]
+    assert "run 'r1' (profile tiny; the most recently trained run" in said
+    assert "CV accuracy 0.9877" in said and "holdout estimate: none" in said
+    assert f"file {project['csv']} (540 rows, checked against sample_submission.csv)" in said
     assert server.calls() == ["StartSubmissionUpload", "PUT /upload/blob1", "CreateSubmission",
                               "GetSubmission", "GetSubmission"]
     assert server.uploads["blob1"] == project["csv"].read_bytes()
@@ -303,6 +310,76 @@ def test_submit_invalid_file_is_not_sent(env, server, project, tmp_path):
     line = user_error(cli(env, "submit", *dirs(project), "--file", csv))
     assert "short.csv: has 10 rows, expected 540" in line
     assert server.requests == []
+
+
+# ---------------------------------------------------------------------------- Kaggle's unhappy answers
+
+
+def record_of(project: dict[str, Path]) -> dict:
+    return json.loads((project["runs"] / "r1" / "kaggle_submission.json").read_text())
+
+
+def test_a_submission_scored_error_is_shown_and_recorded(env, server, project):
+    server.status = "ERROR"
+    server.error_description = "Submission must have 28000 rows, found 540"
+    line = user_error(cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 30))
+    assert f"Kaggle could not score submission 40000001: {server.error_description}" in line
+    record = record_of(project)
+    assert record["status"] == "ERROR" and record["error"] == server.error_description
+    assert record["public_score"] is None
+
+
+def test_rate_limited_status_checks_keep_to_the_timeout(env, server, project):
+    # The client on its own would sleep out Retry-After (up to ten times) inside one call.
+    server.errors["GetSubmission"] = (429, "Too many requests", {"Retry-After": "600"})
+    r = cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 1)
+    assert r.returncode == 0, r.stderr
+    assert "Will retry" not in r.stderr and "Kaggle is rate-limiting status checks (429)" in r.stdout
+    assert "submission 40000001 not scored after 1 s" in r.stderr
+    record = record_of(project)
+    assert record["status"] == "PENDING" and record["ref"] == 40_000_001
+
+
+def test_an_unknown_competition_answered_403_names_both_causes(env, server, project):
+    server.unknown_competition = 403
+    line = user_error(cli(env, "submit", *dirs(project), "--run", "r1", "--competition", "no-such-contest"))
+    assert "'no-such-contest'" in line and "Permission 'competitions.participate' was denied" in line
+    assert "no competition is called 'no-such-contest'" in line and "accept its rules" in line
+    assert server.calls() == ["StartSubmissionUpload"]
+    assert not (project["runs"] / "r1" / "kaggle_submission.json").exists()
+
+
+def test_a_failed_storage_upload_never_shows_the_signed_url(env, server, project):
+    server.storage_unreachable = True
+    line = user_error(cli(env, "submit", *dirs(project), "--run", "r1"))  # cli() checks SIGNATURE
+    assert "did not accept the upload" in line and "nothing was submitted" in line
+    assert "<url>" in line  # what the client said is kept, its URL is not
+    assert "CreateSubmission" not in server.calls()
+
+
+def test_complete_without_a_public_score_is_recorded_as_pending(env, server, project):
+    server.score = None
+    r = cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 1)
+    assert r.returncode == 0, r.stderr
+    assert "public score:" not in r.stdout and "not scored after 1 s" in r.stderr
+    record = record_of(project)
+    assert record["status"] == "PENDING" and record["public_score"] is None
+
+
+# ---------------------------------------------------------------------------- the report after submit
+
+
+def test_the_report_shows_the_kaggle_score_of_a_real_submission(env, server, demo_once, tmp_path):
+    t = copy_demo(demo_once, tmp_path / "copy")
+    r = cli(env, "submit", "--run", "demo", "--data", t.data, "--runs-dir", t.runs,
+            "--submissions-dir", t.subs, "--timeout", 30)
+    assert r.returncode == 0, r.stderr
+    record = json.loads((t.run_dir / "kaggle_submission.json").read_text())
+    page = (t.run_dir / "report.html").read_text()  # rebuilt by submit
+    card = re.search(r'<div class="label">Kaggle public score</div>(.*?)</div></div>', page).group(1)
+    assert ">0.98765<" in card and record["submitted_at"] in card and "make submit" not in card
+    kv = page[page.index("<h3>Kaggle</h3>"):]
+    assert record["submitted_at"] in kv and record["scored_at"] in kv
 
 
 # ---------------------------------------------------------------------------- units (in-process)

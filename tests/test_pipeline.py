@@ -22,9 +22,9 @@ def tiny_pipeline(demo_once, tmp_path_factory: pytest.TempPathFactory) -> dict:
     real process), copied here; its folders and console output."""
     root = tmp_path_factory.mktemp("pipeline")
     t = copy_demo(demo_once, root)
-    common = ["--data", str(t.data), "--runs-dir", str(t.runs), "--submissions-dir", str(t.subs)]
+    common = ["--data", str(t.data), "--runs-dir", str(t.runs)]  # what `train` takes
     return {"root": root, "run": t.run_dir, "subs": t.subs, "data": t.data, "common": common,
-            "out": t.stdout}
+            "subs_flag": ["--submissions-dir", str(t.subs)], "out": t.stdout}
 
 
 def test_run_folder_has_every_artifact(tiny_pipeline: dict) -> None:
@@ -62,15 +62,55 @@ def test_cv_accuracy_is_the_oof_accuracy(tiny_pipeline: dict) -> None:
 
 
 def test_submission_is_valid_and_accurate(tiny_pipeline: dict) -> None:
-    sub = pd.read_csv(tiny_pipeline["subs"] / "submission.csv")
-    copy = pd.read_csv(tiny_pipeline["subs"] / "demo.csv")
-    assert list(sub.columns) == ["ImageId", "Label"] and sub.equals(copy)
+    sub = pd.read_csv(tiny_pipeline["subs"] / "demo.csv")
+    assert list(sub.columns) == ["ImageId", "Label"]
     assert list(sub["ImageId"]) == list(range(1, 541))
     assert sub["Label"].between(0, 9).all()
     truth = pd.read_csv(tiny_pipeline["data"] / "test_labels.csv")["Label"].to_numpy()
     assert np.mean(sub["Label"].to_numpy() == truth) >= 0.85
     probs = np.load(tiny_pipeline["run"] / "test_probs.npy")
     assert np.array_equal(probs.argmax(1), sub["Label"].to_numpy())
+
+
+def test_demo_leaves_submission_csv_alone_and_is_never_taken_unnamed(demo_once,
+                                                                    tmp_path: Path) -> None:
+    """`demo` after a real run: the real submissions/submission.csv stays, and commands given
+    no run do not take the demo's (it learnt the embedded sample, not the competition)."""
+    t = copy_demo(demo_once, tmp_path)
+    assert (t.subs / "demo.csv").is_file() and not (t.subs / "submission.csv").exists()
+    data, runs = ["--data", str(t.data)], ["--runs-dir", str(t.runs)]
+    subs = ["--submissions-dir", str(t.subs)]
+    for command in (["predict", "--no-report", *data, *runs, *subs],
+                    ["submit", "--dry-run", *data, *runs, *subs], ["report", *runs]):
+        proc = call_cli(*command, check=False)
+        assert proc.returncode == 2, proc.stdout[-2000:]
+        assert proc.stderr.strip() == (
+            f"error: {t.runs}: no trained run found (demo runs are taken only when named: --run "
+            "demo, or RUN=demo for make); train one with `make train`")
+    assert sorted(p.name for p in t.subs.iterdir()) == ["demo.csv"]
+
+
+def test_demo_never_writes_into_data_it_did_not_make(sample_dir: Path, tmp_path: Path) -> None:
+    """A folder holding a train.csv that is not the embedded sample (the competition's, say) is
+    refused before anything is written, by `demo` and by `sample` (even with --force)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    mine = {name: (sample_dir / name).read_bytes()
+            for name in ("train.csv", "test.csv", "sample_submission.csv")}
+    mine["train.csv"] = mine["train.csv"][:mine["train.csv"].rindex(b"\n", 0, -1) + 1]  # a row less
+    for name, content in mine.items():
+        (data / name).write_bytes(content)
+    out = ["--runs-dir", str(tmp_path / "runs"), "--submissions-dir", str(tmp_path / "subs")]
+    for command in (["demo", "--data", str(data), *out], ["sample", "--out", str(data)],
+                    ["sample", "--out", str(data), "--force"]):
+        proc = call_cli(*command, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip() == (
+            f"error: {data / 'train.csv'}: not the embedded sample (your competition data?); "
+            "the demo and `sample` never overwrite it: choose another folder with --data / --out "
+            "(the default is data/sample/)")
+        assert {p.name: p.read_bytes() for p in data.iterdir()} == mine
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "subs").exists()
 
 
 def test_rerun_resumes_without_retraining(tiny_pipeline: dict) -> None:
@@ -152,7 +192,7 @@ def test_weight_averaging_saves_and_scores_the_averaged_weights(second_member: P
 
 def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict, second_member: Path) -> None:
     common = tiny_pipeline["common"]
-    proc = call_cli("blend", "demo", "t2", "--name", "b12", *common)
+    proc = call_cli("blend", "demo", "t2", "--name", "b12", *common, *tiny_pipeline["subs_flag"])
     runs = tiny_pipeline["root"] / "runs"
     sample_dir = tiny_pipeline["data"]
     y = pd.read_csv(sample_dir / "train.csv", usecols=["label"])["label"].to_numpy()
@@ -166,7 +206,7 @@ def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict, second_membe
     # A run on other folds (another seed) cannot be blended honestly.
     call_cli("train", "--profile", "tiny", "--run", "t3", "--set", "seed=7", "--set", "epochs=1",
              "--no-report", *common)
-    bad = call_cli("blend", "demo", "t3", *common, check=False)
+    bad = call_cli("blend", "demo", "t3", *common, *tiny_pipeline["subs_flag"], check=False)
     assert bad.returncode == 2 and "used other folds" in last_error_line(bad)
 
 

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -141,8 +140,10 @@ def test_two_machines_reach_exactly_the_target(two_machines: Shared):
     # the advisory lock makes counting and creating a trial atomic across machines.
     assert [t.number for t in trials] == list(range(TARGET))
     assert all(t.state.name == "COMPLETE" for t in trials)
+    # Each trial was run by one of the two. How many each ran depends on how fast each started
+    # (on a busy machine one may find the target taken), so it is not asserted.
     workers = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials}
-    assert workers == {str(m.proc.pid) for m in two_machines.machines}  # both did some
+    assert workers <= {str(m.proc.pid) for m in two_machines.machines}
     for m in two_machines.machines:
         log = (m.runs / "stdout").read_text()
         assert f"complete {TARGET} · pruned 0 · failed 0" in log
@@ -198,7 +199,6 @@ def test_a_killed_machines_trial_is_failed_by_heartbeat_and_rerun_by_the_other(
         # fails it once its heartbeats have stopped.
         b = start(tmp_path / "b", *args)
         a.proc.send_signal(signal.SIGKILL)
-        killed_at = datetime.now()
         code, out, err = b.wait()
         assert code == 0, f"{out[-2000:]}\n{err[-2000:]}"
     finally:
@@ -211,9 +211,11 @@ def test_a_killed_machines_trial_is_failed_by_heartbeat_and_rerun_by_the_other(
     assert [t.number for t in trials] == [0, 1]
     dead, retry = trials
     assert dead.user_attrs["worker"].endswith(f":{a.proc.pid}") and dead.intermediate_values
-    # Failed once its heartbeats stopped (4 × 1 s grace), not by an error of its own.
-    assert dead.state.name == "FAIL" and "error" not in dead.user_attrs
-    assert dead.datetime_complete - killed_at > timedelta(seconds=2)
+    # Failed by b's heartbeat check, not by an error of its own: a trial that started its
+    # objective (worker set, epochs reported) ends FAIL with neither `error` nor `stopped` (a
+    # timeout or Ctrl-C) only that way. Not checked by clock times: on a busy machine a's last
+    # heartbeats may come late, and b then rightly fails it sooner after the kill.
+    assert dead.state.name == "FAIL" and not {"error", "stopped"} & set(dead.user_attrs)
     # Re-run by machine b with the same parameters; the re-run is what counts.
     assert retry.user_attrs["retry_of"] == 0 and retry.state.name == "COMPLETE"
     assert retry.params == dead.params and retry.user_attrs["worker"].endswith(f":{b.proc.pid}")

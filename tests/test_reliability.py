@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -259,22 +260,46 @@ import sys, time
 from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.files import run_lock
-start = float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
+run, signals, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(signals / f"ready-{me}").touch()
+while not (signals / "go").exists():  # all try at once, however long each took to start
+    time.sleep(0.01)
 try:
-    with run_lock(Path(sys.argv[1])):
+    with run_lock(run):
         print("got", flush=True)
-        time.sleep(2.0)
+        while not (signals / "release").exists():  # held until every other one has tried
+            time.sleep(0.01)
 except UserError as exc:
     print("refused", exc, flush=True)
 """
 
 
+def _touch_when(done: Callable[[], bool], path: Path, what: str) -> None:
+    deadline = time.monotonic() + 300  # only against a hang: nothing here depends on speed
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    path.touch()
+
+
 def test_run_lock_admits_exactly_one_of_racing_processes(tmp_path: Path) -> None:
-    start = time.time() + 2.0  # every process tries at the same instant
-    procs = [subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run"), str(start)],
-                              cwd=PROJ_ROOT, stdout=subprocess.PIPE, text=True) for _ in range(6)]
-    outs = [p.communicate(timeout=60)[0] for p in procs]
+    # Barriers, not clock times: the processes start the race together once all are ready, and
+    # the winner holds the lock until every other one has answered.
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run"), str(signals),
+                               str(i)], cwd=PROJ_ROOT, stdout=subprocess.PIPE, text=True)
+             for i in range(6)]
+    try:
+        _touch_when(lambda: len(list(signals.glob("ready-*"))) == 6, signals / "go",
+                    "the processes never all started")
+        first = [p.stdout.readline() for p in procs]  # each one's answer: got or refused
+        (signals / "release").touch()
+        outs = [line + p.communicate(timeout=300)[0] for line, p in zip(first, procs)]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
     assert sum(o.startswith("got") for o in outs) == 1, outs
     assert sum("another command (pid " in o for o in outs) == 5, outs
     assert not (tmp_path / "run").exists()  # nothing was written, so the folder is gone again

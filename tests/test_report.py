@@ -24,8 +24,10 @@ FIGURES = {"learning_curves", "fold_accuracy", "confusion_matrix", "per_class_me
            "error_gallery", "oof_predictions", "confidence", "test_predictions",
            "test_least_confident", "class_distribution", "class_examples", "mean_images"}
 TUNING_FIGURES = {"tuning_history", "tuning_importances", "tuning_parallel", "tuning_slice"}
-KAGGLE = {"ref": 41234567, "message": "short run", "status": "SubmissionStatus.COMPLETE",
-          "public_score": "0.98917", "time": "2025-06-01 10:00:00"}
+# Shaped as `submit` writes it (test_kaggle.py makes a real one through the fake server).
+KAGGLE = {"competition": "digit-recognizer", "ref": 41234567, "file": "submissions/short.csv",
+          "message": "short run", "status": "COMPLETE", "public_score": "0.98917", "error": None,
+          "submitted_at": "2025-06-01T10:00:00+00:00", "scored_at": "2025-06-01T10:00:41+00:00"}
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +37,7 @@ def tiny_run_pair(tiny_run: SimpleNamespace) -> SimpleNamespace:
 
     t = tiny_run
     call_cli("train", "--profile", "tiny", "--set", "epochs=2", "--run", "short", "--data",
-             str(t.data), "--submissions-dir", str(t.subs), *t.flags)
+             str(t.data), *t.flags)
     study_dir = t.runs / "tune" / "toy"
     study_dir.mkdir(parents=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -199,6 +201,7 @@ def test_report_shows_the_study_and_the_kaggle_score(tiny_run_pair: SimpleNamesp
     best = p.study.best_trial
     assert ["best trial", str(best.number)] in page.rows
     assert ["Kaggle public score", "0.98917"] in page.rows
+    assert ["submitted_at", KAGGLE["submitted_at"]] in page.rows
     assert json.loads((p.short / "metrics.json").read_text())["kaggle"] == KAGGLE
     # The terminal summary printed by `report`.
     out = p.report_stdout

@@ -54,22 +54,53 @@ def test_the_package_import_graph_has_no_cycle() -> None:
 
 
 def test_config_key_roles_are_declared_once_and_cover_every_key() -> None:
-    from pipeline import report, study, tune
-
     keys = {f.name for f in config.fields(config.Config)}
     assert all(config.role(k) in config.ROLES for k in keys)
     assert config.keys_with("execution") == {"threads", "workers", "deterministic", "competition"}
-    # What each stage ignores is derived from the roles, not listed by hand.
-    assert tune.NOT_HYPERPARAMETERS == keys - config.keys_with("model")
-    # A study may resume with other values of these, never of what trials learn or compute in.
-    assert {"tta", "study", "workers", "refit"} <= study.EXECUTION_KEYS
-    assert not {"precision", "epochs", "holdout", "seed"} & study.EXECUTION_KEYS
-    assert {"precision", "refit", "holdout", "tta"} <= tune.NOT_HYPERPARAMETERS
-    assert report.HIDDEN_KEYS == config.keys_with("record", "prediction", "execution")
-    assert "holdout" in tune.NOT_HYPERPARAMETERS and "learning_rate" not in tune.NOT_HYPERPARAMETERS
-    from pipeline.model import MODELS
 
-    assert tuple(MODELS) == config.MODEL_NAMES
+
+def test_what_each_stage_ignores_follows_the_key_roles(tmp_path: Path) -> None:
+    """What tune, a resumed study and compare leave out, seen in what they do (not by comparing
+    each stage's constant with the keys_with() call that defines it)."""
+    import optuna
+
+    from pipeline import report, tune
+    from pipeline.config import Config, Paths
+    from pipeline.study import Settings
+
+    # tune: with every key pinned, a trial's params (what best_params.json holds, what train
+    # copies) are exactly the model keys: no split, prediction, execution or numerics key.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    params = tune.suggest(optuna.create_study().ask(), Config().to_dict(), (1, 2))
+    assert set(params) == config.keys_with("model")
+    assert "holdout" not in params and "precision" not in params and "label_smoothing" in params
+
+    # A study resumes with other workers, threads, TTA, study name or competition, but not with
+    # another model, split or arithmetic.
+    def setup(**pinned: object) -> dict:
+        settings = Settings(study="s", storage="sqlite://", paths=Paths(tmp_path, tmp_path, tmp_path),
+                            base=Config(), pinned=pinned)
+        return tune._setup_record(settings, tune._Data(x=None, y=np.zeros(10, np.uint8),
+                                                       fold_of=None))
+
+    plain = setup()
+    assert setup(workers=2, threads=1, deterministic=True, tta=False, study="x",
+                 competition="c") == plain
+    for key, value in (("dropout", 0.3), ("seed", 7), ("precision", "float32")):
+        assert setup(**{key: value}) != plain, key
+
+    # compare: two runs differing in how they ran (workers, threads, TTA) and in one model
+    # key list only the model key among the settings that differ.
+    for name, changed in (("a", {}), ("b", {"workers": 2, "threads": 1, "tta": False,
+                                             "dropout": 0.3})):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({**Config().to_dict(), **changed}))
+        (run / "metrics.json").write_text(json.dumps({"folds": [], "cv_accuracy": 0.9,
+                                                      "fold_accuracy_mean": 0.9,
+                                                      "fold_accuracy_std": 0.0}))
+    rows = report.compare_rows(tmp_path / "runs", ["a", "b"])
+    assert list(rows["settings that differ"]) == ["dropout=0.1", "dropout=0.3"]
 
 
 def test_a_fold_model_loads_compiled_in_plain_keras(tiny_run) -> None:  # type: ignore[no-untyped-def]

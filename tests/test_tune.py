@@ -116,8 +116,8 @@ def test_killed_study_resumes_to_the_target_and_train_uses_its_best_params(tmp_p
         assert (folder / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
 
     # train --study: the best params become the run's config (a --set still wins).
-    call_cli("train", "--data", str(sample), "--runs-dir", str(runs), "--submissions-dir",
-             str(tmp_path / "subs"), "--profile", "tiny", "--study", "s", "--run", "tuned",
+    call_cli("train", "--data", str(sample), "--runs-dir", str(runs),
+             "--profile", "tiny", "--study", "s", "--run", "tuned",
              "--set", "epochs=1", "--no-report")
     cfg = json.loads((runs / "tuned" / "config.json").read_text())
     assert cfg["study"] == "s" and cfg["epochs"] == 1

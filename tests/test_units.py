@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -132,3 +133,61 @@ def test_every_makefile_target_resolves() -> None:
             assert re.search(rf"^    {command}\s", listed, flags=re.M), f"make {target}: no command {command}"
     assert subprocess.run(["make"], cwd=PROJ_ROOT, capture_output=True, text=True).stdout.count("\n") \
         >= len(targets)
+
+
+def _make(*args: str, cwd: Path = PROJ_ROOT) -> subprocess.CompletedProcess[str]:
+    """`make ARGS` with no terminal attached and none of the Makefile's variables set around it."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RUN", "RUNS", "STUDY", "PROFILE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)
+
+
+def _pipeline_command(*args: str) -> str:
+    """The `python -m pipeline …` line that `make -n ARGS` would run."""
+    return next(line for line in _make("-n", *args).stdout.splitlines() if "-m pipeline " in line)
+
+
+def test_every_target_that_takes_a_run_picks_it_by_one_rule() -> None:
+    """Without RUN the targets leave the choice to the command (the most recently trained run;
+    `train`: the profile's name); with RUN=x each passes --run x."""
+    for target, command in (("submission", "predict"), ("submit", "submit"), ("report", "report"),
+                            ("train", "train")):
+        line = _pipeline_command(target)
+        assert f"-m pipeline {command} " in line and "--run" not in line, line
+        assert "--run x " in _pipeline_command(target, "RUN=x") + " "
+
+
+def test_make_clean_keeps_runs_studies_and_submissions(tmp_path: Path) -> None:
+    """`make clean` removes only what is rebuilt in seconds; a run or a study is deleted only by
+    the target that names it, and only when RUN / STUDY is given on the command line."""
+    (tmp_path / "Makefile").write_bytes((PROJ_ROOT / "Makefile").read_bytes())
+    files = {"runs/cpu/config.json", "runs/cpu/fold_0/model.keras", "runs/demo/config.json",
+             "runs/tune/default/study.db", "runs/bench/bench.json", "runs/cache/train.npz",
+             "submissions/submission.csv", "submissions/cpu.csv", "data/train.csv",
+             "data/sample/train.csv", "pipeline/cli.py", "pipeline/__pycache__/cli.cpython-311.pyc"}
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+
+    def left() -> set[str]:
+        return {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                if p.is_file() and p.name != "Makefile"}
+
+    assert _make("clean", cwd=tmp_path).returncode == 0
+    kept = files - {"runs/cache/train.npz", "data/sample/train.csv",
+                    "pipeline/__pycache__/cli.cpython-311.pyc"}
+    assert left() == kept
+    for args, says in ((["clean-run"], "RUN=cpu"), (["clean-study"], "STUDY=default"),
+                       (["clean-run", "RUN=../data"], "not a run"),
+                       (["clean-run", "RUN=cache"], "not a run")):
+        proc = _make(*args, cwd=tmp_path)
+        assert proc.returncode != 0 and says in proc.stderr, (args, proc.stderr)
+        assert left() == kept
+    proc = _make("clean-run", "RUN=cpu", cwd=tmp_path)
+    assert proc.returncode == 0 and "deleting runs/cpu/" in proc.stdout
+    assert left() == kept - {"runs/cpu/config.json", "runs/cpu/fold_0/model.keras"}
+    proc = _make("clean-study", "STUDY=default", cwd=tmp_path)
+    assert proc.returncode == 0 and "deleting runs/tune/default/" in proc.stdout
+    assert left() == kept - {"runs/cpu/config.json", "runs/cpu/fold_0/model.keras",
+                             "runs/tune/default/study.db"}
