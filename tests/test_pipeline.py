@@ -155,7 +155,7 @@ def test_max_folds_trains_part_then_finishes(sample_dir: Path, tmp_path: Path) -
               "--runs-dir", str(tmp_path)]
     first = call_cli("train", "--max-folds", "1", *common)
     assert "=== fold 1/2 ===" in first.stdout and "=== fold 2/2 ===" not in first.stdout
-    assert "run 'part' is partial: fold(s) 2 still to train" in first.stdout
+    assert "run 'part' is partial: fold 2 still to train" in first.stdout
     assert not (tmp_path / "part" / "metrics.json").exists()
     second = call_cli("train", "--no-report", *common)
     assert "resuming: 1 finished fold(s) kept, 1 to train" in second.stdout
