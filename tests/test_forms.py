@@ -189,3 +189,16 @@ def test_steps_per_execution_leaves_the_numbers_alone(monkeypatch: pytest.Monkey
     assert model_mod.STEPS_PER_EXECUTION > 1
     for u, v in zip(*weights, strict=True):
         np.testing.assert_array_equal(u, v)
+
+
+def test_float16_on_a_cpu_is_refused_before_anything_is_written(
+        sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.plan import Machine
+
+    monkeypatch.setattr("pipeline.train.this_machine", lambda: Machine(2, cpu_flags=frozenset()))
+    proc = call_cli("train", "--profile", "tiny", "--data", str(sample_dir), "--runs-dir",
+                    str(tmp_path / "runs"), "--set", "precision=mixed_float16", check=False)
+    assert proc.returncode == 2 and not (tmp_path / "runs" / "tiny").exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: config: precision=mixed_float16 needs a GPU (a CPU has no fast float16); use "
+        "auto, float32 or mixed_bfloat16")
