@@ -95,8 +95,9 @@ class Config:
     early_stopping: int = 0  # patience in epochs on val_accuracy; 0 = off (train all epochs)
     # ensemble
     # Members trained on all the labelled rows (every fold's training and validation rows) for
-    # `epochs` epochs, the count the folds validated, after or beside the folds; the submission
-    # averages the fold models and these. The folds alone still give the OOF/CV scores.
+    # `epochs` epochs, the count the folds validated, beside the folds; the submission averages
+    # these instead of the fold models, which still give the OOF/CV scores. 0 = none: the
+    # submission averages the fold models.
     refit: int = field(default=0, metadata={"role": "ensemble"})
     # prediction
     # Average predictions over the image and its four one-pixel shifts. For the `cpu` profile

@@ -1,5 +1,6 @@
-"""Fold ensemble: average the fold models' softmax outputs on test.csv and write the submission;
-score the ensemble on the run's held-out rows; blend finished runs.
+"""The ensemble: average the softmax outputs of a run's refit members (or, without members, its
+fold models) on test.csv and write the submission; score the ensemble on the run's held-out
+rows; blend finished runs.
 
 Writes `runs/<run>/test_probs.npy`, `holdout_probs.npy` (with a holdout), `prediction.json`,
 `submissions/<run>.csv` and `submissions/submission.csv`.
@@ -32,7 +33,7 @@ Log = Callable[[str], None]
 
 def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print,
                 latest: bool = True) -> Path:
-    """Ensemble a finished run's fold models on test.csv and write its submission files
+    """Ensemble a finished run's models on test.csv and write its submission files
     (`latest=False`: not submissions/submission.csv, which stays the last real run's)."""
     rf = RunFiles(paths.run_dir(run))
     cfg = load_run_config(rf.root)
@@ -47,8 +48,8 @@ def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = prin
         holdout = score_holdout(paths, run, models, use_tta)
         per_run = write_run_submission(paths, run, probs, ids, {
             "tta": use_tta, "models": len(models), "seconds": round(seconds, 2)}, latest=latest)
-    members = f" + {cfg.refit} refit members" if cfg.refit else ""
-    log(f"{cfg.folds} fold models{members}{' × 5 TTA views' if use_tta else ''} on {len(x)} test "
+    what = f"{cfg.refit} refit members" if cfg.refit else f"{cfg.folds} fold models"
+    log(f"{what}{' × 5 TTA views' if use_tta else ''} on {len(x)} test "
         f"images in {seconds:.1f}s → " + (f"{paths.submissions / 'submission.csv'} (copy: {per_run})"
                                           if latest else str(per_run)))
     if holdout:

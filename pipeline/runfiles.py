@@ -85,6 +85,11 @@ class RunFiles:
         """The folders of every model the run trains, in order: its folds, then its members."""
         return [self.fold(i) for i in range(cfg.folds)] + [self.member(j) for j in range(cfg.refit)]
 
+    def ensemble(self, cfg: Config) -> list[FoldFiles]:
+        """The folders of the models the submission averages: the refit members, which trained
+        on every labelled row, or without them the fold models."""
+        return self.models(cfg)[cfg.folds:] if cfg.refit else self.models(cfg)
+
 
 def train_command(run: str) -> str:
     """The command that trains (or finishes) run `run`, for error messages."""
@@ -306,9 +311,9 @@ def load_fold_model(run_dir: Path, fold: int | FoldFiles) -> Any:
 
 
 def ensemble_models(run_dir: Path, cfg: Config) -> list[Any]:
-    """Load every model of a finished run's ensemble: its fold models, then its members."""
+    """Load every model of a finished run's ensemble (RunFiles.ensemble)."""
     rf = RunFiles(Path(run_dir))
-    files = rf.models(cfg)
+    files = rf.ensemble(cfg)
     missing = [ff.root.name for ff in files if not ff.model.is_file()]
     if missing or not rf.metrics.is_file():
         raise UserError(f"run '{rf.name}' is not finished ({', '.join(missing) or 'no metrics.json'} "
