@@ -148,3 +148,17 @@ def test_members_draw_other_weights_than_the_folds(members: dict) -> None:
                for d in ("fold_0", "fold_1", "member_0", "member_1")]
     flat = [np.asarray(w).ravel() for w in weights]
     assert all(not np.allclose(flat[a], flat[b]) for a in range(4) for b in range(a + 1, 4))
+
+
+def test_the_gpu_profile_trains_and_predicts_on_a_cpu(sample_dir: Path, tmp_path: Path) -> None:
+    """`gpu` (unmeasured on a GPU): batch 256, LR 0.004, refit members; here cut to a smoke run."""
+    cfg = resolve("gpu")
+    assert (cfg.batch_size, cfg.learning_rate, cfg.refit) == (256, 0.004, 10)
+    flags = ["--data", str(sample_dir), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
+    out = call_cli("train", "--profile", "gpu", "--run", "g", *flags, "--set", "epochs=2",
+                   "--set", "folds=2", "--set", "refit=1", "--set", "filters=8",
+                   "--set", "dense_units=16", "--set", "precision=float32", "--set", "workers=1").stdout
+    assert "batch 256" in out and "member 1: trained in" in out
+    proc = call_cli("predict", "--run", "g", *flags, "--submissions-dir", str(tmp_path / "subs"))
+    assert "1 refit member × 5 TTA views on 540 test images" in proc.stdout
+    assert len(pd.read_csv(tmp_path / "subs" / "g.csv")) == 540
