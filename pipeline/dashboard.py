@@ -11,12 +11,12 @@ itself while `tune` runs; Ctrl-C stops the server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from pipeline.console import Log
 from pipeline.errors import UserError
 from pipeline.study import check_study_name, default_storage, masked, open_storage, study_dir
 
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"  # never another interface: the dashboard can also edit and delete studies
 DEFAULT_PORT = 8080  # optuna-dashboard's own default
-
-Log = Callable[[str], None]
 
 
 class _Server(ThreadingMixIn, WSGIServer):

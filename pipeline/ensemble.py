@@ -11,13 +11,13 @@ Writes `runs/<run>/test_probs.npy`, `holdout_probs.npy` (with a holdout), `predi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.config import Paths
+from pipeline.console import Log
 from pipeline.data import load_test, load_train
 from pipeline.errors import UserError
 from pipeline.evaluate import score
@@ -26,8 +26,6 @@ from pipeline.folds import HOLDOUT, holdout_rows
 from pipeline.predict import average_probs
 from pipeline.runfiles import RunFiles, ensemble_models, load_run_config, read_split
 from pipeline.submission import read_sample_ids, write_submission
-
-Log = Callable[[str], None]
 
 
 def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print,

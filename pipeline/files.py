@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from pipeline.console import Log
 from pipeline.errors import UserError
 
 
@@ -212,7 +213,7 @@ def _acquire(lock: Path, run_dir: Path) -> int:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path, log: Callable[[str], None] | None = None) -> Iterator[None]:
+def run_lock(run_dir: Path, log: Log | None = None) -> Iterator[None]:
     """Hold `run_dir/.lock` (owner's pid) so two commands never write one run at once.
 
     The lock is an flock on that file, which the kernel drops when its holder dies (even on

@@ -27,7 +27,7 @@ import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.console import warn
+from pipeline.console import Log, warn
 from pipeline.data import TEST_COLUMNS, TRAIN_COLUMNS
 from pipeline.errors import UserError
 from pipeline.files import read_json, write_json
@@ -43,7 +43,6 @@ from pipeline.submission import COLUMNS as SUBMISSION_COLUMNS
 from pipeline.submission import KAGGLE_ROWS, read_sample_ids, read_submission
 from pipeline.config import Paths
 
-Log = Callable[[str], None]
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
 # File name -> header; rows come from expected_shapes().
 HEADERS: dict[str, list[str]] = {

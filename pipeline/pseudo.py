@@ -8,19 +8,17 @@ pseudo-labels do for the submission. The choice is saved as `fold_<i>/pseudo.npy
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import Config, Paths
+from pipeline.console import Log
 from pipeline.data import load_test
 from pipeline.errors import UserError
 from pipeline.files import load_npy, save_npy
 from pipeline.predict import average_probs
 from pipeline.runfiles import RunFiles, load_fold_model, load_run_config, read_split
-
-Log = Callable[[str], None]
 
 
 def check_teacher(cfg: Config, paths: Paths, run: str, fold_of: np.ndarray) -> None:

@@ -15,7 +15,6 @@ import base64
 import datetime as dt
 import html
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import pandas as pd
 
 from pipeline import figures
 from pipeline.config import DATA_DIR, PROFILES, Config, keys_with
-from pipeline.console import duration, table
+from pipeline.console import Log, duration, table
 from pipeline.evaluate import paired, paired_text
 from pipeline.folds import holdout_rows
 from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split, saved_config
@@ -36,7 +35,6 @@ from pipeline.errors import UserError
 from pipeline.folds import HOLDOUT
 from pipeline.files import load_npy, read_json, run_lock, write_bytes, write_json, write_text
 
-Log = Callable[[str], None]
 
 BOOTSTRAP_RESAMPLES = 2000
 ERROR_GALLERY_SIZE = 24

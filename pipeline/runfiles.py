@@ -14,7 +14,6 @@ It also decides which run a command takes when it is given none (`latest_trained
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,11 +23,10 @@ import numpy as np
 
 from pipeline import config as config_mod
 from pipeline.config import Config
+from pipeline.console import Log
 from pipeline.data import file_sha256
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json, write_json
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import os
 import hashlib
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-Log = Callable[[str], None]
 MAX_RETRIES = 2  # re-runs of a trial whose worker died, before it counts as failed
 
 
@@ -111,7 +110,6 @@ def check_study_name(name: str) -> str:
         raise UserError(f"--study {name!r}: use letters, digits, '.', '_' and '-' only "
                         "(no path separators or '..'), at most 64 characters")
     return name
-
 
 
 # --- storage --------------------------------------------------------------------------------
@@ -216,7 +214,6 @@ class AdvisoryLock(_Lock):
             with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
             conn.close()
-
 
 
 class FileClaim(_Lock):

@@ -25,7 +25,7 @@ import pandas as pd
 
 from pipeline import checkpoint
 from pipeline.config import Config, Paths
-from pipeline.console import duration
+from pipeline.console import Log, duration
 from pipeline.data import load_train
 from pipeline.errors import Interrupted
 from pipeline.evaluate import fold_scores
@@ -42,7 +42,6 @@ from pipeline.runfiles import (FoldFiles, RunFiles, check_resumable, check_same_
                                fold_checksums, fold_done, started_precision)
 from pipeline.runmetrics import format_table, summarize
 
-Log = Callable[[str], None]
 Eta = Callable[[float, int], float]  # (seconds per epoch, epochs done) → seconds left in the run
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline import config as config_mod
 from pipeline.config import LR_SCHEDULES, MODEL_NAMES, Config, keys_with
+from pipeline.console import Log
 from pipeline.errors import Interrupted, UserError
 from pipeline.files import read_json
 from pipeline.plan import Plan, choose, this_machine
@@ -47,8 +48,6 @@ from pipeline.tune_report import Progress, write_results
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
-
-Log = Callable[[str], None]
 
 
 # --- the search space -----------------------------------------------------------------------

@@ -8,20 +8,17 @@ value so far. `python -m pipeline tune` (pipeline.tune) calls these; nothing her
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pipeline import figures
-from pipeline.console import duration
+from pipeline.console import Log, duration
 from pipeline.files import write_json, write_text
 from pipeline.study import Settings, Tally, masked
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
-
-Log = Callable[[str], None]
 
 
 def _short(params: dict[str, Any]) -> str:
