@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import RUN_NAME, Config, Paths, keys_with
+from pipeline.config import Config, Paths, check_name, keys_with
 from pipeline.errors import UserError
 from pipeline.files import read_json
 
@@ -102,14 +102,6 @@ class Settings:
 def study_dir(runs_dir: Path, study: str) -> Path:
     """`runs/tune/<study>`."""
     return Path(runs_dir) / "tune" / study
-
-
-def check_study_name(name: str) -> str:
-    """Reject study names that could escape `runs/tune/`."""
-    if not RUN_NAME.match(name) or ".." in name:
-        raise UserError(f"--study {name!r}: use letters, digits, '.', '_' and '-' only "
-                        "(no path separators or '..'), at most 64 characters")
-    return name
 
 
 # --- storage --------------------------------------------------------------------------------
@@ -341,7 +333,7 @@ class Tally:
 
 def load_best_params(runs_dir: Path, study: str) -> dict[str, Any]:
     """The best_params.json record of a finished study, checked."""
-    check_study_name(study)
+    check_name(study, "--study")
     path = study_dir(runs_dir, study) / "best_params.json"
     if not path.is_file():
         raise UserError(f"--study {study!r}: no {path} (unknown study, or no trial completed); "
