@@ -20,9 +20,9 @@ from pipeline.config import Paths
 from pipeline.console import Log
 from pipeline.data import load_test, load_train
 from pipeline.errors import UserError
-from pipeline.evaluate import score
+from pipeline.evaluate import accuracy, score
 from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json
-from pipeline.folds import HOLDOUT, holdout_rows
+from pipeline.folds import HOLDOUT, holdout_rows, same_split
 from pipeline.predict import average_probs
 from pipeline.runfiles import RunFiles, ensemble_models, load_run_config, read_split
 from pipeline.submission import read_sample_ids, write_submission
@@ -118,7 +118,7 @@ def blend_runs(paths: Paths, runs: list[str], name: str, log: Log = print) -> Pa
             raise UserError(f"blend: run '{rf.name}' is not finished; train it first")
     splits = [read_split(rf.root) for rf in files]
     for rf, split in zip(files, splits):
-        if split.shape != splits[0].shape or not np.array_equal(split, splits[0]):
+        if not same_split(split, splits[0]):
             raise UserError(f"blend: run '{rf.name}' used other folds than '{runs[0]}' (different "
                             "data, folds, seed or holdout); only runs on the same split can be "
                             "blended honestly")
@@ -133,8 +133,8 @@ def blend_runs(paths: Paths, runs: list[str], name: str, log: Log = print) -> Pa
     oofs = [load_npy(rf.oof) for rf in files]
     oof = np.mean(oofs, axis=0)
     test = np.mean([load_npy(rf.test_probs) for rf in files], axis=0)
-    each = {rf.name: float(np.mean(o[rows].argmax(1) == y[rows])) for rf, o in zip(files, oofs)}
-    acc = float(np.mean(oof[rows].argmax(1) == y[rows]))
+    each = {rf.name: accuracy(o[rows], y[rows]) for rf, o in zip(files, oofs)}
+    acc = accuracy(oof[rows], y[rows])
     out = RunFiles(paths.run_dir(name))
     with run_lock(out.root, log):
         save_npy(out.oof, oof.astype(np.float32))

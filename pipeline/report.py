@@ -26,7 +26,7 @@ from pipeline import figures
 from pipeline.config import DATA_DIR, PROFILES, Config, keys_with
 from pipeline.console import Log, duration, table
 from pipeline.evaluate import paired, paired_text
-from pipeline.folds import holdout_rows
+from pipeline.folds import holdout_rows, same_split
 from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split, saved_config
 from pipeline.study import open_saved_study
 from pipeline.runmetrics import fold_table
@@ -719,7 +719,7 @@ def paired_holdout(runs_dir: Path, a: str, b: str) -> dict[str, Any] | None:
         return None
     split_a, split_b = read_split(fa.root), read_split(fb.root)
     rows_a, rows_b = holdout_rows(split_a), holdout_rows(split_b)
-    if rows_a.shape != rows_b.shape or not np.array_equal(rows_a, rows_b):
+    if not same_split(rows_a, rows_b):
         return None
     env = read_optional(fa.env) or {}
     _, y = load_train(_data_dir(env, None) / "train.csv", cache_dir=Path(runs_dir) / "cache")

@@ -27,6 +27,7 @@ from pipeline.console import Log
 from pipeline.data import file_sha256
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json, write_json
+from pipeline.folds import same_split
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def check_same_split(run_dir: Path, fold_of: np.ndarray) -> None:
     if not rf.folds.is_file():
         return
     theirs = read_split(rf.root)  # a damaged file is refused there
-    if theirs.shape != fold_of.shape or not np.array_equal(theirs, fold_of):
+    if not same_split(theirs, fold_of):
         raise UserError(f"{rf.folds}: run '{rf.name}' was split differently (other train.csv, "
                         "folds, seed or holdout, or the file is damaged); use a new --run name, or "
                         "`make clean-run RUN=...` to start it over")
