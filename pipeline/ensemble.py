@@ -1,5 +1,6 @@
-"""Fold ensemble: average the fold models' softmax outputs on test.csv and write the submission;
-score the ensemble on the run's held-out rows; blend finished runs.
+"""The fold ensemble, behind the `predict` and `blend` commands: average the fold models' softmax
+outputs on test.csv and write the submission; score the ensemble on the run's held-out rows;
+blend finished runs.
 
 Writes `runs/<run>/test_probs.npy`, `holdout_probs.npy` (with a holdout), `prediction.json`,
 `submissions/<run>.csv` and `submissions/submission.csv`.
@@ -23,8 +24,8 @@ from pipeline.errors import UserError
 from pipeline.evaluate import accuracy, score
 from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json
 from pipeline.folds import HOLDOUT, holdout_rows, same_split
-from pipeline.predict import average_probs
-from pipeline.runfiles import RunFiles, ensemble_models, load_run_config, read_split
+from pipeline.inference import average_probs, ensemble_models
+from pipeline.runfiles import RunFiles, load_run_config, read_split
 from pipeline.submission import read_sample_ids, write_submission
 
 

@@ -18,8 +18,8 @@ from pipeline.data import load_test
 from pipeline.errors import UserError
 from pipeline.files import load_npy, save_npy
 from pipeline.folds import same_split
-from pipeline.predict import average_probs
-from pipeline.runfiles import RunFiles, load_fold_model, load_run_config, read_split
+from pipeline.inference import average_probs, load_fold_model
+from pipeline.runfiles import RunFiles, load_run_config, read_split
 
 
 def check_teacher(cfg: Config, paths: Paths, run: str, fold_of: np.ndarray) -> None:

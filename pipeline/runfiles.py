@@ -282,34 +282,3 @@ def fold_done(fold_dir: Path, log: Log = print) -> dict[str, Any] | None:
         log(f"{ff.root.name}: saved files are missing or corrupt (checksum mismatch); retraining this fold")
         ff.metrics.unlink(missing_ok=True)
     return meta
-
-
-def load_fold_model(run_dir: Path, fold: int | FoldFiles) -> Any:
-    """Load one finished fold's (or member's) model, refusing a file that no longer matches
-    its checksum."""
-    from pipeline.model import load_model
-
-    rf = RunFiles(Path(run_dir))
-    path = (rf.fold(fold) if isinstance(fold, int) else fold).model
-    retrain = f"run {train_command(rf.name)} to retrain it"
-    # A damaged model may still load and predict garbage: trust only what training recorded.
-    if not fold_intact(path.parent):
-        raise UserError(f"{path}: does not match the checksum recorded when it was trained; {retrain}")
-    try:
-        return load_model(path)
-    except Exception as exc:  # Keras raises many types for bad or unsafe files
-        text = str(exc).strip()
-        why = ("it holds Python code, which Keras safe_mode refuses to run" if "safe_mode" in text
-               else text.splitlines()[0][:160] if text else type(exc).__name__)
-        raise UserError(f"{path}: cannot load ({why}); {retrain}") from None
-
-
-def ensemble_models(run_dir: Path, cfg: Config) -> list[Any]:
-    """Load every model of a finished run's ensemble: its fold models, then its members."""
-    rf = RunFiles(Path(run_dir))
-    files = rf.models(cfg)
-    missing = [ff.root.name for ff in files if not ff.model.is_file()]
-    if missing or not rf.metrics.is_file():
-        raise UserError(f"run '{rf.name}' is not finished ({', '.join(missing) or 'no metrics.json'} "
-                        f"missing); run {train_command(rf.name)} to complete it")
-    return [load_fold_model(rf.root, ff) for ff in files]

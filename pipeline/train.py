@@ -35,7 +35,7 @@ from pipeline.folds import HOLDOUT, check_labels, load_folds
 from pipeline.jobs import FoldJob, job_for, model_label
 from pipeline.plan import Plan, choose, precision_for, rounds_after, setup_tensorflow, this_machine
 from pipeline.pool import Job, run_jobs
-from pipeline.predict import average_probs
+from pipeline.inference import average_probs
 from pipeline.provenance import environment
 from pipeline.pseudo import check_teacher
 from pipeline.runfiles import (FoldFiles, RunFiles, check_resumable, check_same_split,
