@@ -25,7 +25,7 @@ import pandas as pd
 from pipeline import figures
 from pipeline.config import DATA_DIR, PROFILES, Config, keys_with
 from pipeline.console import Log, duration, table
-from pipeline.evaluate import paired, paired_text
+from pipeline.evaluate import DIGITS, confusion_counts, paired, paired_text, per_digit, top_confusions
 from pipeline.folds import holdout_rows, same_split
 from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split, saved_config
 from pipeline.study import open_saved_study
@@ -232,27 +232,16 @@ def bootstrap_ci(correct: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed
 
 def enrich_metrics(rd: RunData) -> dict[str, Any]:
     """The run's metrics plus CI, per-class report, confusion matrix and Kaggle result."""
-    from sklearn.metrics import classification_report
-
     pred = rd.oof.argmax(1)
     seed = int(rd.config.get("seed", 0))
     metrics = dict(rd.metrics)
     metrics["cv_accuracy_ci95"] = list(bootstrap_ci(pred == rd.y, seed=seed))
     metrics["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": seed, "method": "percentile"}
-    metrics["classification_report"] = classification_report(
-        rd.y, pred, labels=figures.DIGITS, target_names=[str(d) for d in figures.DIGITS],
-        output_dict=True, zero_division=0)
-    metrics["confusion_matrix"] = figures.confusion_counts(rd.y, pred).tolist()
+    metrics["classification_report"] = per_digit(rd.y, pred)
+    metrics["confusion_matrix"] = confusion_counts(rd.y, pred).tolist()
     if rd.kaggle is not None:
         metrics["kaggle"] = rd.kaggle
     return metrics
-
-
-def top_confusions(cm: list[list[int]] | np.ndarray, n: int = 3) -> list[tuple[int, int, int]]:
-    """The `n` largest off-diagonal cells as (true, predicted, count)."""
-    cm = np.asarray(cm)
-    cells = [(int(cm[i, j]), i, j) for i in range(10) for j in range(10) if i != j and cm[i, j]]
-    return [(i, j, c) for c, i, j in sorted(cells, key=lambda t: (-t[0], t[1], t[2]))[:n]]
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -494,7 +483,7 @@ def render_html(rd: RunData, made: dict[str, Path], study: dict[str, Any] | None
     cr = m["classification_report"]
     class_rows = [[f"digit {d}", f"{cr[str(d)]['precision']:.4f}", f"{cr[str(d)]['recall']:.4f}",
                    f"{cr[str(d)]['f1-score']:.4f}", int(cr[str(d)]["support"])]
-                  for d in figures.DIGITS]
+                  for d in DIGITS]
     for key in ("macro avg", "weighted avg"):
         class_rows.append([key, f"{cr[key]['precision']:.4f}", f"{cr[key]['recall']:.4f}",
                            f"{cr[key]['f1-score']:.4f}", int(cr[key]["support"])])
@@ -657,7 +646,7 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
                      f"{h['n']} held-out images · 95% CI {h['ci95'][0]:.4f}–{h['ci95'][1]:.4f}")
     cr = m.get("classification_report")
     if cr:
-        weakest = sorted(figures.DIGITS, key=lambda d: cr[str(d)]["f1-score"])[:3]
+        weakest = sorted(DIGITS, key=lambda d: cr[str(d)]["f1-score"])[:3]
         lines.append("weakest digits (F1): " + ", ".join(f"{d} {cr[str(d)]['f1-score']:.3f}"
                                                          for d in weakest))
     if m.get("confusion_matrix"):
