@@ -184,7 +184,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline.report import build_report, summary_text
+    from pipeline.report import build_report
+    from pipeline.summary import summary_text
 
     runs = Path(args.runs_dir).resolve()
     run = _run_taken(args, runs)
@@ -194,8 +195,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pipeline.report import compare_text
     from pipeline.runfiles import finished_runs
+    from pipeline.summary import compare_text
 
     runs_dir = Path(args.runs_dir).resolve()
     runs = [config_mod.check_name(r) for r in args.runs] or finished_runs(runs_dir)

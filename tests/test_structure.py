@@ -64,7 +64,7 @@ def test_what_each_stage_ignores_follows_the_key_roles(tmp_path: Path) -> None:
     each stage's constant with the keys_with() call that defines it)."""
     import optuna
 
-    from pipeline import report, tune
+    from pipeline import summary, tune
     from pipeline.config import Config, Paths
     from pipeline.study import Settings
 
@@ -99,7 +99,7 @@ def test_what_each_stage_ignores_follows_the_key_roles(tmp_path: Path) -> None:
         (run / "metrics.json").write_text(json.dumps({"folds": [], "cv_accuracy": 0.9,
                                                       "fold_accuracy_mean": 0.9,
                                                       "fold_accuracy_std": 0.0}))
-    rows = report.compare_rows(tmp_path / "runs", ["a", "b"])
+    rows = summary.compare_rows(tmp_path / "runs", ["a", "b"])
     assert list(rows["settings that differ"]) == ["dropout=0.1", "dropout=0.3"]
 
 
