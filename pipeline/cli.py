@@ -215,7 +215,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline.kaggle import submit_run
+    from pipeline.submit import submit_run
 
     if args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")

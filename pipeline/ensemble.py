@@ -66,6 +66,11 @@ def _submission_ids(paths: Paths, rows: int) -> np.ndarray:
     return ids
 
 
+def run_submission(paths: Paths, run: str) -> Path:
+    """`submissions/<run>.csv`: the submission of run `run` (submission.csv is the latest one's)."""
+    return paths.submissions / f"{run}.csv"
+
+
 def write_run_submission(paths: Paths, run: str, probs: np.ndarray, ids: np.ndarray,
                          info: dict[str, Any], latest: bool = True) -> Path:
     """A run's test probabilities, its submission (and the copy submissions/submission.csv) and
@@ -76,7 +81,7 @@ def write_run_submission(paths: Paths, run: str, probs: np.ndarray, ids: np.ndar
                         f"{len(ids)} rows; predict the runs again on the same test.csv")
     save_npy(rf.test_probs, probs.astype(np.float32))
     labels = probs.argmax(1)
-    per_run = paths.submissions / f"{run}.csv"
+    per_run = run_submission(paths, run)
     df = write_submission(per_run, labels, ids)
     if latest:
         write_submission(paths.submissions / "submission.csv", labels, ids)
