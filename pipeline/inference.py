@@ -47,8 +47,9 @@ def ensemble_models(run_dir: Path, cfg: Config) -> list[Any]:
     files = rf.models(cfg)
     missing = [ff.root.name for ff in files if not ff.model.is_file()]
     if missing or not rf.metrics.is_file():
-        raise UserError(f"run '{rf.name}' is not finished ({', '.join(missing) or 'no metrics.json'} "
-                        f"missing); run {train_command(rf.name)} to complete it")
+        what = ", ".join(missing) or f"no {rf.metrics.name}"
+        raise UserError(f"run '{rf.name}' is not finished ({what} missing); run "
+                        f"{train_command(rf.name)} to complete it")
     return [load_fold_model(rf.root, ff) for ff in files]
 
 
