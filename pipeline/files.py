@@ -216,6 +216,9 @@ def _acquire(lock: Path, run_dir: Path) -> int:
 def run_lock(run_dir: Path, log: Log | None = None) -> Iterator[None]:
     """Hold `run_dir/.lock` (owner's pid) so two commands never write one run at once.
 
+    Not `filelock`: it does not record the holder's pid (which the refusal names), and on Unix it
+    leaves its lock file behind, where this lock must leave nothing in the run folder.
+
     The lock is an flock on that file, which the kernel drops when its holder dies (even on
     SIGKILL), so a lock file left by a dead process is taken over, never obeyed. Folders this
     creates are removed again if nothing was written into them (e.g. the input was bad).
