@@ -1,9 +1,10 @@
 """The run's report page: its figures, richer metrics and a self-contained HTML page.
 
 `build_report` draws every figure into `runs/<run>/figures/`, adds the out-of-fold accuracy's
-exact 95% CI (Clopper-Pearson, as for the holdout estimate), the per-class report, the confusion matrix and the Kaggle result to
-`runs/<run>/metrics.json`, and writes `runs/<run>/report.html` (images embedded; opens from
-disk with no server or internet). `train`, `predict` and `demo` build it when they finish.
+exact 95% CI (Clopper-Pearson, as the holdout estimate has), the per-class report, the confusion
+matrix and the Kaggle result to `runs/<run>/metrics.json`, and writes `runs/<run>/report.html`
+(images embedded; opens from disk with no server or internet). `train`, `predict` and `demo`
+build it when they finish; `pipeline.summary` prints the terminal summary.
 
 The page is the Jinja2 template `report.html.j2` beside this file (styles in `report.css`),
 autoescaped; this module only prepares its context of plain values (`page_context`).
@@ -98,8 +99,7 @@ SECTIONS = (
 )
 
 
-
-# --- numbers ---------------------------------------------------------------------------------
+# --- metrics ---------------------------------------------------------------------------------
 
 def enrich_metrics(rd: RunData) -> dict[str, Any]:
     """The run's metrics plus CI, per-class report, confusion matrix and Kaggle result."""
