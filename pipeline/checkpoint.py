@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.console import duration
+from pipeline.console import Log, duration
 from pipeline.errors import UserError
 from pipeline.files import read_json, save_keras, write_json, write_text
 from pipeline.runfiles import FoldFiles
 
-Log = Callable[[str], None]
 # What a fold whose loss is no longer finite suggests (after "start a new run (--run NAME) with").
 NON_FINITE_ADVICE = "--set precision=float32, or a lower --set learning_rate"
 

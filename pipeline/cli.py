@@ -36,7 +36,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _run_name(args: argparse.Namespace, default: str) -> str:
-    return config_mod.check_run_name(args.run or default)
+    return config_mod.check_name(args.run or default)
 
 
 def _run_taken(args: argparse.Namespace, runs: Path) -> str:
@@ -44,7 +44,7 @@ def _run_taken(args: argparse.Namespace, runs: Path) -> str:
     command that takes a run; see pipeline.runfiles.latest_trained_run)."""
     from pipeline.runfiles import latest_trained_run
 
-    return config_mod.check_run_name(args.run) if args.run else latest_trained_run(runs)
+    return config_mod.check_name(args.run) if args.run else latest_trained_run(runs)
 
 
 def _log(message: str) -> None:
@@ -109,7 +109,7 @@ def _tune(args: argparse.Namespace) -> int:
     from pipeline import study as study_mod
     from pipeline import tune
 
-    study = study_mod.check_study_name(args.study)
+    study = config_mod.check_name(args.study, "--study")
     file = Path(args.config) if args.config else None
     sets = config_mod.parse_sets(args.set)
     base = _config(args)
@@ -149,8 +149,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _blend(args: argparse.Namespace) -> int:
     from pipeline.ensemble import blend_runs
 
-    runs = [config_mod.check_run_name(r) for r in args.runs]
-    name = config_mod.check_run_name(args.name or "blend-" + "-".join(runs))
+    runs = [config_mod.check_name(r) for r in args.runs]
+    name = config_mod.check_name(args.name or "blend-" + "-".join(runs))
     blend_runs(_paths(args), runs, name, log=_log)
     return 0
 
@@ -184,7 +184,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline.report import build_report, summary_text
+    from pipeline.report import build_report
+    from pipeline.summary import summary_text
 
     runs = Path(args.runs_dir).resolve()
     run = _run_taken(args, runs)
@@ -194,11 +195,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pipeline.report import compare_text
     from pipeline.runfiles import finished_runs
+    from pipeline.summary import compare_text
 
     runs_dir = Path(args.runs_dir).resolve()
-    runs = [config_mod.check_run_name(r) for r in args.runs] or finished_runs(runs_dir)
+    runs = [config_mod.check_name(r) for r in args.runs] or finished_runs(runs_dir)
     if not runs:
         raise UserError(f"{runs_dir}: no finished run to compare; run `make train` first")
     _log(compare_text(runs_dir, runs))
@@ -214,7 +215,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline.kaggle import submit_run
+    from pipeline.submit import submit_run
 
     if args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")

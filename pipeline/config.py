@@ -229,8 +229,7 @@ def _check(cfg: Config) -> None:
          "needs early_stopping=0: members train on every labelled row, with none left to stop on"),
         (cfg.threads >= 0, "threads", "must be >= 0"),
         (cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
-        (cfg.pseudo_from == "" or (RUN_NAME.match(cfg.pseudo_from) is not None
-                                   and ".." not in cfg.pseudo_from),
+        (cfg.pseudo_from == "" or valid_name(cfg.pseudo_from),
          "pseudo_from", "must be the name of a finished run (letters, digits, '.', '_', '-')"),
         (0 < cfg.pseudo_keep <= 1, "pseudo_keep", "must be in (0, 1]"),
         (cfg.workers >= 0, "workers", "must be auto or at least 1"),
@@ -358,9 +357,14 @@ def from_dict(data: dict[str, Any], source: str) -> Config:
     return cfg
 
 
-def check_run_name(name: str) -> str:
-    """Reject run names that could escape `runs/` or confuse the shell."""
-    if not RUN_NAME.match(name) or ".." in name:
-        raise UserError(f"--run {name!r}: use letters, digits, '.', '_' and '-' only "
+def valid_name(name: str) -> bool:
+    """Whether `name` may name a run or a study: one folder that stays inside runs/ (runs/tune/)."""
+    return RUN_NAME.match(name) is not None and ".." not in name
+
+
+def check_name(name: str, flag: str = "--run") -> str:
+    """`name` if it may name a run or a study, else a UserError naming `flag`."""
+    if not valid_name(name):
+        raise UserError(f"{flag} {name!r}: use letters, digits, '.', '_' and '-' only "
                         "(no path separators or '..'), at most 64 characters")
     return name

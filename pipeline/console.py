@@ -13,11 +13,13 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pandas as pd
 
 VERBOSE_ENV = "PIPELINE_VERBOSE"
+# Where a stage sends its progress lines (the CLI passes a flushing print).
+Log = Callable[[str], None]
 
 
 def verbose() -> bool:

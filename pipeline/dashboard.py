@@ -11,22 +11,21 @@ itself while `tune` runs; Ctrl-C stops the server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from pipeline.config import check_name
+from pipeline.console import Log
 from pipeline.errors import UserError
-from pipeline.study import check_study_name, default_storage, masked, open_storage, study_dir
+from pipeline.study import default_storage, masked, open_storage, study_dir
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
 HOST = "127.0.0.1"  # never another interface: the dashboard can also edit and delete studies
 DEFAULT_PORT = 8080  # optuna-dashboard's own default
-
-Log = Callable[[str], None]
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -40,7 +39,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def storage_url(runs_dir: Path, study: str, storage: str | None = None) -> str:
     """The storage URL to watch: `storage`, else the study's SQLite file, which must exist."""
-    check_study_name(study)
+    check_name(study, "--study")
     if storage:
         return storage
     db = study_dir(runs_dir, study) / "study.db"

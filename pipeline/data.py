@@ -177,8 +177,5 @@ def load_test(path: Path, cache_dir: Path | None = None) -> np.ndarray:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, to record exactly which data a run used."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -1,6 +1,6 @@
-"""The ensemble: average the softmax outputs of a run's refit members (or, without members, its
-fold models) on test.csv and write the submission; score the ensemble on the run's held-out
-rows; blend finished runs.
+"""The ensemble, behind the `predict` and `blend` commands: average the softmax outputs of a
+run's refit members (or, without members, its fold models) on test.csv and write the
+submission; score the ensemble on the run's held-out rows; blend finished runs.
 
 Writes `runs/<run>/test_probs.npy`, `holdout_probs.npy` (with a holdout), `prediction.json`,
 `submissions/<run>.csv` and `submissions/submission.csv`.
@@ -12,23 +12,21 @@ Writes `runs/<run>/test_probs.npy`, `holdout_probs.npy` (with a holdout), `predi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.config import Paths
+from pipeline.console import Log
 from pipeline.data import load_test, load_train
 from pipeline.errors import UserError
-from pipeline.evaluate import score
+from pipeline.evaluate import accuracy, score
 from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json
-from pipeline.folds import HOLDOUT, holdout_rows
-from pipeline.predict import average_probs
-from pipeline.runfiles import RunFiles, ensemble_models, load_run_config, read_split
+from pipeline.folds import HOLDOUT, holdout_rows, same_split
+from pipeline.inference import average_probs, ensemble_models
+from pipeline.runfiles import RunFiles, load_run_config, read_split
 from pipeline.submission import read_sample_ids, write_submission
-
-Log = Callable[[str], None]
 
 
 def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print,
@@ -69,6 +67,11 @@ def _submission_ids(paths: Paths, rows: int) -> np.ndarray:
     return ids
 
 
+def run_submission(paths: Paths, run: str) -> Path:
+    """`submissions/<run>.csv`: the submission of run `run` (submission.csv is the latest one's)."""
+    return paths.submissions / f"{run}.csv"
+
+
 def write_run_submission(paths: Paths, run: str, probs: np.ndarray, ids: np.ndarray,
                          info: dict[str, Any], latest: bool = True) -> Path:
     """A run's test probabilities, its submission (and the copy submissions/submission.csv) and
@@ -79,7 +82,7 @@ def write_run_submission(paths: Paths, run: str, probs: np.ndarray, ids: np.ndar
                         f"{len(ids)} rows; predict the runs again on the same test.csv")
     save_npy(rf.test_probs, probs.astype(np.float32))
     labels = probs.argmax(1)
-    per_run = paths.submissions / f"{run}.csv"
+    per_run = run_submission(paths, run)
     df = write_submission(per_run, labels, ids)
     if latest:
         write_submission(paths.submissions / "submission.csv", labels, ids)
@@ -122,7 +125,7 @@ def blend_runs(paths: Paths, runs: list[str], name: str, log: Log = print) -> Pa
             raise UserError(f"blend: run '{rf.name}' is not finished; train it first")
     splits = [read_split(rf.root) for rf in files]
     for rf, split in zip(files, splits):
-        if split.shape != splits[0].shape or not np.array_equal(split, splits[0]):
+        if not same_split(split, splits[0]):
             raise UserError(f"blend: run '{rf.name}' used other folds than '{runs[0]}' (different "
                             "data, folds, seed or holdout); only runs on the same split can be "
                             "blended honestly")
@@ -137,8 +140,8 @@ def blend_runs(paths: Paths, runs: list[str], name: str, log: Log = print) -> Pa
     oofs = [load_npy(rf.oof) for rf in files]
     oof = np.mean(oofs, axis=0)
     test = np.mean([load_npy(rf.test_probs) for rf in files], axis=0)
-    each = {rf.name: float(np.mean(o[rows].argmax(1) == y[rows])) for rf, o in zip(files, oofs)}
-    acc = float(np.mean(oof[rows].argmax(1) == y[rows]))
+    each = {rf.name: accuracy(o[rows], y[rows]) for rf, o in zip(files, oofs)}
+    acc = accuracy(oof[rows], y[rows])
     out = RunFiles(paths.run_dir(name))
     with run_lock(out.root, log):
         save_npy(out.oof, oof.astype(np.float32))

@@ -1,7 +1,10 @@
-"""Scores of predictions on labelled rows: accuracy with its exact 95% interval, and the paired
-comparison of two sets of predictions on the same rows (McNemar's exact test).
+"""Scores of predictions on labelled rows: accuracy with its exact 95% interval, per-digit
+scores and confusions, and the paired comparison of two sets of predictions on the same rows
+(McNemar's exact test).
 
-Used for the holdout estimate of a run's fold ensemble (`predict`, `blend`, `report`, `compare`).
+One interval everywhere: the Clopper-Pearson (exact binomial) 95% interval of `score`, for the
+out-of-fold accuracy (`report`, `compare`) and the holdout estimate of a run's fold ensemble
+(`predict`, `blend`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
+DIGITS = list(range(10))  # the classes
+CI_METHOD = "Clopper-Pearson (exact binomial)"
+
 
 def score(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     """Accuracy, error count and Clopper-Pearson 95% interval of `probs` against labels `y`."""
@@ -19,7 +25,7 @@ def score(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     ci = binomtest(correct, n).proportion_ci(0.95, method="exact") if n else None
     return {"accuracy": correct / n if n else float("nan"), "errors": n - correct, "n": n,
             "ci95": [float(ci.low), float(ci.high)] if ci else None,
-            "ci_method": "Clopper-Pearson (exact binomial)"}
+            "ci_method": CI_METHOD}
 
 
 def fold_scores(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -27,12 +33,34 @@ def fold_scores(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import log_loss
 
     return {"val_accuracy": accuracy(probs, y),
-            "val_loss": float(log_loss(y, probs, labels=list(range(10))))}
+            "val_loss": float(log_loss(y, probs, labels=DIGITS))}
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     """The share of rows whose most probable class is the label."""
     return float(np.mean(np.asarray(probs).argmax(1) == y))
+
+
+def confusion_counts(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """10×10 counts: rows are true digits, columns predicted digits."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y, pred, labels=DIGITS)
+
+
+def top_confusions(cm: list[list[int]] | np.ndarray, n: int = 3) -> list[tuple[int, int, int]]:
+    """The `n` largest off-diagonal cells as (true, predicted, count)."""
+    cm = np.asarray(cm)
+    cells = [(int(cm[i, j]), i, j) for i in DIGITS for j in DIGITS if i != j and cm[i, j]]
+    return [(i, j, c) for c, i, j in sorted(cells, key=lambda t: (-t[0], t[1], t[2]))[:n]]
+
+
+def per_digit(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Precision, recall, F1 and support per digit and averaged (scikit-learn's report as a dict)."""
+    from sklearn.metrics import classification_report
+
+    return classification_report(y, pred, labels=DIGITS, target_names=[str(d) for d in DIGITS],
+                                 output_dict=True, zero_division=0)
 
 
 def paired(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray) -> dict[str, Any]:

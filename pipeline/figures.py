@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from pipeline.evaluate import DIGITS, confusion_counts
 from pipeline.files import write_bytes
 
 DPI = 110
@@ -28,7 +29,6 @@ VAL_COLOR = "#d62728"
 RIGHT_COLOR = "#1a7f37"
 WRONG_COLOR = "#cf222e"
 UNSURE_COLOR = "#bc4c00"
-DIGITS = list(range(10))
 
 
 def _save(fig: Figure, out: Path, **savefig: Any) -> Path:
@@ -206,13 +206,6 @@ def fold_accuracy(fold_accs: Sequence[float], cv_accuracy: float, ci: Sequence[f
 
 # --- where the model is wrong ----------------------------------------------------------------
 
-def confusion_counts(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """10×10 counts: rows are true digits, columns predicted digits."""
-    cm = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
-    return cm
-
-
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, out: Path) -> Path:
     """Out-of-fold confusion matrix: counts, and row-normalised with errors coloured."""
     cm = confusion_counts(y, pred)
@@ -292,6 +285,8 @@ def per_class_metrics(report: dict[str, Any], out: Path) -> Path:
 
 def confidence(y: np.ndarray, probs: np.ndarray, out: Path, bins: int = 10) -> Path:
     """How sure the model is: confidence of right vs wrong predictions, and calibration."""
+    from sklearn.calibration import calibration_curve
+
     conf = probs.max(1)
     right = probs.argmax(1) == y
     fig = Figure(figsize=(12.5, 4.6), layout="constrained")
@@ -304,17 +299,12 @@ def confidence(y: np.ndarray, probs: np.ndarray, out: Path, bins: int = 10) -> P
     hist_ax.legend(fontsize=9, loc="upper left")
     hist_ax.grid(alpha=0.3)
 
-    cal_edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, cal_edges) - 1, 0, bins - 1)
-    centers, accs, counts = [], [], []
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            centers.append(float(conf[mask].mean()))
-            accs.append(float(right[mask].mean()))
-            counts.append(int(mask.sum()))
-            ece += mask.mean() * abs(accs[-1] - centers[-1])
+    # calibration_curve gives each non-empty bin's accuracy and mean confidence but not its size,
+    # which the labels and ECE need: counted here in its bins (uniform edges, searchsorted).
+    accs, centers = calibration_curve(right, np.clip(conf, 0, 1), n_bins=bins)
+    counts = np.bincount(np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], conf), minlength=bins)
+    counts = counts[counts > 0]
+    ece = float(np.sum(counts / len(conf) * np.abs(accs - centers)))
     cal_ax.plot([0, 1], [0, 1], ls="--", color="0.5", label="perfectly calibrated")
     cal_ax.plot(centers, accs, "-o", color="C0", label="model")
     for c, a, n in zip(centers, accs, counts):

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from pipeline.console import Log
 from pipeline.errors import UserError
 
 
@@ -212,8 +213,11 @@ def _acquire(lock: Path, run_dir: Path) -> int:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path, log: Callable[[str], None] | None = None) -> Iterator[None]:
+def run_lock(run_dir: Path, log: Log | None = None) -> Iterator[None]:
     """Hold `run_dir/.lock` (owner's pid) so two commands never write one run at once.
+
+    Not `filelock`: it does not record the holder's pid (which the refusal names), and on Unix it
+    leaves its lock file behind, where this lock must leave nothing in the run folder.
 
     The lock is an flock on that file, which the kernel drops when its holder dies (even on
     SIGKILL), so a lock file left by a dead process is taken over, never obeyed. Folders this

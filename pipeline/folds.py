@@ -72,6 +72,11 @@ def load_folds(runs_dir: Path, y: np.ndarray, k: int, seed: int, holdout: float 
     return fold_of
 
 
+def same_split(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two splits (fold number per row), or two lists of rows, are the same row for row."""
+    return bool(np.array_equal(a, b))
+
+
 def holdout_rows(fold_of: np.ndarray) -> np.ndarray:
     """Indices of the held-out rows (empty without a holdout)."""
     return np.flatnonzero(fold_of == HOLDOUT)

@@ -8,18 +8,16 @@ per model_seed), so no two models of a run draw the same weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import Config, Paths
+from pipeline.console import Log
 from pipeline.folds import HOLDOUT, train_rows, val_rows
 from pipeline.pseudo import pseudo_labels
 from pipeline.runfiles import RunFiles
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)

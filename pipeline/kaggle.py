@@ -1,16 +1,13 @@
-"""Talk to Kaggle: download and safely install the competition data, submit a CSV and wait for its score.
+"""Talk to Kaggle: the competition's data and the scores of submissions, through Kaggle's client.
 
     python -m pipeline download [--competition SLUG|URL] [--data DIR] [--force] [--from-zip ZIP]
-    python -m pipeline submit [--run NAME | --file CSV] [--message TEXT] [--dry-run] [--no-wait] [--timeout S]
 
 Credentials are the user's usual Kaggle setup (KAGGLE_API_TOKEN, ~/.kaggle/access_token, kaggle.json in
 KAGGLE_CONFIG_DIR or ~/.kaggle, KAGGLE_USERNAME + KAGGLE_KEY). The `kaggle` package authenticates, prints
 and may `exit(1)` while being imported, so it is imported only inside the functions that contact Kaggle,
-after this module has checked that credentials exist. The archive is extracted here, not by the client,
-so that unsafe members are refused and nothing reaches the data folder before every check has passed.
-
-Test hook: PIPELINE_KAGGLE_ROWS="TRAIN,TEST" replaces the expected 42,000 and 28,000 rows so the tests
-can serve a small archive; the real-size check itself is tested without it.
+after this module has checked that credentials exist. The archive is extracted by `pipeline.archive`,
+not by the client, so that unsafe members are refused and nothing reaches the data folder before every
+check has passed. Which file `submit` sends, and for which run, is `pipeline.submit`'s to decide.
 """
 
 from __future__ import annotations
@@ -20,46 +17,24 @@ import io
 import json
 import os
 import re
-import shutil
-import stat
 import sys
-import tempfile
 import time
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.console import warn
-from pipeline.data import TEST_COLUMNS, TRAIN_COLUMNS
+from pipeline.archive import HEADERS, check_files, install_archive, staging
+from pipeline.console import Log, warn
 from pipeline.errors import UserError
-from pipeline.files import read_json, write_json
-from pipeline.submission import COLUMNS as SUBMISSION_COLUMNS
-from pipeline.submission import KAGGLE_ROWS, read_sample_ids, read_submission
-from pipeline.config import Paths
+from pipeline.files import write_json
 
-Log = Callable[[str], None]
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
-# File name -> header; rows come from expected_shapes().
-HEADERS: dict[str, list[str]] = {
-    "sample_submission.csv": SUBMISSION_COLUMNS,
-    "test.csv": TEST_COLUMNS,
-    "train.csv": TRAIN_COLUMNS,  # last: the file users look for appears only when all are there
-}
-TRAIN_ROWS, TEST_ROWS = 42_000, KAGGLE_ROWS
-ROWS_ENV = "PIPELINE_KAGGLE_ROWS"
-# The real archive unpacks to ~123 MB; anything far beyond that is not the competition's data.
-MAX_UNPACKED_BYTES = 512 * 2**20
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,99}$")
 _URL = re.compile(r"^(?:https?://)?(?:www\.)?kaggle\.com/(?:c|competitions)/([^/?#]+)", re.IGNORECASE)
 
 
-# ---------------------------------------------------------------------------- settings and checks
+# ---------------------------------------------------------------------------- settings
 
 
 def parse_competition(value: str) -> str:
@@ -72,151 +47,6 @@ def parse_competition(value: str) -> str:
                         "competition's URL, e.g. --competition digit-recognizer or "
                         "--competition https://www.kaggle.com/competitions/digit-recognizer")
     return slug
-
-
-def expected_shapes() -> dict[str, tuple[int, int]]:
-    """(rows, columns) each data file must have: the real competition's, unless the test hook is set."""
-    train, test = TRAIN_ROWS, TEST_ROWS
-    raw = os.environ.get(ROWS_ENV, "").strip()
-    if raw:
-        try:
-            train, test = (int(part) for part in raw.split(","))
-        except ValueError:
-            raise UserError(f"{ROWS_ENV}={raw!r}: expected two row counts, e.g. 1257,540") from None
-    return {"sample_submission.csv": (test, 2), "test.csv": (test, 784), "train.csv": (train, 785)}
-
-
-def _csv_shape(path: Path) -> tuple[list[str], int]:
-    """Header fields and number of data rows, counted without parsing the cells (fast on 70 MB)."""
-    with open(path, "rb") as f:
-        header = f.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
-        rows, last = 0, b"\n"
-        for block in iter(lambda: f.read(1 << 20), b""):
-            rows += block.count(b"\n")
-            last = block[-1:]
-    if last != b"\n":
-        rows += 1  # last row without a trailing newline
-    return (header.split(",") if header else []), rows
-
-
-def check_files(folder: Path, shapes: dict[str, tuple[int, int]] | None = None) -> list[str]:
-    """Problems with the competition files in `folder` (empty when all are present with the right shape)."""
-    shapes = shapes or expected_shapes()
-    problems = []
-    for name, (rows, cols) in shapes.items():
-        path = Path(folder) / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
-            continue
-        header, n = _csv_shape(path)
-        want = HEADERS[name]
-        if len(header) != cols or n != rows:
-            problems.append(f"{name} is {n:,} rows × {len(header):,} columns, expected {rows:,} × {cols:,}")
-        elif header != want:
-            bad = next(i for i, (a, b) in enumerate(zip(header, want)) if a != b)
-            problems.append(f"{name} header column {bad + 1} is {header[bad]!r}, expected {want[bad]!r}")
-    return problems
-
-
-# ---------------------------------------------------------------------------- safe extraction
-
-
-def _member_path(archive: Path, info: zipfile.ZipInfo) -> PurePosixPath | None:
-    """The member's relative path if it is safe to write, None for a folder entry, else a UserError."""
-    name = info.filename
-    kind = stat.S_IFMT(info.external_attr >> 16)
-    refuse = f"{archive}: refusing to extract member {name!r}"
-    if kind == stat.S_IFLNK:
-        raise UserError(f"{refuse}: it is a symbolic link; use the archive downloaded from Kaggle")
-    norm = name.replace("\\", "/")
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
-        raise UserError(f"{refuse}: absolute path; use the archive downloaded from Kaggle")
-    parts = PurePosixPath(norm).parts
-    if ".." in parts:
-        raise UserError(f"{refuse}: '..' would write outside the data folder; use the archive "
-                        "downloaded from Kaggle")
-    if info.is_dir():
-        return None
-    if kind not in (0, stat.S_IFREG):
-        raise UserError(f"{refuse}: not a regular file; use the archive downloaded from Kaggle")
-    if info.flag_bits & 0x1:
-        raise UserError(f"{refuse}: it is encrypted; use the archive downloaded from Kaggle")
-    return PurePosixPath(*parts)
-
-
-def extract_archive(archive: Path, dest: Path, limit: int = MAX_UNPACKED_BYTES) -> list[str]:
-    """Extract `archive` into the empty folder `dest` after checking every member; returns the paths."""
-    archive = Path(archive)
-    corrupt = f"{archive}: corrupt or incomplete zip archive"
-    fix = "download it again (python -m pipeline download --force)"
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = [(info, _member_path(archive, info)) for info in zf.infolist()]
-            files = [(info, rel) for info, rel in members if rel is not None]
-            total = sum(info.file_size for info, _ in files)
-            if total > limit:
-                raise UserError(f"{archive}: would unpack to {total / 2**20:,.0f} MB, over the "
-                                f"{limit / 2**20:,.0f} MB limit; this is not the competition's archive")
-            written = 0
-            for info, rel in files:
-                target = dest / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    # Count real bytes too: the sizes in the zip's directory are only claims.
-                    for block in iter(lambda: src.read(1 << 20), b""):
-                        written += len(block)
-                        if written > limit:
-                            raise UserError(f"{archive}: unpacks to more than {limit / 2**20:,.0f} MB; "
-                                            "this is not the competition's archive")
-                        out.write(block)
-    except FileNotFoundError:
-        raise UserError(f"{archive}: file not found; check the --from-zip path") from None
-    except IsADirectoryError:
-        raise UserError(f"{archive}: is a folder, expected the competition's .zip file") from None
-    except zipfile.BadZipFile as exc:
-        raise UserError(f"{corrupt} ({exc}); {fix}") from None
-    except (zlib.error, EOFError, NotImplementedError) as exc:
-        raise UserError(f"{corrupt} ({type(exc).__name__}: {exc}); {fix}") from None
-    return [str(rel) for _, rel in files]
-
-
-@contextlib.contextmanager
-def _staging(data_dir: Path) -> Iterator[Path]:
-    """A hidden temp folder inside `data_dir` (same filesystem, so moves are atomic), always removed."""
-    created = not data_dir.exists()
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".kaggle-", dir=data_dir))
-    except OSError as exc:
-        raise UserError(f"{data_dir}: cannot create the data folder ({exc.strerror}); "
-                        "check the path given to --data") from None
-    ok = False
-    try:
-        yield tmp
-        ok = True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created and not ok:
-            with contextlib.suppress(OSError):
-                data_dir.rmdir()  # only if still empty: we leave no trace of a failed first download
-
-
-def install_archive(archive: Path, data_dir: Path) -> list[str]:
-    """Extract and check a competition archive, then move its files into `data_dir`; returns their names."""
-    archive, data_dir = Path(archive), Path(data_dir)
-    shapes = expected_shapes()
-    with _staging(data_dir) as tmp:
-        unpacked = tmp / "unpacked"
-        unpacked.mkdir()
-        names = extract_archive(archive, unpacked)
-        problems = check_files(unpacked, shapes)
-        if problems:
-            found = ", ".join(names) or "nothing"
-            raise UserError(f"{archive}: not the digit-recognizer data: {'; '.join(problems)} "
-                            f"(the archive holds {found}); nothing was written to {data_dir}")
-        for name in shapes:  # train.csv last, see HEADERS
-            os.replace(unpacked / name, data_dir / name)
-    return list(shapes)
 
 
 # ---------------------------------------------------------------------------- credentials and client
@@ -385,7 +215,7 @@ def download(competition: str, data_dir: Path, *, force: bool = False, from_zip:
             log(f"{data_dir}: existing files look wrong ({'; '.join(problems)}); downloading again")
     api, creds = _client()
     log(f"downloading {competition!r} from Kaggle…")
-    with _staging(data_dir) as tmp:
+    with staging(data_dir) as tmp:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # its messages name our temp folder
                 api.competition_download_files(competition, path=str(tmp), force=True,
@@ -403,100 +233,7 @@ def download(competition: str, data_dir: Path, *, force: bool = False, from_zip:
     log(f"installed {', '.join(HEADERS)} into {data_dir}")
 
 
-# ---------------------------------------------------------------------------- submit
-
-
-def default_message(run: str | None, run_dir: Path | None, csv: Path) -> str:
-    """Submission description: run name, profile and CV accuracy when they are known, else the file name."""
-    if run is None or run_dir is None:
-        return csv.name
-    parts = []
-    with contextlib.suppress(UserError, OSError, AttributeError):
-        profile = read_json(run_dir / "config.json").get("profile")
-        if profile:
-            parts.append(f"profile {profile}")
-    with contextlib.suppress(UserError, OSError, AttributeError, KeyError, TypeError, ValueError):
-        parts.append(f"CV accuracy {float(read_json(run_dir / 'metrics.json')['cv_accuracy']):.4f}")
-    return f"{run}: {', '.join(parts)}" if parts else run
-
-
-def prepare_submission(paths: Paths, run: str | None, file: Path | None,
-                       log: Log = print) -> tuple[Path, str | None, int]:
-    """The validated CSV to send, the run it belongs to (None for a bare --file) and its rows."""
-    from pipeline.runfiles import RunFiles, latest_trained_run, trained_at
-
-    if file is None:
-        run = run or latest_trained_run(paths.runs)
-        csv = paths.submissions / f"{run}.csv"
-        rf = RunFiles(paths.run_dir(run))
-        # Rebuild when missing or older than the run's last training (a resumed or retrained run).
-        if not csv.is_file() or (rf.metrics.is_file() and csv.stat().st_mtime < trained_at(rf.root)):
-            from pipeline.ensemble import predict_run
-
-            log(f"building the submission of run '{run}'…")
-            csv = predict_run(paths, run, log=log)
-    else:
-        csv = Path(file)
-        if run is not None and not (paths.run_dir(run) / "config.json").is_file():
-            raise UserError(f"--run {run}: no such run in {paths.runs} (no config.json); drop --run to "
-                            "submit the file without recording the result in a run")
-    ids = read_sample_ids(paths.data)
-    if ids is None:  # no sample_submission.csv to compare with: Kaggle's ids are 1…28,000
-        ids = np.arange(1, KAGGLE_ROWS + 1)
-    read_submission(csv, ids)
-    return csv, run, len(ids)
-
-
-def what_is_sent(paths: Paths, run: str | None, picked: bool, csv: Path, rows: int) -> list[str]:
-    """What `submit` says before it sends anything: the run, how it was picked, its profile, its
-    CV accuracy and holdout estimate, and the file."""
-    checked = ("sample_submission.csv" if (paths.data / "sample_submission.csv").is_file()
-               else f"Kaggle's {KAGGLE_ROWS:,} ImageIds")
-    file_line = f"  file {csv} ({rows} rows, checked against {checked})"
-    if run is None:
-        return ["a file of your own, recorded in no run (--run NAME records the score in a run):",
-                file_line]
-    from pipeline.runfiles import RunFiles, read_optional
-
-    rf = RunFiles(paths.run_dir(run))
-    profile = (read_optional(rf.config) or {}).get("profile", "?")
-    how = ("the most recently trained run; name another with --run" if picked
-           else "named with --run")
-    metrics = read_optional(rf.metrics) or {}
-    cv = metrics.get("cv_accuracy")
-    cv_text = f"CV accuracy {cv:.4f} (out-of-fold)" if isinstance(cv, (int, float)) else "no CV accuracy"
-    h = metrics.get("holdout")
-    held = (f"holdout estimate {h['accuracy']:.4f} ({h['errors']} errors on {h['n']} held-out images)"
-            if isinstance(h, dict) and "accuracy" in h
-            else "holdout estimate: none (the run held nothing out; --set holdout=0.1 when training "
-                 "gives one)")
-    return [f"run '{run}' (profile {profile}; {how})", f"  {cv_text}; {held}", file_line]
-
-
-def _run_competition(paths: Paths, run: str | None) -> str:
-    """The competition a run was trained for (its config key), else the config's default."""
-    from pipeline.config import Config
-    from pipeline.runfiles import RunFiles, read_optional
-
-    saved = read_optional(RunFiles(paths.run_dir(run)).config) if run else None
-    return str((saved or {}).get("competition") or Config().competition)
-
-
-def submit_run(paths: Paths, *, competition: str | None = None, run: str | None = None,
-               picked: bool = False, file: Path | None = None, message: str | None = None,
-               dry_run: bool = False, wait: bool = True, timeout: float = 600.0,
-               log: Log = print) -> dict[str, Any] | None:
-    """`python -m pipeline submit`: pick or build the CSV, validate it, say what it is, upload it
-    and record the score. `picked`: the run was not named but taken as the latest."""
-    competition = parse_competition(competition or _run_competition(paths, run))
-    csv, run, rows = prepare_submission(paths, run, file, log)
-    for line in what_is_sent(paths, run, picked, csv, rows):
-        log(line)
-    run_dir = paths.run_dir(run) if run else None
-    message = message if message is not None else default_message(run, run_dir, csv)
-    record = run_dir / "kaggle_submission.json" if run_dir else None
-    return submit(csv, competition=competition, message=message, record=record, wait=wait,
-                  timeout=timeout, dry_run=dry_run, log=log)
+# ---------------------------------------------------------------------------- submit and wait for the score
 
 
 def _status_name(submission: Any) -> str:

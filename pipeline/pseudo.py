@@ -8,19 +8,18 @@ pseudo-labels do for the submission. The choice is saved as `fold_<i>/pseudo.npy
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import Config, Paths
+from pipeline.console import Log
 from pipeline.data import load_test
 from pipeline.errors import UserError
 from pipeline.files import load_npy, save_npy
-from pipeline.predict import average_probs
-from pipeline.runfiles import RunFiles, load_fold_model, load_run_config, read_split
-
-Log = Callable[[str], None]
+from pipeline.folds import same_split
+from pipeline.inference import average_probs, load_fold_model
+from pipeline.runfiles import RunFiles, load_run_config, read_split
 
 
 def check_teacher(cfg: Config, paths: Paths, run: str, fold_of: np.ndarray) -> None:
@@ -35,7 +34,7 @@ def check_teacher(cfg: Config, paths: Paths, run: str, fold_of: np.ndarray) -> N
         raise UserError(f"{key}: no finished run '{teacher}' in {paths.runs}; train the teacher "
                         f"first (`python -m pipeline train --run {teacher}`)")
     theirs = read_split(teacher_files.root)
-    if theirs.shape != fold_of.shape or not np.array_equal(theirs, fold_of):
+    if not same_split(theirs, fold_of):
         raise UserError(f"{key}: run '{teacher}' was trained on other folds (other data, folds or "
                         "seed), so its models have seen this run's validation images; train the "
                         "teacher with the same data, folds and seed")

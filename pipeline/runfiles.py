@@ -14,7 +14,6 @@ It also decides which run a command takes when it is given none (`latest_trained
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,11 +23,11 @@ import numpy as np
 
 from pipeline import config as config_mod
 from pipeline.config import Config
+from pipeline.console import Log
 from pipeline.data import file_sha256
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json, write_json
-
-Log = Callable[[str], None]
+from pipeline.folds import same_split
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ def check_same_split(run_dir: Path, fold_of: np.ndarray) -> None:
     if not rf.folds.is_file():
         return
     theirs = read_split(rf.root)  # a damaged file is refused there
-    if theirs.shape != fold_of.shape or not np.array_equal(theirs, fold_of):
+    if not same_split(theirs, fold_of):
         raise UserError(f"{rf.folds}: run '{rf.name}' was split differently (other train.csv, "
                         "folds, seed or holdout, or the file is damaged); use a new --run name, or "
                         "`make clean-run RUN=...` to start it over")
@@ -288,34 +287,3 @@ def fold_done(fold_dir: Path, log: Log = print) -> dict[str, Any] | None:
         log(f"{ff.root.name}: saved files are missing or corrupt (checksum mismatch); retraining this fold")
         ff.metrics.unlink(missing_ok=True)
     return meta
-
-
-def load_fold_model(run_dir: Path, fold: int | FoldFiles) -> Any:
-    """Load one finished fold's (or member's) model, refusing a file that no longer matches
-    its checksum."""
-    from pipeline.model import load_model
-
-    rf = RunFiles(Path(run_dir))
-    path = (rf.fold(fold) if isinstance(fold, int) else fold).model
-    retrain = f"run {train_command(rf.name)} to retrain it"
-    # A damaged model may still load and predict garbage: trust only what training recorded.
-    if not fold_intact(path.parent):
-        raise UserError(f"{path}: does not match the checksum recorded when it was trained; {retrain}")
-    try:
-        return load_model(path)
-    except Exception as exc:  # Keras raises many types for bad or unsafe files
-        text = str(exc).strip()
-        why = ("it holds Python code, which Keras safe_mode refuses to run" if "safe_mode" in text
-               else text.splitlines()[0][:160] if text else type(exc).__name__)
-        raise UserError(f"{path}: cannot load ({why}); {retrain}") from None
-
-
-def ensemble_models(run_dir: Path, cfg: Config) -> list[Any]:
-    """Load every model of a finished run's ensemble (RunFiles.ensemble)."""
-    rf = RunFiles(Path(run_dir))
-    files = rf.ensemble(cfg)
-    missing = [ff.root.name for ff in files if not ff.model.is_file()]
-    if missing or not rf.metrics.is_file():
-        raise UserError(f"run '{rf.name}' is not finished ({', '.join(missing) or 'no metrics.json'} "
-                        f"missing); run {train_command(rf.name)} to complete it")
-    return [load_fold_model(rf.root, ff) for ff in files]

@@ -13,12 +13,12 @@ import os
 import hashlib
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import RUN_NAME, Config, Paths, keys_with
+from pipeline.config import Config, Paths, check_name, keys_with
 from pipeline.errors import UserError
 from pipeline.files import read_json
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-Log = Callable[[str], None]
 MAX_RETRIES = 2  # re-runs of a trial whose worker died, before it counts as failed
 
 
@@ -103,15 +102,6 @@ class Settings:
 def study_dir(runs_dir: Path, study: str) -> Path:
     """`runs/tune/<study>`."""
     return Path(runs_dir) / "tune" / study
-
-
-def check_study_name(name: str) -> str:
-    """Reject study names that could escape `runs/tune/`."""
-    if not RUN_NAME.match(name) or ".." in name:
-        raise UserError(f"--study {name!r}: use letters, digits, '.', '_' and '-' only "
-                        "(no path separators or '..'), at most 64 characters")
-    return name
-
 
 
 # --- storage --------------------------------------------------------------------------------
@@ -218,11 +208,11 @@ class AdvisoryLock(_Lock):
             conn.close()
 
 
-
 class FileClaim(_Lock):
     """A lock held from counting the trials until the next trial exists in the storage, so
     workers never start more trials than the target. This one is a file lock shared by one
-    machine's workers: enough for SQLite, whose database is a file on that machine."""
+    machine's workers: enough for SQLite, whose database is a file on that machine. A bare flock,
+    as `files.run_lock` takes: `filelock` would save a dozen lines for one more dependency."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -289,7 +279,15 @@ def load_study(settings: Settings) -> optuna.Study:
 
 def masked(url: str) -> str:
     """The URL with any password hidden, for messages and saved files."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # a mistyped URL make_url cannot parse may still hold a password
+        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    # Rendered again only to hide a password: rendering would percent-encode a Windows path's ':'.
+    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
 
 
 def _interrupted(t: FrozenTrial) -> bool:
@@ -344,7 +342,7 @@ class Tally:
 
 def load_best_params(runs_dir: Path, study: str) -> dict[str, Any]:
     """The best_params.json record of a finished study, checked."""
-    check_study_name(study)
+    check_name(study, "--study")
     path = study_dir(runs_dir, study) / "best_params.json"
     if not path.is_file():
         raise UserError(f"--study {study!r}: no {path} (unknown study, or no trial completed); "

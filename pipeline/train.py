@@ -25,7 +25,7 @@ import pandas as pd
 
 from pipeline import checkpoint
 from pipeline.config import Config, Paths
-from pipeline.console import duration
+from pipeline.console import Log, duration
 from pipeline.data import load_train
 from pipeline.errors import Interrupted
 from pipeline.evaluate import fold_scores
@@ -35,14 +35,13 @@ from pipeline.folds import HOLDOUT, check_labels, load_folds
 from pipeline.jobs import FoldJob, job_for, model_label
 from pipeline.plan import Plan, choose, precision_for, rounds_after, setup_tensorflow, this_machine
 from pipeline.pool import Job, run_jobs
-from pipeline.predict import average_probs
+from pipeline.inference import average_probs
 from pipeline.provenance import environment
 from pipeline.pseudo import check_teacher
 from pipeline.runfiles import (FoldFiles, RunFiles, check_resumable, check_same_split,
                                fold_checksums, fold_done, started_precision)
 from pipeline.runmetrics import format_table, summarize
 
-Log = Callable[[str], None]
 Eta = Callable[[float, int], float]  # (seconds per epoch, epochs done) → seconds left in the run
 
 

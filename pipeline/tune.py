@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline import config as config_mod
 from pipeline.config import LR_SCHEDULES, MODEL_NAMES, Config, keys_with
+from pipeline.console import Log
 from pipeline.errors import Interrupted, UserError
 from pipeline.files import read_json
 from pipeline.plan import Plan, choose, this_machine
@@ -47,8 +48,6 @@ from pipeline.tune_report import Progress, write_results
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
-
-Log = Callable[[str], None]
 
 
 # --- the search space -----------------------------------------------------------------------
@@ -326,6 +325,9 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
             waiting = [t for t in tally.counted if t.state == optuna.trial.TrialState.WAITING]
             running = [t for t in tally.counted if t.state == optuna.trial.TrialState.RUNNING]
             if tally.retry:
+                # Not optuna's RetryHeartbeatStaleTrialCallback: it re-runs only trials failed for a
+                # stale heartbeat (not those stopped by --timeout or Ctrl-C, nor _SilentTrials'), and
+                # enqueues outside the claim, so the exact trial count and `retry_of` would not hold.
                 dead = tally.retry[0]
                 log(f"trial {dead.number} was interrupted; running it again with the same parameters")
                 # Only a dead worker counts toward MAX_RETRIES, not a timeout or Ctrl-C.

@@ -8,20 +8,17 @@ value so far. `python -m pipeline tune` (pipeline.tune) calls these; nothing her
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pipeline import figures
-from pipeline.console import duration
+from pipeline.console import Log, duration
 from pipeline.files import write_json, write_text
 from pipeline.study import Settings, Tally, masked
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
-
-Log = Callable[[str], None]
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -113,21 +110,19 @@ def summary_text(settings: Settings, study: optuna.Study) -> str:
 
 
 def trials_table(study: optuna.Study) -> str:
-    """Every trial as CSV: number, state, value, time, why it failed, and its parameters."""
+    """Every trial as CSV: number, state, value, time, why it failed, and its parameters (by name)."""
     import pandas as pd
 
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
-                     "seconds": t.user_attrs.get("seconds"),
-                     "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
-                     "baseline": bool(t.user_attrs.get("baseline")),
-                     "retry_of": t.user_attrs.get("retry_of"), "error": t.user_attrs.get("error"),
-                     **t.params})
-    table = pd.DataFrame(rows)
+    df = study.trials_dataframe(attrs=("number", "state", "value", "user_attrs", "params"))
+    table = df[["number", "state", "value"]].copy()
+    for key in ("seconds", "pruned_at_epoch", "baseline", "retry_of", "error"):
+        table[key] = df.get(f"user_attrs_{key}", pd.Series(None, index=df.index, dtype=object))
+    table["baseline"] = table["baseline"].eq(True)
     for column in ("pruned_at_epoch", "retry_of"):  # integers with gaps, not floats
         table[column] = table[column].astype("Int64")
-    return table.to_csv(index=False)
+    params = [c for c in df if c.startswith("params_")]
+    return pd.concat([table, df[params].rename(columns=lambda c: c.removeprefix("params_"))],
+                     axis=1).to_csv(index=False)
 
 
 def best_params_record(settings: Settings, study: optuna.Study) -> dict[str, Any] | None:

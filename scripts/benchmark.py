@@ -222,9 +222,9 @@ def cross_validate(profile: str, sets: dict, paths: Paths, run: str,
 def oof_tta(paths: Paths, run: str, y: np.ndarray, x: np.ndarray) -> dict:
     """Out-of-fold accuracy of a finished run's fold models without and with test-time
     augmentation (what `tta=true` would have scored), and the seconds each took."""
-    from pipeline.predict import average_probs
+    from pipeline.inference import average_probs, load_fold_model
     from pipeline.folds import HOLDOUT
-    from pipeline.runfiles import RunFiles, load_fold_model, load_run_config, read_split
+    from pipeline.runfiles import RunFiles, load_run_config, read_split
 
     run_dir = paths.run_dir(run)
     models = [load_fold_model(run_dir, i) for i in range(load_run_config(run_dir).folds)]

@@ -25,12 +25,13 @@ from pipeline.data import load_train  # noqa: E402
 from pipeline.evaluate import paired, score  # noqa: E402
 from pipeline.files import load_npy, save_npz  # noqa: E402
 from pipeline.folds import holdout_rows  # noqa: E402
-from pipeline.runfiles import RunFiles, load_fold_model, load_run_config, read_split  # noqa: E402
+from pipeline.inference import load_fold_model  # noqa: E402
+from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
 
 
 def model_probs(rf: RunFiles, x: np.ndarray) -> dict[str, np.ndarray]:
     """Each model's holdout probabilities by folder name (fold_0 …, member_0 …), cached."""
-    from pipeline.predict import average_probs
+    from pipeline.inference import average_probs
 
     cfg = load_run_config(rf.root)
     cache = rf.root / "holdout_by_model.npz"

@@ -32,7 +32,7 @@ def fold_probs(runs: Path, run: str, fold: int, x: np.ndarray, n: int) -> dict:
     saved OOF), and its probabilities on the held-out rows (made as `predict` makes them)."""
     import keras
 
-    from pipeline.predict import average_probs
+    from pipeline.inference import average_probs
 
     rf = RunFiles(runs / run)
     cfg = load_run_config(rf.root)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from holdout_run import load  # noqa: E402
-from pipeline.predict import average_probs  # noqa: E402
+from pipeline.inference import average_probs  # noqa: E402
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ from scipy import ndimage  # noqa: E402
 
 from holdout_run import load  # noqa: E402
 from pipeline.evaluate import paired, score  # noqa: E402
-from pipeline.predict import TTA_SHIFTS, shift  # noqa: E402
+from pipeline.inference import TTA_SHIFTS, shift  # noqa: E402
 
 
 def affine(x: np.ndarray, degrees: float = 0.0, scale: float = 1.0) -> np.ndarray:

@@ -281,13 +281,14 @@ def _kw(call: ast.Call, name: str):
     return None
 
 
-STAGING_FUNCTIONS = ("extract_archive", "download")
+# Functions that unpack into a private staging folder, by file.
+STAGING_FUNCTIONS = {"archive.py": ("extract_archive",), "kaggle.py": ("download",)}
 
 
-def _in_staging(tree: ast.Module, call: ast.Call) -> bool:
-    """True if `call` sits in kaggle.py's archive extraction/installation into a staging folder."""
+def _in_staging(tree: ast.Module, call: ast.Call, functions: tuple[str, ...]) -> bool:
+    """True if `call` sits in one of `functions`, which unpack the archive into a staging folder."""
     for fn in ast.walk(tree):
-        if isinstance(fn, ast.FunctionDef) and fn.name in STAGING_FUNCTIONS:
+        if isinstance(fn, ast.FunctionDef) and fn.name in functions:
             if fn.lineno <= call.lineno <= (fn.end_lineno or fn.lineno):
                 return True
     return False
@@ -311,7 +312,7 @@ def test_source_loads_safely_and_writes_only_through_the_atomic_helpers() -> Non
                 problems.append(f"{where}: Keras load without safe_mode=True")
             if path.name == "files.py":
                 continue  # the atomic helpers themselves
-            if path.name == "kaggle.py" and _in_staging(tree, call):
+            if _in_staging(tree, call, STAGING_FUNCTIONS.get(path.name, ())):
                 continue  # unpacks into a private temp folder that is moved into place only when complete
             mode = call.args[1].value if (name == "open" and len(call.args) > 1
                                           and isinstance(call.args[1], ast.Constant)) else _kw(call, "mode")

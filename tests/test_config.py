@@ -80,8 +80,10 @@ def test_set_syntax_and_run_names() -> None:
         config.parse_sets(["epochs"])
     for bad in ("../x", "a/b", "..", ""):
         with pytest.raises(UserError, match="--run"):
-            config.check_run_name(bad)
-    assert config.check_run_name("cpu-2.v1") == "cpu-2.v1"
+            config.check_name(bad)
+        with pytest.raises(UserError, match="--study"):
+            config.check_name(bad, "--study")
+    assert config.check_name("cpu-2.v1") == "cpu-2.v1"
 
 
 def test_cli_config_error_is_one_line(tmp_path: Path) -> None:

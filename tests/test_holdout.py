@@ -82,9 +82,8 @@ def test_predict_scores_the_ensemble_on_the_holdout(held: dict) -> None:
     assert (f"holdout estimate: the ensemble scores {h['accuracy']:.4f} on {len(rows)} held-out "
             f"train.csv images ({h['errors']} errors") in held["h0"]["predict"]
     # The fold ensemble: the mean of the fold models' predictions on those rows.
-    from pipeline.predict import average_probs
     from pipeline.config import resolve
-    from pipeline.runfiles import ensemble_models
+    from pipeline.inference import average_probs, ensemble_models
 
     x = pd.read_csv(held["common"][1] + "/train.csv").to_numpy()[:, 1:].reshape(-1, 28, 28, 1)
     again = average_probs(ensemble_models(run, resolve("tiny")), x[rows].astype(np.uint8))

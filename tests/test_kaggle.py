@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import archive as arc
 from pipeline import kaggle as kg
 from pipeline.config import PROJ_ROOT
 from pipeline.errors import UserError
@@ -102,7 +103,7 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def env(server: FakeKaggle, home: Path, tmp_path: Path) -> dict[str, str]:
     e = client_env(server, home, tmp_path / "hook")
-    e[kg.ROWS_ENV] = SAMPLE_ROWS
+    e[arc.ROWS_ENV] = SAMPLE_ROWS
     return e
 
 
@@ -149,7 +150,7 @@ def test_from_zip_then_skip_then_force(env, server, data, archive, sample):
 ], ids=["dotdot", "absolute", "symlink"])
 def test_unsafe_archive_members_are_refused(data, sample, tmp_path, monkeypatch, bad):
     # In-process (the extraction needs no client); the CLI's error path is covered by the other tests.
-    monkeypatch.setenv(kg.ROWS_ENV, SAMPLE_ROWS)
+    monkeypatch.setenv(arc.ROWS_ENV, SAMPLE_ROWS)
     zpath = tmp_path / "evil.zip"
     zpath.write_bytes(make_zip({**sample, **bad.get("members", {})}, bad.get("links")))
     with pytest.raises(UserError, match="refusing to extract member") as err:
@@ -169,7 +170,7 @@ def test_corrupt_download_leaves_data_untouched(env, server, data, sample):
 
 
 def test_wrong_shapes_are_named(data, sample, tmp_path, monkeypatch):
-    monkeypatch.setenv(kg.ROWS_ENV, SAMPLE_ROWS)
+    monkeypatch.setenv(arc.ROWS_ENV, SAMPLE_ROWS)
     lines = sample["train.csv"].splitlines(keepends=True)
     zpath = tmp_path / "short.zip"
     zpath.write_bytes(make_zip({**sample, "train.csv": b"".join(lines[:1001])}))
@@ -179,7 +180,7 @@ def test_wrong_shapes_are_named(data, sample, tmp_path, monkeypatch):
 
 
 def test_real_size_check_rejects_a_small_archive(env, data, archive):
-    del env[kg.ROWS_ENV]
+    del env[arc.ROWS_ENV]
     line = user_error(cli(env, "download", "--from-zip", archive, "--data", data))
     assert "train.csv is 1,257 rows × 785 columns, expected 42,000 × 785" in line
     assert "test.csv is 540 rows × 784 columns, expected 28,000 × 784" in line
@@ -408,7 +409,7 @@ def test_crc_corruption_is_reported(tmp_path, sample):
     zpath.write_bytes(bytes(raw))
     (tmp_path / "out").mkdir()
     with pytest.raises(UserError, match="corrupt or incomplete zip archive"):
-        kg.extract_archive(zpath, tmp_path / "out")
+        arc.extract_archive(zpath, tmp_path / "out")
 
 
 def test_size_cap(tmp_path):
@@ -416,7 +417,7 @@ def test_size_cap(tmp_path):
     zpath.write_bytes(make_zip({"train.csv": b"0" * 100_000}))
     (tmp_path / "out").mkdir()
     with pytest.raises(UserError, match="over the .* limit"):
-        kg.extract_archive(zpath, tmp_path / "out", limit=10_000)
+        arc.extract_archive(zpath, tmp_path / "out", limit=10_000)
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from pipeline import model as model_mod
 from pipeline.config import resolve
-from pipeline.predict import average_probs
-from pipeline.runfiles import ensemble_models, fold_done
+from pipeline.inference import average_probs, ensemble_models
+from pipeline.runfiles import fold_done
 from tests.conftest import FOLD_FILES, call_cli, run_files, sha256
 
 RUN_FILES = {"config.json", "env.json", "folds.npy", "oof_probs.npy", "metrics.json", "folds.csv"}

@@ -214,7 +214,7 @@ def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict)
     """Fold k adds the test images and the validation images that teacher fold k is surest of,
     labelled as that model says, and never a true validation label."""
     from pipeline.data import load_test
-    from pipeline.predict import average_probs
+    from pipeline.inference import average_probs
     from pipeline.model import load_model
 
     common = tiny_pipeline["common"]

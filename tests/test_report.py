@@ -84,8 +84,8 @@ def test_demo_builds_every_figure_as_a_readable_non_blank_png(tiny_run: SimpleNa
     assert f"report: {tiny_run.run_dir / 'report.html'}" in tiny_run.stdout
 
 
-def test_metrics_json_adds_bootstrap_ci_and_per_class_report(tiny_run: SimpleNamespace) -> None:
-    from pipeline.report import bootstrap_ci
+def test_metrics_json_adds_exact_ci_and_per_class_report(tiny_run: SimpleNamespace) -> None:
+    from scipy.stats import binomtest
 
     m = json.loads((tiny_run.run_dir / "metrics.json").read_text())
     y = _train_labels(tiny_run)
@@ -96,7 +96,10 @@ def test_metrics_json_adds_bootstrap_ci_and_per_class_report(tiny_run: SimpleNam
     assert lo < acc < hi
     normal = 2 * 1.96 * np.sqrt(acc * (1 - acc) / len(y))  # the CI a binomial would give
     assert 0.6 * normal < hi - lo < 1.6 * normal
-    assert bootstrap_ci(pred == y, seed=m["bootstrap"]["seed"]) == pytest.approx((lo, hi))
+    # The one interval of the pipeline, the holdout estimate's: Clopper-Pearson (exact binomial).
+    exact = binomtest(int(np.sum(pred == y)), len(y)).proportion_ci(0.95, method="exact")
+    assert (lo, hi) == pytest.approx((exact.low, exact.high))
+    assert m["cv_accuracy_ci_method"] == "Clopper-Pearson (exact binomial)" and "bootstrap" not in m
 
     cm = np.zeros((10, 10), dtype=int)
     np.add.at(cm, (y, pred), 1)

@@ -35,8 +35,13 @@ def _imports(path: Path) -> set[str]:
     return {m for m in out if (PACKAGE / f"{m.split('.', 1)[1]}.py").is_file()}
 
 
+def _graph() -> dict[str, set[str]]:
+    """Each pipeline module → the pipeline modules it imports."""
+    return {f"pipeline.{p.stem}": _imports(p) - {f"pipeline.{p.stem}"} for p in PACKAGE.glob("*.py")}
+
+
 def test_the_package_import_graph_has_no_cycle() -> None:
-    graph = {f"pipeline.{p.stem}": _imports(p) - {f"pipeline.{p.stem}"} for p in PACKAGE.glob("*.py")}
+    graph = _graph()
     assert graph["pipeline.ensemble"] and graph["pipeline.train"]  # the parser sees imports
     done: set[str] = set()
 
@@ -53,6 +58,20 @@ def test_the_package_import_graph_has_no_cycle() -> None:
         visit(module, [])
 
 
+def test_the_run_folder_and_the_report_need_no_keras() -> None:
+    """Describing a run folder, loading a finished run and drawing its page import no Keras:
+    `pipeline.model` is reached from none of them, lazily or not."""
+    graph = _graph()
+    for start in ("pipeline.runfiles", "pipeline.rundata", "pipeline.report", "pipeline.summary"):
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get(node, ()))
+        assert "pipeline.model" not in seen, start
+
+
 def test_config_key_roles_are_declared_once_and_cover_every_key() -> None:
     keys = {f.name for f in config.fields(config.Config)}
     assert all(config.role(k) in config.ROLES for k in keys)
@@ -64,7 +83,7 @@ def test_what_each_stage_ignores_follows_the_key_roles(tmp_path: Path) -> None:
     each stage's constant with the keys_with() call that defines it)."""
     import optuna
 
-    from pipeline import report, tune
+    from pipeline import summary, tune
     from pipeline.config import Config, Paths
     from pipeline.study import Settings
 
@@ -99,7 +118,7 @@ def test_what_each_stage_ignores_follows_the_key_roles(tmp_path: Path) -> None:
         (run / "metrics.json").write_text(json.dumps({"folds": [], "cv_accuracy": 0.9,
                                                       "fold_accuracy_mean": 0.9,
                                                       "fold_accuracy_std": 0.0}))
-    rows = report.compare_rows(tmp_path / "runs", ["a", "b"])
+    rows = summary.compare_rows(tmp_path / "runs", ["a", "b"])
     assert list(rows["settings that differ"]) == ["dropout=0.1", "dropout=0.3"]
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import PROJ_ROOT, resolve
-from pipeline.predict import average_probs, shift
+from pipeline.inference import average_probs, shift
 from pipeline.errors import UserError
 from pipeline.folds import load_folds, make_folds
 from pipeline.submission import read_submission, validate_submission, write_submission
