@@ -205,15 +205,16 @@ def is_demo(run_dir: Path) -> bool:
 
 
 def trained_at(run_dir: Path) -> float:
-    """When training last finished a fold of the run (seconds since the epoch).
+    """When training last finished a fold or refit member of the run (seconds since the epoch).
 
-    From what training alone writes: each finished fold's recorded `finished_at` (for folds
+    From what training alone writes: each finished model's recorded `finished_at` (for folds
     trained before that key existed, its metrics.json's mtime). `report`, `predict` and `submit`
     rewrite the run's metrics.json, never a fold's, so looking at a run does not change this.
     """
     rf = RunFiles(Path(run_dir))
     times = []
-    for meta_path in rf.root.glob("fold_*/metrics.json"):
+    # Members count too: growing `refit` on a finished run must make its old submission stale.
+    for meta_path in [*rf.root.glob("fold_*/metrics.json"), *rf.root.glob("member_*/metrics.json")]:
         try:
             meta = read_optional(meta_path) or {}
             times.append(datetime.fromisoformat(str(meta["finished_at"])).timestamp())

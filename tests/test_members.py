@@ -15,7 +15,7 @@ import pytest
 from pipeline import model as model_mod
 from pipeline.config import resolve
 from pipeline.inference import average_probs, ensemble_models
-from pipeline.runfiles import fold_done
+from pipeline.runfiles import fold_done, trained_at
 from tests.conftest import FOLD_FILES, call_cli, run_files, sha256
 
 RUN_FILES = {"config.json", "env.json", "folds.npy", "oof_probs.npy", "metrics.json", "folds.csv"}
@@ -119,6 +119,7 @@ def test_more_members_on_a_finished_run_train_only_the_new_ones(members: dict,
     shutil.copytree(members["run"].parent, runs, ignore=shutil.ignore_patterns("cache"))
     run = runs / "m"
     kept = sha256(run / "member_1" / "model.keras")
+    before = trained_at(run)
     hist = run / "member_0" / "history.csv"
     hist.write_text(hist.read_text().replace("\n2,", "\n7,", 1))
     args = [a if a != str(members["run"].parent) else str(runs) for a in members["args"]]
@@ -131,6 +132,8 @@ def test_more_members_on_a_finished_run_train_only_the_new_ones(members: dict,
     metrics = json.loads((run / "metrics.json").read_text())
     assert [m["member"] for m in metrics["members"]] == [1, 2, 3]
     assert json.loads((run / "config.json").read_text())["refit"] == 3
+    # New members make the run "trained later": a submission built before them is stale.
+    assert trained_at(run) > before
 
 
 def test_refit_with_early_stopping_is_refused(sample_dir: Path, tmp_path: Path) -> None:
