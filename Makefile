@@ -63,7 +63,7 @@ tune: install
 train: install
 	$(PYTHON) -m pipeline train --data $(DATA) --profile $(PROFILE) $(if $(RUN),--run $(RUN)) $(ARGS)
 
-## Ensemble a run's fold models on test.csv → submissions/submission.csv (RUN=name, default: the latest trained run)
+## Average a run's models (refit members, else fold models) on test.csv → submissions/submission.csv (RUN=name, default: the latest trained run)
 submission: install
 	$(PYTHON) -m pipeline predict --data $(DATA) $(if $(RUN),--run $(RUN)) $(ARGS)
 

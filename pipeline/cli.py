@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"port on 127.0.0.1; 0 picks a free one (default: {DEFAULT_PORT})")
     _runs_dir_flag(p)
 
-    p = add("predict", _predict, "ensemble a run's fold models on test.csv → "
+    p = add("predict", _predict, "average a run's models (its refit members, else its fold models) on test.csv → "
             "submissions/<run>.csv and submissions/submission.csv")
     _data_flag(p)
     _taken_run_flag(p, "predict")

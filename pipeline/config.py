@@ -61,7 +61,8 @@ class Config:
     # seeds the folds, and (with model_seed) weights, augmentation and shuffling
     seed: int = field(default=42, metadata={"role": "split"})
     model_seed: int = 0  # vary to train another ensemble member on the same folds
-    # fraction of train.csv to use (stratified); <1 for quick experiments
+    # share of each model's training rows used (stratified; validation rows stay whole); <1 for
+    # quick experiments
     subsample: float = field(default=1.0, metadata={"role": "split"})
     # share of train.csv held out of every fold, trial and pseudo-label (stratified, seeded): after
     # `predict` the fold ensemble is scored on it, an estimate of what Kaggle's test will score
@@ -102,7 +103,7 @@ class Config:
     # prediction
     # Average predictions over the image and its four one-pixel shifts. For the `cpu` profile
     # it removed 5, 10 and 6 of 184, 189 and 197 OOF errors with three seeds, for ~1 minute
-    # more (README, Performance).
+    # more (scripts/results/README.md).
     tta: bool = field(default=True, metadata={"role": "prediction"})
     # pseudo-labelling (opt-in; README): fold k also trains on the test images and on its own
     # validation images as labelled by the teacher run's fold-k model, which never saw the
@@ -112,7 +113,7 @@ class Config:
     # execution
     # auto (0): chosen from the machine by pipeline.plan — one fold process per core (per GPU),
     # up to the folds; on 2 cores two single-threaded folds at once train ~1.2–1.3× faster than
-    # one fold on two threads (README, Performance).
+    # one fold on two threads (scripts/results/README.md).
     # folds trained at once, each in its own process
     workers: int = field(default=0, metadata={"role": "execution"})
     # TensorFlow threads per process; auto (0) = the cores shared among the running workers
@@ -170,7 +171,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 # Presets hold only their differences from the defaults, with the reason.
 PROFILES: dict[str, dict[str, Any]] = {
-    # The default for real data on a 2-core CPU: the accuracy/time trade-off measured in README.
+    # The default for real data on a 2-core CPU: the accuracy/time trade-off in README, Performance.
     # (Real data, fold 1: dropout 0.10/0.20 + batch 64 + label smoothing 0.1 reached 0.9949
     # against 0.9937 with dropout 0.25/0.25, batch 128, no smoothing (`deep`, 15 epochs); `lean`
     # for 25 epochs, two folds at a time, then took 5-fold OOF from 0.9952 to 0.9956 in the

@@ -331,7 +331,7 @@ def _prediction_rows(p: dict[str, Any] | None) -> list[list[Any]]:
     if not p:
         return []
     return [["submission file", p.get("submission", "")], ["rows", p.get("rows", "")],
-            ["fold models averaged", p.get("models", "")],
+            ["models averaged", p.get("models", "")],
             ["test-time augmentation", "on" if p.get("tta") else "off"],
             ["prediction time", f"{p.get('seconds', 0):.1f}s"]]
 

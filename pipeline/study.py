@@ -36,7 +36,7 @@ PRUNERS = ("median", "hyperband", "none")
 EXECUTION_KEYS = keys_with("prediction", "source", "execution", "ensemble")
 DEFAULT_HEARTBEAT = 10  # seconds between a running trial's heartbeats
 GRACE = 4  # a trial with no heartbeat for GRACE × heartbeat seconds is declared dead
-SQLITE_TIMEOUT = 60.0  # seconds a writer waits for SQLite's lock (see README: measured)
+SQLITE_TIMEOUT = 60.0  # seconds a writer waits for SQLite's lock (measured: scripts/results/README.md)
 
 
 @dataclass(frozen=True)
