@@ -53,7 +53,7 @@ def _log(message: str) -> None:
 
 def _report_after(paths: Paths, run: str) -> None:
     """Rebuild the run's report after a command; a report problem never fails the command."""
-    from pipeline.report import build_report
+    from pipeline.reporting.report import build_report
 
     try:
         build_report(paths.runs, run, data=paths.data, log=_log)
@@ -65,7 +65,7 @@ def _report_after(paths: Paths, run: str) -> None:
 # --- commands -------------------------------------------------------------------------------
 
 def _sample(args: argparse.Namespace) -> int:
-    from pipeline.sample import write_sample
+    from pipeline.data.sample import write_sample
 
     out = write_sample(Path(args.out).resolve(), force=args.force)
     _log(f"embedded sample (from scikit-learn's digits) ready in {out}")
@@ -73,7 +73,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.train import train_run
+    from pipeline.training.train import train_run
 
     cfg, provenance = _with_study(args, _config(args))
     if args.max_folds is not None and args.max_folds < 1:
@@ -90,7 +90,7 @@ def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | N
     name = getattr(args, "study", None) or cfg.study
     if not name:
         return cfg, None
-    from pipeline.study import load_best_params
+    from pipeline.tuning.study import load_best_params
 
     record = load_best_params(Path(args.runs_dir).resolve(), name)
     cfg = config_mod.resolve(args.profile, Path(args.config) if args.config else None,
@@ -106,8 +106,8 @@ def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | N
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from pipeline import study as study_mod
-    from pipeline import tune
+    from pipeline.tuning import study as study_mod
+    from pipeline.tuning import tune
 
     study = config_mod.check_name(args.study, "--study")
     file = Path(args.config) if args.config else None
@@ -128,7 +128,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from pipeline.dashboard import serve, storage_url
+    from pipeline.tuning.dashboard import serve, storage_url
 
     serve(storage_url(Path(args.runs_dir).resolve(), args.study, args.storage), args.study,
           port=args.port, log=_log)
@@ -136,7 +136,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.ensemble import predict_run
+    from pipeline.prediction.ensemble import predict_run
 
     paths = _paths(args)
     run = _run_taken(args, paths.runs)
@@ -147,7 +147,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _blend(args: argparse.Namespace) -> int:
-    from pipeline.ensemble import blend_runs
+    from pipeline.prediction.ensemble import blend_runs
 
     runs = [config_mod.check_name(r) for r in args.runs]
     name = config_mod.check_name(args.name or "blend-" + "-".join(runs))
@@ -159,10 +159,10 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from pipeline.ensemble import predict_run
+    from pipeline.data.sample import write_sample
+    from pipeline.prediction.ensemble import predict_run
     from pipeline.runfiles import mark_demo
-    from pipeline.sample import write_sample
-    from pipeline.train import train_run
+    from pipeline.training.train import train_run
 
     # Check the config and run name before writing anything.
     cfg = _config(args)
@@ -184,8 +184,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline.report import build_report
-    from pipeline.summary import summary_text
+    from pipeline.reporting.report import build_report
+    from pipeline.reporting.summary import summary_text
 
     runs = Path(args.runs_dir).resolve()
     run = _run_taken(args, runs)
@@ -195,8 +195,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from pipeline.reporting.summary import compare_text
     from pipeline.runfiles import finished_runs
-    from pipeline.summary import compare_text
 
     runs_dir = Path(args.runs_dir).resolve()
     runs = [config_mod.check_name(r) for r in args.runs] or finished_runs(runs_dir)
@@ -207,7 +207,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from pipeline.kaggle import download
+    from pipeline.kaggle.client import download
 
     download(args.competition, Path(args.data).resolve(), force=args.force,
              from_zip=Path(args.from_zip).resolve() if args.from_zip else None, log=_log)
@@ -215,7 +215,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline.submit import submit_run
+    from pipeline.kaggle.submit import submit_run
 
     if args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
@@ -276,7 +276,7 @@ def _competition_flag(p: argparse.ArgumentParser, default: str | None, shown: st
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
-    from pipeline.study import DEFAULT_HEARTBEAT, PRUNERS, Budget
+    from pipeline.tuning.study import DEFAULT_HEARTBEAT, PRUNERS, Budget
 
     b = Budget()
     p.add_argument("--study", default="default",
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runs_dir_flag(p)
     _tune_args(p)
 
-    from pipeline.dashboard import DEFAULT_PORT
+    from pipeline.tuning.dashboard import DEFAULT_PORT
 
     p = add("dashboard", _dashboard, "watch a tuning study in the browser: optuna-dashboard on "
             "http://127.0.0.1:PORT, until Ctrl-C")
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args.data_given = any(a == "--data" or a.startswith("--data=") for a in argv)
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # fold and tuning workers inherit it
-    # TensorFlow is imported only where a command first needs it (pipeline.model, pipeline.plan),
+    # TensorFlow is imported only where a command first needs it (pipeline.modeling.model, pipeline.machine.plan),
     # always through console.quiet_tensorflow, so a command refused early never pays for it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:

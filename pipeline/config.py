@@ -68,7 +68,7 @@ class Config:
     # `predict` the fold ensemble is scored on it, an estimate of what Kaggle's test will score
     holdout: float = field(default=0.0, metadata={"role": "split"})
     # model
-    model: str = "lean"  # a name in pipeline.model.MODELS
+    model: str = "lean"  # a name in pipeline.modeling.model.MODELS
     filters: int = 32  # width of the first conv block; later blocks double it
     kernel_size: int = 3
     dropout: float = 0.10  # after each conv block (augmentation already regularises)
@@ -111,7 +111,7 @@ class Config:
     pseudo_from: str = ""  # a finished run on the same folds (the teacher); "" = off
     pseudo_keep: float = 0.97  # share of each image set used, the teacher's most confident first
     # execution
-    # auto (0): chosen from the machine by pipeline.plan — one fold process per core (per GPU),
+    # auto (0): chosen from the machine by pipeline.machine.plan — one fold process per core (per GPU),
     # up to the folds; on 2 cores two single-threaded folds at once train ~1.2–1.3× faster than
     # one fold on two threads (scripts/results/README.md).
     # folds trained at once, each in its own process
@@ -122,7 +122,7 @@ class Config:
     deterministic: bool = field(default=False, metadata={"role": "execution"})
     # The arithmetic a fold trains in: auto = mixed_bfloat16 on CPUs with native bfloat16
     # (amx_bf16 or avx512_bf16; ~2–3× the images/s), mixed_float16 on GPUs with tensor cores,
-    # float32 elsewhere (pipeline.plan). A run keeps the precision it started with (config.json
+    # float32 elsewhere (pipeline.machine.plan). A run keeps the precision it started with (config.json
     # holds the resolved value); saved models and every prediction are float32 whatever it is.
     precision: str = field(default="auto", metadata={"role": "numerics"})
     # tuning and Kaggle
@@ -163,7 +163,7 @@ def keys_with(*roles: str) -> frozenset[str]:
     return frozenset(f.name for f in fields(Config) if f.metadata.get("role", "model") in roles)
 
 
-# The model builders' names (pipeline.model derives its registry from this tuple), here so
+# The model builders' names (pipeline.modeling.model derives its registry from this tuple), here so
 # checking a config needs no Keras import.
 MODEL_NAMES = ("simple", "deep", "lean", "strided", "deotte")
 LR_SCHEDULES = ("onecycle", "cosine", "exponential", "constant")
@@ -252,7 +252,7 @@ def _check(cfg: Config) -> None:
             raise UserError(f"config: {key}={getattr(cfg, key)!r} {why}")
 
 
-# Keys whose value "auto" (stored as 0) lets pipeline.plan choose from the machine.
+# Keys whose value "auto" (stored as 0) lets pipeline.machine.plan choose from the machine.
 AUTO_KEYS = ("workers", "threads")
 
 

@@ -87,6 +87,14 @@ def write_bytes(path: Path, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data))
 
 
+def write_png(path: Path, figure: Any, **savefig: Any) -> Path:
+    """Render a matplotlib figure to PNG (white background) and write it atomically."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", facecolor="white", **savefig)
+    write_bytes(path, buf.getvalue())
+    return path
+
+
 def write_text(path: Path, text: str) -> None:
     """Write UTF-8 text atomically."""
     write_bytes(path, text.encode("utf-8"))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import PROJ_ROOT, Paths
-from pipeline.data import file_sha256
+from pipeline.data.load import file_sha256
 
 
 def git_commit() -> tuple[str, bool]:

@@ -24,10 +24,10 @@ import numpy as np
 from pipeline import config as config_mod
 from pipeline.config import Config
 from pipeline.console import Log
-from pipeline.data import file_sha256
+from pipeline.data.folds import same_split
+from pipeline.data.load import file_sha256
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json, write_json
-from pipeline.folds import same_split
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class RunFiles:
     name = property(lambda self: self.root.name)
     config = property(lambda self: self.root / "config.json")  # the resolved config
     env = property(lambda self: self.root / "env.json")  # versions, commit, data hashes, plan
-    folds = property(lambda self: self.root / "folds.npy")  # the split (see pipeline.folds)
+    folds = property(lambda self: self.root / "folds.npy")  # the split (see pipeline.data.folds)
     oof = property(lambda self: self.root / "oof_probs.npy")
     metrics = property(lambda self: self.root / "metrics.json")  # exists once training finished
     folds_csv = property(lambda self: self.root / "folds.csv")

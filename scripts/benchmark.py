@@ -30,12 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from pipeline import config as config_mod  # noqa: E402
-from pipeline.config import DATA_DIR, RUNS_DIR, SUBMISSIONS_DIR  # noqa: E402
+from pipeline.config import (  # noqa: E402
+    DATA_DIR,
+    RUNS_DIR,
+    SUBMISSIONS_DIR,
+    Paths,  # noqa: E402
+)
 from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data import load_test, load_train  # noqa: E402
+from pipeline.data.load import load_test, load_train  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
-from pipeline.config import Paths  # noqa: E402
 
 
 def machine() -> dict:
@@ -43,7 +47,7 @@ def machine() -> dict:
     import keras
     import tensorflow as tf
 
-    from pipeline.plan import this_machine
+    from pipeline.machine.plan import this_machine
 
     here = this_machine()
     return {"cpu": here.cpu, "bf16_flags": here.bf16_flags, "cores": os.cpu_count(),
@@ -83,7 +87,7 @@ def _train_speed(cfg: config_mod.Config, form: Form, x: np.ndarray, y: np.ndarra
     """Training images/s on x[:n], the best of `repeats` epochs after a compiling warm-up."""
     import keras
 
-    from pipeline.model import build_model, one_hot, training_form
+    from pipeline.modeling.model import build_model, one_hot, training_form
 
     keras.utils.set_random_seed(0)
     y = one_hot(y)  # what the compiled loss expects, as in `train`
@@ -105,7 +109,7 @@ def _train_speed(cfg: config_mod.Config, form: Form, x: np.ndarray, y: np.ndarra
 def _speed_worker(cfg: config_mod.Config, form: Form, plan: Any, threads: int, x: np.ndarray,
                   y: np.ndarray, n: int, barrier: Any) -> float:
     """One of several processes timed together, set up as `train` sets up its fold workers."""
-    from pipeline.plan import setup_tensorflow
+    from pipeline.machine.plan import setup_tensorflow
 
     setup_tensorflow(cfg, plan, threads)
     return _train_speed(cfg, form, x, y, n, barrier, repeats=2)
@@ -115,8 +119,8 @@ def parallel_speed(cfg: config_mod.Config, form: Form, machine: Any, workers: in
                    y: np.ndarray, n: int, gpus: tuple[int, ...] | None = None) -> float:
     """Total training images/s of `workers` processes training at once, each set up as the plan
     for that many workers would (cores split among them; on GPUs, one GPU each)."""
-    from pipeline.plan import choose
-    from pipeline.pool import CONTEXT, Job, run_jobs
+    from pipeline.machine.plan import choose
+    from pipeline.machine.pool import CONTEXT, Job, run_jobs
 
     plan = choose(dataclasses.replace(cfg, workers=workers), machine, workers)
     if gpus is not None:
@@ -139,8 +143,8 @@ def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.
     """Training images/s of each precision × BatchNorm kernel, in one process and in the plan's
     processes at once; of the plan's own form with 1 … N processes and without augmentation;
     inference images/s."""
-    from pipeline.model import build_model
-    from pipeline.plan import choose, this_machine
+    from pipeline.machine.plan import choose, this_machine
+    from pipeline.modeling.model import build_model
 
     n = min(images, len(x))
     machine = this_machine()
@@ -194,10 +198,10 @@ def cross_validate(profile: str, sets: dict, paths: Paths, run: str,
                    holdout: float | None = None) -> dict:
     """A full k-fold run plus prediction of `profile`, timed end to end; with `holdout`, the
     fold ensemble's score on that share of train.csv held out (the leaderboard estimate)."""
-    from pipeline.ensemble import predict_run
     from pipeline.files import read_json
+    from pipeline.prediction.ensemble import predict_run
     from pipeline.runfiles import RunFiles
-    from pipeline.train import train_run
+    from pipeline.training.train import train_run
 
     if holdout is not None:
         sets = {**sets, "holdout": str(holdout)}
@@ -222,8 +226,8 @@ def cross_validate(profile: str, sets: dict, paths: Paths, run: str,
 def oof_tta(paths: Paths, run: str, y: np.ndarray, x: np.ndarray) -> dict:
     """Out-of-fold accuracy of a finished run's fold models without and with test-time
     augmentation (what `tta=true` would have scored), and the seconds each took."""
-    from pipeline.inference import average_probs, load_fold_model
-    from pipeline.folds import HOLDOUT
+    from pipeline.data.folds import HOLDOUT
+    from pipeline.prediction.inference import average_probs, load_fold_model
     from pipeline.runfiles import RunFiles, load_run_config, read_split
 
     run_dir = paths.run_dir(run)

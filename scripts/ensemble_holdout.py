@@ -21,17 +21,17 @@ import numpy as np  # noqa: E402
 
 from pipeline.config import DATA_DIR, RUNS_DIR  # noqa: E402
 from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data import load_train  # noqa: E402
-from pipeline.evaluate import paired, score  # noqa: E402
+from pipeline.data.folds import holdout_rows  # noqa: E402
+from pipeline.data.load import load_train  # noqa: E402
 from pipeline.files import load_npy, save_npz  # noqa: E402
-from pipeline.folds import holdout_rows  # noqa: E402
-from pipeline.inference import load_fold_model  # noqa: E402
+from pipeline.prediction.evaluate import paired, score  # noqa: E402
+from pipeline.prediction.inference import load_fold_model  # noqa: E402
 from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
 
 
 def model_probs(rf: RunFiles, x: np.ndarray) -> dict[str, np.ndarray]:
     """Each model's holdout probabilities by folder name (fold_0 …, member_0 …), cached."""
-    from pipeline.inference import average_probs
+    from pipeline.prediction.inference import average_probs
 
     cfg = load_run_config(rf.root)
     cache = rf.root / "holdout_by_model.npz"

@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 
 from pipeline.config import DATA_DIR, RUNS_DIR, keys_with  # noqa: E402
 from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data import load_train  # noqa: E402
-from pipeline.evaluate import paired, score  # noqa: E402
-from pipeline.folds import holdout_rows  # noqa: E402
+from pipeline.data.folds import holdout_rows  # noqa: E402
+from pipeline.data.load import load_train  # noqa: E402
+from pipeline.prediction.evaluate import paired, score  # noqa: E402
 from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def fold_probs(runs: Path, run: str, fold: int, x: np.ndarray, n: int) -> dict:
     saved OOF), and its probabilities on the held-out rows (made as `predict` makes them)."""
     import keras
 
-    from pipeline.inference import average_probs
+    from pipeline.prediction.inference import average_probs
 
     rf = RunFiles(runs / run)
     cfg = load_run_config(rf.root)

@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from holdout_run import load  # noqa: E402
-from pipeline.inference import average_probs  # noqa: E402
+
+from pipeline.prediction.inference import average_probs  # noqa: E402
 
 
 def main() -> int:

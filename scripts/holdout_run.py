@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 
 from pipeline.config import DATA_DIR, RUNS_DIR, Config  # noqa: E402
 from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data import load_train  # noqa: E402
-from pipeline.folds import holdout_rows  # noqa: E402
+from pipeline.data.folds import holdout_rows  # noqa: E402
+from pipeline.data.load import load_train  # noqa: E402
 from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
 
 

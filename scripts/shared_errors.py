@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from pipeline.config import DATA_DIR, RUNS_DIR  # noqa: E402
-from pipeline.data import load_train  # noqa: E402
-from pipeline.evaluate import score  # noqa: E402
+from pipeline.data.folds import holdout_rows  # noqa: E402
+from pipeline.data.load import load_train  # noqa: E402
 from pipeline.files import load_npy  # noqa: E402
-from pipeline.folds import holdout_rows  # noqa: E402
+from pipeline.prediction.evaluate import score  # noqa: E402
 from pipeline.runfiles import RunFiles, read_split  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in every],
     }
     if args.png:
-        from pipeline.figures import gallery
+        from pipeline.reporting.figures import gallery
 
         labels = [f"true {int(yh[i])} → {int(blend[i].argmax())} ({blend[i].max():.2f})\n"
                   f"p(true) {blend[i, yh[i]]:.2f} · row {int(rows[i]) + 2}" for i in every]

@@ -15,11 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from holdout_run import load  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from holdout_run import load  # noqa: E402
-from pipeline.evaluate import paired, score  # noqa: E402
-from pipeline.inference import TTA_SHIFTS, shift  # noqa: E402
+from pipeline.prediction.evaluate import paired, score  # noqa: E402
+from pipeline.prediction.inference import TTA_SHIFTS, shift  # noqa: E402
 
 
 def affine(x: np.ndarray, degrees: float = 0.0, scale: float = 1.0) -> np.ndarray:

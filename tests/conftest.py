@@ -12,8 +12,8 @@ import fcntl
 import hashlib
 import io
 import os
-import re
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -27,8 +27,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import PROJ_ROOT
-from pipeline.sample import write_sample
-
+from pipeline.data.sample import write_sample
 
 # The files that take longest (`pytest --durations`), first: `--dist loadfile` hands whole files
 # to the xdist workers in collection order, and a long file handed out last would leave one

@@ -31,7 +31,7 @@ def test_each_model_name_builds_its_own_network() -> None:
     """Every name the config accepts builds a model, and each a different network: the key
     chooses the architecture (MODELS is derived from MODEL_NAMES, so comparing the two names
     would prove nothing)."""
-    from pipeline.model import build_model
+    from pipeline.modeling.model import build_model
 
     shapes = {}
     for name in config.MODEL_NAMES:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import PIXELS, load_test, load_train
+from pipeline.data.load import PIXELS, load_test, load_train
 from pipeline.errors import UserError
 from tests.conftest import last_error_line, run_cli
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import model as model_mod
-from pipeline.batchnorm import FusedBatchNormalization
 from pipeline.config import resolve
-from pipeline.model import build_model, copy_state, training_form
+from pipeline.modeling import model as model_mod
+from pipeline.modeling.batchnorm import FusedBatchNormalization
+from pipeline.modeling.model import build_model, copy_state, training_form
 from tests.conftest import call_cli
 
 # Tolerances: float32 differs only by the order of the sums (1e-5 of values of order 1);
@@ -128,8 +128,8 @@ def test_a_bfloat16_run_saves_float32_models_and_resumes_in_bfloat16(
     assert config["precision"] == "mixed_bfloat16"  # resolved and saved before the first fold
     assert (tmp_path / "bf" / "fold_0" / "last.keras").is_file()
     # Resume with precision=auto on a machine without bf16: the run keeps mixed_bfloat16.
-    monkeypatch.setattr("pipeline.train.this_machine",
-                        lambda: __import__("pipeline.plan", fromlist=["Machine"]).Machine(1))
+    monkeypatch.setattr("pipeline.training.train.this_machine",
+                        lambda: __import__("pipeline.machine.plan", fromlist=["Machine"]).Machine(1))
     proc = call_cli(*flags, "--set", "precision=auto")
     assert "resuming fold 1 after epoch 1" in proc.stdout and " · mixed_bfloat16 · " in proc.stdout
     assert [s[0] for s in seen] == ["mixed_bfloat16"] * 3  # fold 1, fold 1 resumed, fold 2
@@ -193,9 +193,9 @@ def test_steps_per_execution_leaves_the_numbers_alone(monkeypatch: pytest.Monkey
 
 def test_float16_on_a_cpu_is_refused_before_anything_is_written(
         sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.plan import Machine
+    from pipeline.machine.plan import Machine
 
-    monkeypatch.setattr("pipeline.train.this_machine", lambda: Machine(2, cpu_flags=frozenset()))
+    monkeypatch.setattr("pipeline.training.train.this_machine", lambda: Machine(2, cpu_flags=frozenset()))
     proc = call_cli("train", "--profile", "tiny", "--data", str(sample_dir), "--runs-dir",
                     str(tmp_path / "runs"), "--set", "precision=mixed_float16", check=False)
     assert proc.returncode == 2 and not (tmp_path / "runs" / "tiny").exists()

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from pipeline.evaluate import paired, score
-from pipeline.folds import HOLDOUT, make_folds
+from pipeline.data.folds import HOLDOUT, make_folds
+from pipeline.prediction.evaluate import paired, score
 from tests.conftest import call_cli, last_error_line
 
 
@@ -83,7 +83,7 @@ def test_predict_scores_the_ensemble_on_the_holdout(held: dict) -> None:
             f"train.csv images ({h['errors']} errors") in held["h0"]["predict"]
     # The fold ensemble: the mean of the fold models' predictions on those rows.
     from pipeline.config import resolve
-    from pipeline.inference import average_probs, ensemble_models
+    from pipeline.prediction.inference import average_probs, ensemble_models
 
     x = pd.read_csv(held["common"][1] + "/train.csv").to_numpy()[:, 1:].reshape(-1, 28, 28, 1)
     again = average_probs(ensemble_models(run, resolve("tiny")), x[rows].astype(np.uint8))
@@ -145,7 +145,7 @@ def test_compare_pairs_two_runs_on_the_same_holdout(held: dict) -> None:
 
 
 def test_mcnemar_is_exact_and_says_when_a_difference_is_noise() -> None:
-    from pipeline.evaluate import paired_text
+    from pipeline.prediction.evaluate import paired_text
 
     y = np.zeros(100, dtype=int)
     good = np.eye(10)[np.zeros(100, dtype=int)]
@@ -194,7 +194,7 @@ def test_fold_screen_pairs_one_fold_on_its_validation_and_held_out_rows(held: di
     assert screen.main(["--reference", "h0", "--runs", "h1", "--data", data,
                         "--runs-dir", str(held["runs"])]) == 0
     out = json.loads(capsys.readouterr().out)
-    from pipeline.data import load_train
+    from pipeline.data.load import load_train
 
     x, _ = load_train(Path(data) / "train.csv")
     y, split = held["y"], np.load(held["runs"] / "h0" / "folds.npy")

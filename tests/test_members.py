@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import model as model_mod
 from pipeline.config import resolve
-from pipeline.inference import average_probs, ensemble_models
+from pipeline.modeling import model as model_mod
+from pipeline.prediction.inference import average_probs, ensemble_models
 from pipeline.runfiles import fold_done, trained_at
 from tests.conftest import FOLD_FILES, call_cli, run_files, sha256
 

@@ -213,9 +213,9 @@ def test_blend_averages_runs_on_the_same_folds(tiny_pipeline: dict, second_membe
 def test_pseudo_labels_are_the_teacher_folds_most_confident(tiny_pipeline: dict) -> None:
     """Fold k adds the test images and the validation images that teacher fold k is surest of,
     labelled as that model says, and never a true validation label."""
-    from pipeline.data import load_test
-    from pipeline.inference import average_probs
-    from pipeline.model import load_model
+    from pipeline.data.load import load_test
+    from pipeline.modeling.model import load_model
+    from pipeline.prediction.inference import average_probs
 
     common = tiny_pipeline["common"]
     args = ["train", "--profile", "tiny", "--run", "pl", "--set", "pseudo_from=demo",

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import resolve
 from pipeline.errors import UserError
-from pipeline.plan import Machine, choose, cpu_info
+from pipeline.machine.plan import Machine, choose, cpu_info
 
 H200 = ("NVIDIA H200", (9, 0))
 K80 = ("Tesla K80", (3, 7))
@@ -75,7 +75,7 @@ def test_explicit_workers_and_threads_win() -> None:
 
 _APPLY_TWICE = """
 import tensorflow as tf
-from pipeline.plan import apply, choose, Machine
+from pipeline.machine.plan import apply, choose, Machine
 from pipeline.config import resolve
 tf.constant(1.0) + 1.0  # TensorFlow has started: its thread pools are fixed now
 plan = choose(resolve("cpu"), Machine(2), 5)

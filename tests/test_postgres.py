@@ -29,7 +29,7 @@ import pytest
 import sqlalchemy
 
 from pipeline.config import PROJ_ROOT
-from pipeline.study import masked
+from pipeline.tuning.study import masked
 from tests.test_tune import PINS
 
 PG_ENV = "PIPELINE_TEST_PG_URL"
@@ -56,7 +56,7 @@ def pg_url() -> str:
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.sample import write_sample
+    from pipeline.data.sample import write_sample
 
     return write_sample(tmp_path_factory.mktemp("data"))
 

@@ -29,8 +29,18 @@ from pipeline.config import PROJ_ROOT
 from pipeline.errors import UserError
 from pipeline.files import remove_stale_temps, run_lock, write_atomic, write_text
 from pipeline.runfiles import fold_done
-from tests.conftest import (FOLD_FILES, call_cli, cli_in_process, interrupt, last_error_line,
-                            mutate_csv, run_cli, run_files, sha256, snapshot)
+from tests.conftest import (
+    FOLD_FILES,
+    call_cli,
+    cli_in_process,
+    interrupt,
+    last_error_line,
+    mutate_csv,
+    run_cli,
+    run_files,
+    sha256,
+    snapshot,
+)
 
 FOLDS, EPOCHS = 5, 3
 TRAIN = ["train", "--profile", "tiny", "--set", f"folds={FOLDS}", "--set", f"epochs={EPOCHS}"]
@@ -232,7 +242,7 @@ def test_unsafe_model_file_is_refused(capsys, interrupted: dict, sample_dir: Pat
     """A fold model holding a Python lambda, with a matching checksum, is never loaded."""
     import keras
 
-    from pipeline.data import file_sha256
+    from pipeline.data.load import file_sha256
     from pipeline.files import read_json, write_json
 
     runs = tmp_path / "runs"

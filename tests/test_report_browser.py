@@ -24,7 +24,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from pipeline.report import FIGURES, SECTIONS
+from pipeline.reporting.report import FIGURES, SECTIONS
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WINDOW = (1440, 1000)  # the report's main column is at most 1440 px wide

@@ -21,33 +21,79 @@ from tests.conftest import call_cli, last_error_line, run_cli
 
 PACKAGE = PROJ_ROOT / "pipeline"
 
+# Who may import whom, written once. Each entry is a package of pipeline/ (a stage folder) or a
+# module of the top floor; the list runs from the top (the command line) to the ground. A module
+# imports from its own package or from a package on a lower layer: never upward, never sideways.
+LAYERS: list[set[str]] = [
+    {"__main__"},
+    {"cli"},
+    {"reporting"},
+    {"tuning"},
+    {"training", "kaggle"},
+    {"prediction"},
+    {"runfiles", "provenance"},
+    {"modeling", "machine", "data"},
+    {"config", "files"},
+    {"console", "errors", "__init__"},
+]
 
-def _imports(path: Path) -> set[str]:
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package, sub-packages too, by dotted name."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PROJ_ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 2 else parts)] = path
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     """The pipeline modules a file imports anywhere in it (lazy imports inside functions too)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
-            names = [node.module] if node.module != "pipeline" else \
-                [f"pipeline.{a.name}" for a in node.names]
-            out.update(names)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
+            for a in node.names:  # `from pipeline.pkg import module` names the module
+                full = f"{node.module}.{a.name}"
+                out.add(full if full in modules else node.module)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("pipeline."))
-    return {m for m in out if (PACKAGE / f"{m.split('.', 1)[1]}.py").is_file()}
+    return {m for m in out if m in modules}
 
 
 def _graph() -> dict[str, set[str]]:
     """Each pipeline module → the pipeline modules it imports."""
-    return {f"pipeline.{p.stem}": _imports(p) - {f"pipeline.{p.stem}"} for p in PACKAGE.glob("*.py")}
+    modules = _modules()
+    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
 
 
-def test_the_package_import_graph_has_no_cycle() -> None:
-    graph = _graph()
-    assert graph["pipeline.ensemble"] and graph["pipeline.train"]  # the parser sees imports
+def _package(module: str) -> str:
+    """The entry of LAYERS a module belongs to: its stage folder, or itself on the top floor."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that runs upward or sideways in LAYERS, and every module LAYERS does not place."""
+    layer = {pkg: i for i, floor in enumerate(LAYERS) for pkg in floor}
+    out = [f"{m}: its package {_package(m)!r} is on no layer" for m in graph if _package(m) not in layer]
+    for module, deps in sorted(graph.items()):
+        here = _package(module)
+        for dep in sorted(deps):
+            there = _package(dep)
+            if there != here and here in layer and layer.get(there, -1) <= layer[here]:
+                out.append(f"{module} imports {dep}: {there!r} is not below {here!r}")
+    return out
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """Each import cycle found, as `a → b → a`."""
     done: set[str] = set()
+    cycles: list[str] = []
 
     def visit(node: str, path: list[str]) -> None:
         if node in path:
-            pytest.fail("import cycle: " + " → ".join(path[path.index(node):] + [node]))
+            cycles.append(" → ".join(path[path.index(node):] + [node]))
+            return
         if node in done:
             return
         for dep in sorted(graph.get(node, ())):
@@ -56,20 +102,45 @@ def test_the_package_import_graph_has_no_cycle() -> None:
 
     for module in sorted(graph):
         visit(module, [])
+    return cycles
+
+
+def test_the_package_import_graph_has_no_cycle_and_no_import_upward() -> None:
+    graph = _graph()
+    # The parser sees the stages and their imports, lazy ones included.
+    assert len(graph) > 40 and "pipeline.training.train" in graph
+    assert "pipeline.modeling.model" in graph["pipeline.training.train"]
+    assert "pipeline.reporting.figures" in graph["pipeline.reporting.report"]
+    assert import_cycles(graph) == []
+    assert layering_violations(graph) == []
+
+
+def test_the_layering_check_fails_on_an_import_upward_sideways_or_in_a_circle() -> None:
+    graph = _graph()
+    upward = {**graph, "pipeline.data.load": graph["pipeline.data.load"] | {"pipeline.reporting.figures"}}
+    assert layering_violations(upward) == [
+        "pipeline.data.load imports pipeline.reporting.figures: 'reporting' is not below 'data'"]
+    sideways = {**graph, "pipeline.kaggle.submit": graph["pipeline.kaggle.submit"] | {"pipeline.training.jobs"}}
+    assert len(layering_violations(sideways)) == 1
+    unplaced = {**graph, "pipeline.extra.thing": set()}
+    assert layering_violations(unplaced) == ["pipeline.extra.thing: its package 'extra' is on no layer"]
+    circle = {**graph, "pipeline.data.folds": graph["pipeline.data.folds"] | {"pipeline.data.load"},
+              "pipeline.data.load": graph["pipeline.data.load"] | {"pipeline.data.folds"}}
+    assert import_cycles(circle) and layering_violations(circle) == []
 
 
 def test_the_run_folder_and_the_report_need_no_keras() -> None:
     """Describing a run folder, loading a finished run and drawing its page import no Keras:
-    `pipeline.model` is reached from none of them, lazily or not."""
+    `pipeline.modeling.model` is reached from none of them, lazily or not."""
     graph = _graph()
-    for start in ("pipeline.runfiles", "pipeline.rundata", "pipeline.report", "pipeline.summary"):
+    for start in ("pipeline.runfiles", "pipeline.reporting.rundata", "pipeline.reporting.report", "pipeline.reporting.summary"):
         seen, todo = set(), [start]
         while todo:
             node = todo.pop()
             if node not in seen:
                 seen.add(node)
                 todo.extend(graph.get(node, ()))
-        assert "pipeline.model" not in seen, start
+        assert "pipeline.modeling.model" not in seen, start
 
 
 def test_config_key_roles_are_declared_once_and_cover_every_key() -> None:
@@ -83,9 +154,10 @@ def test_what_each_stage_ignores_follows_the_key_roles(tmp_path: Path) -> None:
     each stage's constant with the keys_with() call that defines it)."""
     import optuna
 
-    from pipeline import summary, tune
     from pipeline.config import Config, Paths
-    from pipeline.study import Settings
+    from pipeline.reporting import summary
+    from pipeline.tuning import tune
+    from pipeline.tuning.study import Settings
 
     # tune: with every key pinned, a trial's params (what best_params.json holds, what train
     # copies) are exactly the model keys: no split, prediction, execution or numerics key.
@@ -186,7 +258,7 @@ def test_a_damaged_split_file_is_one_line(tiny_run, tmp_path: Path) -> None:  # 
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert last_error_line(proc).startswith(f"error: {runs / 'demo' / 'folds.npy'}: unreadable")
     # The shared split cache is rebuilt, not trusted, when damaged.
-    from pipeline.folds import load_folds, make_folds
+    from pipeline.data.folds import load_folds, make_folds
 
     y = pd.read_csv(tiny_run.data / "train.csv", usecols=["label"])["label"].to_numpy()
     load_folds(tmp_path / "cache", y, 2, 42)

@@ -38,7 +38,7 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.sample import write_sample
+    from pipeline.data.sample import write_sample
 
     return write_sample(tmp_path_factory.mktemp("data"))
 
@@ -194,7 +194,7 @@ def test_bad_input_is_one_clear_line(tmp_path, sample, args, message):
 
 
 def test_pruning_callback_refuses_a_missing_metric_and_a_nan_loss():
-    from pipeline.tune import pruning_callback
+    from pipeline.tuning.tune import pruning_callback
 
     trial = optuna.create_study(direction="maximize").ask()
     with pytest.raises(KeyError, match="val_acc"):

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from pipeline.config import PROJ_ROOT, resolve
-from pipeline.inference import average_probs, shift
+from pipeline.data.folds import load_folds, make_folds
+from pipeline.data.submission import read_submission, validate_submission, write_submission
 from pipeline.errors import UserError
-from pipeline.folds import load_folds, make_folds
-from pipeline.submission import read_submission, validate_submission, write_submission
+from pipeline.prediction.inference import average_probs, shift
 from tests.conftest import run_cli
 
 
@@ -34,7 +34,7 @@ def test_folds_disjoint_stratified_and_stable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["simple", "deep", "lean", "strided", "deotte"])
 def test_models_output_probabilities(name: str) -> None:
-    from pipeline.model import build_model
+    from pipeline.modeling.model import build_model
 
     cfg = resolve("tiny", None, {"model": name})
     model = build_model(cfg, steps_per_epoch=3)
@@ -48,7 +48,7 @@ def test_models_output_probabilities(name: str) -> None:
 def test_refresh_batchnorm_sets_the_moving_statistics_to_the_batches_average() -> None:
     import keras
 
-    from pipeline.model import refresh_batchnorm
+    from pipeline.modeling.model import refresh_batchnorm
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
@@ -62,7 +62,7 @@ def test_refresh_batchnorm_sets_the_moving_statistics_to_the_batches_average() -
 
 
 def test_lr_schedules() -> None:
-    from pipeline.model import schedule
+    from pipeline.modeling.model import schedule
 
     def cfg(**sets: str):  # type: ignore[no-untyped-def]
         return resolve("cpu", None, {"epochs": "5", **sets})

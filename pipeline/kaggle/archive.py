@@ -3,7 +3,7 @@
 Every member is checked before anything is written (no links, absolute paths, '..', encrypted or
 oversized members), the files are unpacked into a hidden folder inside the data folder, their
 headers and row counts checked, and only then moved into place, train.csv last. Nothing reaches
-the data folder unless every check has passed. `pipeline.kaggle` downloads the archive; this
+the data folder unless every check has passed. `pipeline.kaggle.client` downloads the archive; this
 module never talks to Kaggle.
 
     install_archive(Path("digit-recognizer.zip"), Path("data"))
@@ -25,10 +25,10 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from pipeline.data import TEST_COLUMNS, TRAIN_COLUMNS
+from pipeline.data.load import TEST_COLUMNS, TRAIN_COLUMNS
+from pipeline.data.submission import COLUMNS as SUBMISSION_COLUMNS
+from pipeline.data.submission import KAGGLE_ROWS
 from pipeline.errors import UserError
-from pipeline.submission import COLUMNS as SUBMISSION_COLUMNS
-from pipeline.submission import KAGGLE_ROWS
 
 # File name -> header; rows come from expected_shapes().
 HEADERS: dict[str, list[str]] = {

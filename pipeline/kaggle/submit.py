@@ -1,6 +1,6 @@
 """What `submit` sends: the run's submission (rebuilt when missing or older than its training) or a
 file of the user's, validated, described before anything is sent, then uploaded and its score
-recorded in the run (`runs/<run>/kaggle_submission.json`) through `pipeline.kaggle`.
+recorded in the run (`runs/<run>/kaggle_submission.json`) through `pipeline.kaggle.client`.
 
     python -m pipeline submit [--run NAME | --file CSV] [--message TEXT] [--dry-run] [--no-wait] [--timeout S]
 """
@@ -15,12 +15,12 @@ import numpy as np
 
 from pipeline.config import Config, Paths
 from pipeline.console import Log
-from pipeline.ensemble import predict_run, run_submission
+from pipeline.data.submission import KAGGLE_ROWS, read_sample_ids, read_submission
 from pipeline.errors import UserError
 from pipeline.files import read_json
-from pipeline.kaggle import parse_competition, submit
+from pipeline.kaggle.client import parse_competition, submit
+from pipeline.prediction.ensemble import predict_run, run_submission
 from pipeline.runfiles import RunFiles, latest_trained_run, read_optional, trained_at
-from pipeline.submission import KAGGLE_ROWS, read_sample_ids, read_submission
 
 
 def default_message(run: str | None, run_dir: Path | None, csv: Path) -> str:

@@ -24,7 +24,7 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 def load_fold_model(run_dir: Path, fold: int | FoldFiles) -> Any:
     """Load one finished fold's (or member's) model, refusing a file that no longer matches
     its checksum."""
-    from pipeline.model import load_model
+    from pipeline.modeling.model import load_model
 
     rf = RunFiles(Path(run_dir))
     path = (rf.fold(fold) if isinstance(fold, int) else fold).model

@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from pipeline.config import check_name
 from pipeline.console import Log
 from pipeline.errors import UserError
-from pipeline.study import default_storage, masked, open_storage, study_dir
+from pipeline.tuning.study import default_storage, masked, open_storage, study_dir
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage

@@ -4,7 +4,7 @@
 exact 95% CI (Clopper-Pearson, as the holdout estimate has), the per-class report, the confusion
 matrix and the Kaggle result to `runs/<run>/metrics.json`, and writes `runs/<run>/report.html`
 (images embedded; opens from disk with no server or internet). `train`, `predict` and `demo`
-build it when they finish; `pipeline.summary` prints the terminal summary.
+build it when they finish; `pipeline.reporting.summary` prints the terminal summary.
 
 The page is the Jinja2 template `report.html.j2` beside this file (styles in `report.css`),
 autoescaped; this module only prepares its context of plain values (`page_context`).
@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import figures
 from pipeline.config import PROFILES, Config
 from pipeline.console import Log, duration
-from pipeline.evaluate import DIGITS, confusion_counts, per_digit, score, top_confusions
 from pipeline.files import run_lock, write_bytes, write_json, write_text
-from pipeline.rundata import RunData, load_run
-from pipeline.study import open_saved_study, study_dir
-from pipeline.summary import kaggle_score
+from pipeline.prediction.evaluate import DIGITS, confusion_counts, per_digit, score, top_confusions
+from pipeline.reporting import figures
+from pipeline.reporting.rundata import RunData, load_run
+from pipeline.reporting.summary import kaggle_score
+from pipeline.tuning import plots
+from pipeline.tuning.study import open_saved_study, study_dir
 
 ERROR_GALLERY_SIZE = 24
 TEMPLATE = "report.html.j2"  # beside this file, as is report.css which it includes
@@ -169,7 +170,7 @@ def tuning_figures(rd: RunData, out_dir: Path) -> dict[str, Path]:
         study = None
     made: dict[str, Path] = {}
     if study is not None:
-        paths, skipped = figures.tuning(study, out_dir)
+        paths, skipped = plots.tuning(study, out_dir)
         made = {p.stem: p for p in paths}
         rd.notes.extend(f"tuning plot skipped — {why}" for why in skipped)
     elif folder.is_dir():

@@ -3,7 +3,7 @@ its last finished epoch with the same augmentation and dropout random streams.
 
 Keras saves the weights and the optimizer (whose step count says which epoch the checkpoint
 holds) but not where its random-number streams stand: `state.json` records those. A checkpoint
-holds the model's saved form (pipeline.model), like the fold's final model file. An epoch whose
+holds the model's saved form (pipeline.modeling.model), like the fold's final model file. An epoch whose
 loss is not finite stops the fold before anything of it is saved.
 """
 
@@ -41,7 +41,7 @@ class Eta:
 
 def rng_states(model: Any) -> list[list[int]]:
     """Where each random layer's stream stands."""
-    from pipeline.model import seed_generators
+    from pipeline.modeling.model import seed_generators
 
     return [np.asarray(g.state.value).tolist() for g in seed_generators(model)]
 
@@ -104,7 +104,7 @@ class Resumed:
 
 def resume(ff: FoldFiles, label: str, steps: int, log: Log) -> Resumed:
     """The fold's last checkpoint (an empty Resumed if there is none or it is unreadable)."""
-    from pipeline.model import load_model, seed_generators
+    from pipeline.modeling.model import load_model, seed_generators
 
     if not (ff.last.is_file() and ff.history.is_file()):
         return Resumed()

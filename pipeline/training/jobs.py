@@ -15,9 +15,9 @@ import numpy as np
 
 from pipeline.config import Config, Paths
 from pipeline.console import Log
-from pipeline.folds import HOLDOUT, train_rows, val_rows
-from pipeline.pseudo import pseudo_labels
+from pipeline.data.folds import HOLDOUT, train_rows, val_rows
 from pipeline.runfiles import RunFiles
+from pipeline.training.pseudo import pseudo_labels
 
 
 @dataclass(frozen=True)

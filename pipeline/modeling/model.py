@@ -28,8 +28,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
-from pipeline.batchnorm import FusedBatchNormalization  # noqa: E402
 from pipeline.config import MODEL_NAMES, Config  # noqa: E402
+from pipeline.modeling.batchnorm import FusedBatchNormalization  # noqa: E402
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (28, 28, 1)
@@ -193,7 +193,7 @@ def training_form(saved: keras.Model, cfg: Config, steps_per_epoch: int,
     the run's precision (`cfg.precision`, resolved; or `precision`), compiled as build_model."""
     precision = precision or cfg.precision
     if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
-        raise ValueError(f"precision {precision!r}: resolve it first (pipeline.plan)")
+        raise ValueError(f"precision {precision!r}: resolve it first (pipeline.machine.plan)")
 
     def clone(layer: layers.Layer) -> layers.Layer:
         config = layer.get_config()

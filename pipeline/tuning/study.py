@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import hashlib
+import os
 import re
 import warnings
 from collections.abc import Iterator

@@ -6,7 +6,7 @@ convolutions from paying off. `FusedBatchNormalization` computes the same functi
 fused kernel where the kernel can serve the layer (4-D channels-last input, no mask, no renorm,
 not synchronized) and falls back to Keras' own code elsewhere (the dense head's 2-D BatchNorm).
 
-Models are trained with it and saved with plain `BatchNormalization` (pipeline.model converts
+Models are trained with it and saved with plain `BatchNormalization` (pipeline.modeling.model converts
 between the two forms), so a saved model file needs neither this module nor this package.
 """
 

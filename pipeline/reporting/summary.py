@@ -18,13 +18,13 @@ import pandas as pd
 
 from pipeline.config import Config, keys_with
 from pipeline.console import duration, table
-from pipeline.data import load_train
-from pipeline.evaluate import DIGITS, paired, paired_text, top_confusions
+from pipeline.data.folds import holdout_rows, same_split
+from pipeline.data.load import load_train
 from pipeline.files import load_npy, read_json
-from pipeline.folds import holdout_rows, same_split
-from pipeline.rundata import trained_data_dir
+from pipeline.prediction.evaluate import DIGITS, paired, paired_text, top_confusions
+from pipeline.reporting.rundata import trained_data_dir
 from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split, saved_config
-from pipeline.runmetrics import fold_table
+from pipeline.training.runmetrics import fold_table
 
 # Config keys that say how a run was executed rather than what it learned; left out of `compare`.
 HIDDEN_KEYS = keys_with("record", "prediction", "execution")

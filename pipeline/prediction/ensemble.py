@@ -19,14 +19,14 @@ import numpy as np
 
 from pipeline.config import Paths
 from pipeline.console import Log
-from pipeline.data import load_test, load_train
+from pipeline.data.folds import HOLDOUT, holdout_rows, same_split
+from pipeline.data.load import load_test, load_train
+from pipeline.data.submission import read_sample_ids, write_submission
 from pipeline.errors import UserError
-from pipeline.evaluate import accuracy, score
 from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json
-from pipeline.folds import HOLDOUT, holdout_rows, same_split
-from pipeline.inference import average_probs, ensemble_models
+from pipeline.prediction.evaluate import accuracy, score
+from pipeline.prediction.inference import average_probs, ensemble_models
 from pipeline.runfiles import RunFiles, load_run_config, read_split
-from pipeline.submission import read_sample_ids, write_submission
 
 
 def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print,

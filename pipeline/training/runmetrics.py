@@ -11,9 +11,9 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.console import duration, table
-from pipeline.evaluate import fold_scores
+from pipeline.data.folds import HOLDOUT
 from pipeline.files import load_npy, read_json, save_npy, write_json, write_text
-from pipeline.folds import HOLDOUT
+from pipeline.prediction.evaluate import fold_scores
 from pipeline.runfiles import RunFiles
 
 

@@ -14,11 +14,11 @@ import numpy as np
 
 from pipeline.config import Config, Paths
 from pipeline.console import Log
-from pipeline.data import load_test
+from pipeline.data.folds import same_split
+from pipeline.data.load import load_test
 from pipeline.errors import UserError
 from pipeline.files import load_npy, save_npy
-from pipeline.folds import same_split
-from pipeline.inference import average_probs, load_fold_model
+from pipeline.prediction.inference import average_probs, load_fold_model
 from pipeline.runfiles import RunFiles, load_run_config, read_split
 
 

@@ -2,7 +2,7 @@
 
 No pyplot: every figure is a `matplotlib.figure.Figure` rendered by the Agg canvas, so nothing
 here changes matplotlib's global backend or opens a window (the Optuna plots, which need pyplot,
-are the one exception and are contained in `tuning`). Functions take plain arrays and tables,
+are drawn in `pipeline.tuning.plots`). Functions take plain arrays and tables,
 know nothing of the run folder layout, and return the path of the PNG they wrote.
 
     figures.confusion_matrix(y, probs.argmax(1), Path("runs/demo/figures/confusion_matrix.png"))
@@ -10,7 +10,6 @@ know nothing of the run folder layout, and return the path of the PNG they wrote
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from pipeline.evaluate import DIGITS, confusion_counts
-from pipeline.files import write_bytes
+from pipeline.files import write_png
+from pipeline.prediction.evaluate import DIGITS, confusion_counts
 
 DPI = 110
 TRAIN_COLOR = "#1f77b4"
@@ -33,10 +32,7 @@ UNSURE_COLOR = "#bc4c00"
 
 def _save(fig: Figure, out: Path, **savefig: Any) -> Path:
     """Render `fig` to PNG and write it atomically."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white", **savefig)
-    write_bytes(out, buf.getvalue())
-    return out
+    return write_png(out, fig, dpi=DPI, **savefig)
 
 
 def _digit(ax: Axes, image: np.ndarray) -> None:
@@ -473,43 +469,3 @@ def mean_images(x: np.ndarray, y: np.ndarray, out: Path) -> Path:
     fig.suptitle("Mean image per digit (top) and where digits vary most: pixel std (bottom)",
                  fontsize=11)
     return _save(fig, out)
-
-
-# --- tuning ----------------------------------------------------------------------------------
-
-TUNING_PLOTS = (
-    ("tuning_history", "plot_optimization_history"),
-    ("tuning_importances", "plot_param_importances"),
-    ("tuning_parallel", "plot_parallel_coordinate"),
-    ("tuning_slice", "plot_slice"),
-)
-
-
-def tuning(study: Any, out_dir: Path) -> tuple[list[Path], list[str]]:
-    """Optuna's own matplotlib plots of `study` as PNGs in `out_dir` (the study's folder, or a
-    run report's figures); returns (PNG paths, reasons for skipped plots)."""
-    import warnings
-
-    import matplotlib
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as ovm
-
-    paths, skipped = [], []
-    # Optuna draws with pyplot and switches the style to ggplot; rc_context puts rcParams back.
-    with matplotlib.rc_context(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-        if "inline" not in matplotlib.get_backend().lower():
-            plt.switch_backend("agg")
-        for name, func in TUNING_PLOTS:
-            fig = None
-            try:
-                ax = getattr(ovm, func)(study)
-                fig = np.atleast_1d(ax).ravel()[0].figure
-                fig.set_size_inches(10, 5.5)
-                paths.append(_save(fig, out_dir / f"{name}.png", bbox_inches="tight"))
-            except Exception as exc:  # e.g. too few finished trials for importances
-                skipped.append(f"{name}: {type(exc).__name__}: {exc}")
-            finally:
-                if fig is not None:
-                    plt.close(fig)
-    return paths, skipped

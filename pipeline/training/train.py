@@ -4,9 +4,9 @@ For each fold: fit, predict its validation rows, save; then the refit members (`
 fit on every labelled row. Writes `runs/<run>/` (see pipeline.runfiles for every file):
 config.json, env.json, folds.npy, oof_probs.npy, metrics.json, folds.csv, and per model
 `fold_<i>/` or `member_<j>/` with model.keras, history.csv and metrics.json. A checkpoint after
-every epoch (pipeline.checkpoint) lets an interrupted run continue where it stopped; finished
-models are verified by checksum and skipped. The plan (pipeline.plan) runs the loop in this
-process or `workers` models at a time in child processes (pipeline.pool).
+every epoch (pipeline.training.checkpoint) lets an interrupted run continue where it stopped; finished
+models are verified by checksum and skipped. The plan (pipeline.machine.plan) runs the loop in this
+process or `workers` models at a time in child processes (pipeline.machine.pool).
 
     python -m pipeline train --profile cpu --run cpu
 """
@@ -23,24 +23,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import checkpoint
 from pipeline.config import Config, Paths
 from pipeline.console import Log, duration
-from pipeline.data import load_train
+from pipeline.data.folds import HOLDOUT, check_labels, load_folds
+from pipeline.data.load import load_train
 from pipeline.errors import Interrupted
-from pipeline.evaluate import fold_scores
-from pipeline.files import (load_npy, read_json, remove_stale_temps, run_lock, save_keras, save_npy,
-                            write_json, write_text)
-from pipeline.folds import HOLDOUT, check_labels, load_folds
-from pipeline.jobs import FoldJob, job_for, model_label
-from pipeline.plan import Plan, choose, precision_for, rounds_after, setup_tensorflow, this_machine
-from pipeline.pool import Job, run_jobs
-from pipeline.inference import average_probs
+from pipeline.files import (
+    load_npy,
+    read_json,
+    remove_stale_temps,
+    run_lock,
+    save_keras,
+    save_npy,
+    write_json,
+    write_text,
+)
+from pipeline.machine.plan import Plan, choose, precision_for, rounds_after, setup_tensorflow, this_machine
+from pipeline.machine.pool import Job, run_jobs
+from pipeline.prediction.evaluate import fold_scores
+from pipeline.prediction.inference import average_probs
 from pipeline.provenance import environment
-from pipeline.pseudo import check_teacher
-from pipeline.runfiles import (FoldFiles, RunFiles, check_resumable, check_same_split,
-                               fold_checksums, fold_done, started_precision)
-from pipeline.runmetrics import format_table, summarize
+from pipeline.runfiles import (
+    FoldFiles,
+    RunFiles,
+    check_resumable,
+    check_same_split,
+    fold_checksums,
+    fold_done,
+    started_precision,
+)
+from pipeline.training import checkpoint
+from pipeline.training.jobs import FoldJob, job_for, model_label
+from pipeline.training.pseudo import check_teacher
+from pipeline.training.runmetrics import format_table, summarize
 
 Eta = Callable[[float, int], float]  # (seconds per epoch, epochs done) → seconds left in the run
 
@@ -63,11 +78,18 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
 
     The model trains in its training form (fused BatchNorm, `cfg.precision`, which must be
     resolved) and is checkpointed, returned and used for the out-of-fold predictions in its saved
-    form (pipeline.model), so those predictions are made exactly as the test predictions are.
+    form (pipeline.modeling.model), so those predictions are made exactly as the test predictions are.
     """
     import keras
 
-    from pipeline.model import average_weights, build_model, build_state, copy_state, one_hot, training_form
+    from pipeline.modeling.model import (
+        average_weights,
+        build_model,
+        build_state,
+        copy_state,
+        one_hot,
+        training_form,
+    )
 
     cfg, ff = job.cfg, FoldFiles(job.folder)
     if job.checkpoint:

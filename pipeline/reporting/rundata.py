@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DATA_DIR
-from pipeline.data import file_sha256, load_test, load_train
+from pipeline.data.folds import HOLDOUT
+from pipeline.data.load import file_sha256, load_test, load_train
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json
-from pipeline.folds import HOLDOUT
 from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split
 
 

@@ -5,9 +5,9 @@
 Credentials are the user's usual Kaggle setup (KAGGLE_API_TOKEN, ~/.kaggle/access_token, kaggle.json in
 KAGGLE_CONFIG_DIR or ~/.kaggle, KAGGLE_USERNAME + KAGGLE_KEY). The `kaggle` package authenticates, prints
 and may `exit(1)` while being imported, so it is imported only inside the functions that contact Kaggle,
-after this module has checked that credentials exist. The archive is extracted by `pipeline.archive`,
+after this module has checked that credentials exist. The archive is extracted by `pipeline.kaggle.archive`,
 not by the client, so that unsafe members are refused and nothing reaches the data folder before every
-check has passed. Which file `submit` sends, and for which run, is `pipeline.submit`'s to decide.
+check has passed. Which file `submit` sends, and for which run, is `pipeline.kaggle.submit`'s to decide.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.archive import HEADERS, check_files, install_archive, staging
 from pipeline.console import Log, warn
 from pipeline.errors import UserError
 from pipeline.files import write_json
+from pipeline.kaggle.archive import HEADERS, check_files, install_archive, staging
 
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,99}$")

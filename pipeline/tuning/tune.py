@@ -1,6 +1,6 @@
 """Optuna hyperparameter search for the CNN: resumable, pruned, and shareable across machines.
 
-Each trial trains the first fold(s) of the saved split (`pipeline.folds`, the same split `train`
+Each trial trains the first fold(s) of the saved split (`pipeline.data.folds`, the same split `train`
 uses) for a few epochs on a subsample of the training rows, reporting validation accuracy after
 every epoch so a pruner can stop hopeless trials early. Trial 0 of a new study is the base
 config (the profile's values), so the study always measures the default under the same budget.
@@ -9,7 +9,7 @@ The study lives in an Optuna storage: by default SQLite at `runs/tune/<study>/st
 survives restarts; `--trials` is the target total, so re-running the command resumes. `--workers W`
 runs W local processes on one study; `--storage postgresql://…` lets workers on many machines
 share it. A worker that dies stops sending heartbeats; its trial is marked failed and re-run with
-the same parameters. Outputs in `runs/tune/<study>/` (written by pipeline.tune_report):
+the same parameters. Outputs in `runs/tune/<study>/` (written by pipeline.tuning.tune_report):
 summary.txt, trials.csv, best_params.json (used by `train --study NAME`) and Optuna's plots.
 
     python -m pipeline tune --study s1 --trials 30 --timeout 1800
@@ -39,11 +39,20 @@ from pipeline.config import LR_SCHEDULES, MODEL_NAMES, Config, keys_with
 from pipeline.console import Log
 from pipeline.errors import Interrupted, UserError
 from pipeline.files import read_json
-from pipeline.plan import Plan, choose, this_machine
-from pipeline.pool import Job, run_jobs
-from pipeline.study import (EXECUTION_KEYS, GRACE, Claim, Settings, Tally, claim_for,
-                            load_study, make_sampler, masked)
-from pipeline.tune_report import Progress, write_results
+from pipeline.machine.plan import Plan, choose, this_machine
+from pipeline.machine.pool import Job, run_jobs
+from pipeline.tuning.study import (
+    EXECUTION_KEYS,
+    GRACE,
+    Claim,
+    Settings,
+    Tally,
+    claim_for,
+    load_study,
+    make_sampler,
+    masked,
+)
+from pipeline.tuning.tune_report import Progress, write_results
 
 if TYPE_CHECKING:
     import optuna
@@ -209,10 +218,10 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: Claim
     import keras
     import optuna
 
-    from pipeline.folds import train_rows, val_rows
-    from pipeline.evaluate import fold_scores
-    from pipeline.jobs import FoldJob
-    from pipeline.train import fit_fold
+    from pipeline.data.folds import train_rows, val_rows
+    from pipeline.prediction.evaluate import fold_scores
+    from pipeline.training.jobs import FoldJob
+    from pipeline.training.train import fit_fold
 
     claim.release()  # the trial exists now: other workers may start theirs
     budget, epochs = settings.budget, settings.budget.epochs(settings.pinned)
@@ -269,8 +278,8 @@ def _quiet_optuna() -> None:
 
 
 def _load_data(settings: Settings) -> _Data:
-    from pipeline.data import load_train
-    from pipeline.folds import check_labels, load_folds
+    from pipeline.data.folds import check_labels, load_folds
+    from pipeline.data.load import load_train
 
     train_csv = settings.paths.data / "train.csv"
     x, y = load_train(train_csv, cache_dir=settings.paths.runs / "cache")
@@ -362,7 +371,7 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
 
 def _tune_worker(settings: Settings, plan: Plan, index: int, deadline: float) -> None:
     """A local worker process (its output goes to worker-<index>.log): run trials until done."""
-    from pipeline.plan import setup_tensorflow
+    from pipeline.machine.plan import setup_tensorflow
 
     setup_tensorflow(settings.base, plan, plan.threads)
     print(f"worker {index} (pid {os.getpid()}) on study '{settings.study}'", flush=True)
@@ -414,7 +423,7 @@ def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> 
 def run_study(settings: Settings, log: Log = print, progress: bool = True,
               plots: bool = True) -> dict[str, Any]:
     """Run (or resume) a study to its target number of trials and write its results."""
-    from pipeline.plan import setup_tensorflow
+    from pipeline.machine.plan import setup_tensorflow
 
     _quiet_optuna()
     if settings.workers < 0:

@@ -3,7 +3,7 @@
 Reads the study from its storage and writes `runs/tune/<study>/`: summary.txt (also printed),
 trials.csv, best_params.json and Optuna's plots (optimization history, parameter importances,
 parallel coordinates, slice) as PNG. `Progress` is the progress bar over trials with the best
-value so far. `python -m pipeline tune` (pipeline.tune) calls these; nothing here trains.
+value so far. `python -m pipeline tune` (pipeline.tuning.tune) calls these; nothing here trains.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from pipeline import figures
 from pipeline.console import Log, duration
 from pipeline.files import write_json, write_text
-from pipeline.study import Settings, Tally, masked
+from pipeline.tuning import plots
+from pipeline.tuning.study import Settings, Tally, masked
 
 if TYPE_CHECKING:
     import optuna
@@ -159,7 +159,7 @@ def write_results(settings: Settings, study: optuna.Study, log: Log = print,
     if record is not None:
         write_json(out / "best_params.json", record)
     if plots:
-        for why in figures.tuning(study, out)[1]:
+        for why in plots.tuning(study, out)[1]:
             log(f"tuning plot skipped — {why}")
     log(text)
     if record is not None:

@@ -17,7 +17,7 @@ from scipy.ndimage import zoom
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from pipeline.data import PIXELS
+from pipeline.data.load import PIXELS
 from pipeline.errors import UserError
 from pipeline.files import write_text
 

@@ -1,0 +1,1 @@
+"""The training stage: training a run: folds, refit members, checkpoints, metrics."""

@@ -1,0 +1,1 @@
+"""The tuning stage: the hyperparameter search: Optuna studies, their storage and reports."""
