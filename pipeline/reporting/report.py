@@ -28,7 +28,7 @@ from pipeline.prediction.evaluate import DIGITS, confusion_counts, per_digit, sc
 from pipeline.reporting import figures
 from pipeline.reporting.rundata import RunData, load_run
 from pipeline.reporting.summary import kaggle_score
-from pipeline.tuning import plots
+from pipeline.tuning.plots import optuna_plots
 from pipeline.tuning.study import open_saved_study, study_dir
 
 ERROR_GALLERY_SIZE = 24
@@ -170,7 +170,7 @@ def tuning_figures(rd: RunData, out_dir: Path) -> dict[str, Path]:
         study = None
     made: dict[str, Path] = {}
     if study is not None:
-        paths, skipped = plots.tuning(study, out_dir)
+        paths, skipped = optuna_plots(study, out_dir)
         made = {p.stem: p for p in paths}
         rd.notes.extend(f"tuning plot skipped — {why}" for why in skipped)
     elif folder.is_dir():

@@ -1,7 +1,7 @@
 """Optuna's own plots of a study (optimization history, importances, parallel coordinates,
 slice) as PNGs: in the study's folder (`tune`) or in a run report's figures (`report`).
 
-    plots.tuning(study, Path("runs/tune/default"))
+    optuna_plots(study, Path("runs/tune/default"))
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ PLOTS = (
 )
 
 
-def tuning(study: Any, out_dir: Path) -> tuple[list[Path], list[str]]:
+def optuna_plots(study: Any, out_dir: Path) -> tuple[list[Path], list[str]]:
     """Optuna's own matplotlib plots of `study` as PNGs in `out_dir` (the study's folder, or a
     run report's figures); returns (PNG paths, reasons for skipped plots)."""
     import warnings
