@@ -30,13 +30,14 @@ WORKERS       ?= auto
 # SETUP                                                                         #
 #################################################################################
 
-## Create .venv and install requirements.txt (other targets do this for you)
+## Create .venv and install the package editable with requirements.txt (other targets do this for you)
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# Editable: .venv gets the `digits` command, and scripts/ import the package from this checkout.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --editable .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

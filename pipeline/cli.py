@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import config as config_mod
-from pipeline.config import DATA_DIR, PROFILES, RUNS_DIR, SAMPLE_DIR, SUBMISSIONS_DIR, Config, Paths
+from pipeline.config import PROFILES, Config, Paths, project_root
 from pipeline.console import VERBOSE_ENV, warn
 from pipeline.errors import Interrupted, UserError
 
@@ -21,7 +21,7 @@ from pipeline.errors import Interrupted, UserError
 def _paths(args: argparse.Namespace) -> Paths:
     # Commands that write no submission (train, tune) have no --submissions-dir.
     return Paths(data=Path(args.data).resolve(), runs=Path(args.runs_dir).resolve(),
-                 submissions=Path(getattr(args, "submissions_dir", SUBMISSIONS_DIR)).resolve())
+                 submissions=Path(getattr(args, "submissions_dir", args.defaults.submissions)).resolve())
 
 
 def _sets(args: argparse.Namespace) -> dict[str, str]:
@@ -239,8 +239,7 @@ def _submit(args: argparse.Namespace) -> int:
 LATEST = "the most recently trained run; a demo run only when named"
 
 
-def _data_flag(p: argparse.ArgumentParser, default: Path = DATA_DIR,
-               shown: str = "data/") -> None:
+def _data_flag(p: argparse.ArgumentParser, default: Path, shown: str = "data/") -> None:
     p.add_argument("--data", default=str(default),
                    help=f"folder holding train.csv/test.csv/sample_submission.csv (default: {shown})")
 
@@ -261,12 +260,12 @@ def _config_flags(p: argparse.ArgumentParser, profile: str) -> None:
                    help="override one config key (repeatable), e.g. --set epochs=20")
 
 
-def _runs_dir_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where runs live (default: runs/)")
+def _runs_dir_flag(p: argparse.ArgumentParser, default: Path) -> None:
+    p.add_argument("--runs-dir", default=str(default), help="where runs live (default: runs/)")
 
 
-def _submissions_dir_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--submissions-dir", default=str(SUBMISSIONS_DIR),
+def _submissions_dir_flag(p: argparse.ArgumentParser, default: Path) -> None:
+    p.add_argument("--submissions-dir", default=str(default),
                    help="where submission CSVs are written (default: submissions/)")
 
 
@@ -338,14 +337,30 @@ def _deterministic_flag(p: argparse.ArgumentParser) -> None:
 Command = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `python -m pipeline` argument parser with every subcommand."""
+class _Version(argparse.Action):
+    """`--version`, asked of git or the build record only when given (not at every start)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from pipeline.provenance import describe
+
+        print(describe())
+        parser.exit()
+
+
+def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
+    """The `python -m pipeline` argument parser with every subcommand; path flags default to
+    `defaults` (the layout under config.project_root())."""
+    defaults = defaults or Paths.under(project_root())
+    # Installed, the same commands are `digits …`; from a checkout, `python -m pipeline …`.
+    prog = "python -m pipeline" if Path(sys.argv[0]).name == "__main__.py" else "digits"
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline", allow_abbrev=False,
+        prog=prog, allow_abbrev=False,
         description="Digit Recognizer pipeline: data → k-fold CNNs → fold ensemble → submission.csv")
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' own start-up and log lines (TensorFlow's, "
                         f"oneDNN's, CUDA's); the same as {VERBOSE_ENV}=1")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the version and the commit the code comes from, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
@@ -355,15 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("sample", _sample, "write the embedded sample dataset (from scikit-learn's digits)")
-    p.add_argument("--out", default=str(SAMPLE_DIR), help="output folder (default: data/sample/)")
+    p.add_argument("--out", default=str(defaults.sample), help="output folder (default: data/sample/)")
     p.add_argument("--force", action="store_true",
                    help="rewrite even if present (never over files the sample did not write)")
 
     p = add("train", _train, "k-fold train a run (resumes if the run exists)")
-    _data_flag(p)
+    _data_flag(p, defaults.data)
     _run_flag(p, "the profile name")
     _config_flags(p, "cpu")
-    _runs_dir_flag(p)
+    _runs_dir_flag(p, defaults.runs)
     p.add_argument("--max-folds", type=int, metavar="N",
                    help="train at most N more folds, then stop (a quick look; re-run to finish)")
     _deterministic_flag(p)
@@ -373,9 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("tune", _tune, "search hyperparameters with Optuna (re-running resumes; "
             "--workers/--storage to scale out)")
-    _data_flag(p)
+    _data_flag(p, defaults.data)
     _config_flags(p, "cpu")
-    _runs_dir_flag(p)
+    _runs_dir_flag(p, defaults.runs)
     _tune_args(p)
 
     from pipeline.tuning.dashboard import DEFAULT_PORT
@@ -387,14 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "sqlite:///runs/tune/<STUDY>/study.db, as for tune)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port on 127.0.0.1; 0 picks a free one (default: {DEFAULT_PORT})")
-    _runs_dir_flag(p)
+    _runs_dir_flag(p, defaults.runs)
 
     p = add("predict", _predict, "average a run's models (its refit members, else its fold models) on test.csv → "
             "submissions/<run>.csv and submissions/submission.csv")
-    _data_flag(p)
+    _data_flag(p, defaults.data)
     _taken_run_flag(p, "predict")
-    _runs_dir_flag(p)
-    _submissions_dir_flag(p)
+    _runs_dir_flag(p, defaults.runs)
+    _submissions_dir_flag(p, defaults.submissions)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation (default: the run's config key tta)")
     _no_report_flag(p)
@@ -403,22 +418,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="runs to average")
     p.add_argument("--name", help="output name: runs/<name>/, submissions/<name>.csv "
                    "(default: blend-<RUN>-<RUN>…)")
-    _data_flag(p)
-    _runs_dir_flag(p)
-    _submissions_dir_flag(p)
+    _data_flag(p, defaults.data)
+    _runs_dir_flag(p, defaults.runs)
+    _submissions_dir_flag(p, defaults.submissions)
 
     default_competition = Config().competition
     p = add("download", _download, "download and install the competition data from Kaggle into --data")
-    _data_flag(p)
+    _data_flag(p, defaults.data)
     _competition_flag(p, default_competition, default_competition)
     p.add_argument("--force", action="store_true", help="download again even if valid files are present")
     p.add_argument("--from-zip", metavar="ZIP", help="install from an archive on disk instead of downloading")
 
     p = add("submit", _submit, "validate a run's submission (built if needed) and upload it to Kaggle")
-    _data_flag(p)
+    _data_flag(p, defaults.data)
     _taken_run_flag(p, "submit")
-    _runs_dir_flag(p)
-    _submissions_dir_flag(p)
+    _runs_dir_flag(p, defaults.runs)
+    _submissions_dir_flag(p, defaults.submissions)
     _competition_flag(p, None, "the run's config key competition, which is "
                       f"{default_competition} unless set when it was trained")
     p.add_argument("--file", metavar="CSV", help="submit this CSV instead of the run's submission")
@@ -431,24 +446,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", _demo, "the whole pipeline on the embedded sample: writes it, trains, predicts "
             "and reports; never over other data, never submissions/submission.csv")
-    _data_flag(p, SAMPLE_DIR, "data/sample/; a folder holding other data is refused")
+    _data_flag(p, defaults.sample, "data/sample/; a folder holding other data is refused")
     _run_flag(p, "demo")
     _config_flags(p, "tiny")
-    _runs_dir_flag(p)
-    _submissions_dir_flag(p)
+    _runs_dir_flag(p, defaults.runs)
+    _submissions_dir_flag(p, defaults.submissions)
     _deterministic_flag(p)
 
     p = add("report", _report, "rebuild runs/<run>/report.html (figures, metrics) and print a "
             "summary")
     _taken_run_flag(p, "report on")
-    p.add_argument("--data", default=str(DATA_DIR),
+    p.add_argument("--data", default=str(defaults.data),
                    help="folder with the run's train.csv/test.csv (default: the one it was trained on)")
-    _runs_dir_flag(p)
+    _runs_dir_flag(p, defaults.runs)
 
     p = add("compare", _compare, "runs side by side: settings, CV accuracy with its confidence "
             "interval, time, Kaggle score")
     p.add_argument("runs", nargs="*", metavar="RUN", help="run names (default: every finished run)")
-    _runs_dir_flag(p)
+    _runs_dir_flag(p, defaults.runs)
+    parser.set_defaults(defaults=defaults)
     return parser
 
 

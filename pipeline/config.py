@@ -21,12 +21,29 @@ import yaml
 
 from pipeline.errors import UserError
 
-# Every path the pipeline uses derives from here, never from the working directory.
-PROJ_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = PROJ_ROOT / "data"
-SAMPLE_DIR = DATA_DIR / "sample"
-RUNS_DIR = PROJ_ROOT / "runs"
-SUBMISSIONS_DIR = PROJ_ROOT / "submissions"
+# The folder the package's code sits in: a checkout when it is one (pyproject.toml beside it),
+# else site-packages or a read-only copy, which is never written to.
+CODE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def is_checkout(folder: Path) -> bool:
+    """True if `folder` is a checkout of this project: the package beside a pyproject.toml naming it."""
+    try:
+        project = tomllib.loads((folder / "pyproject.toml").read_text()).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return project.get("name") == "digits" and (folder / "pipeline" / "__init__.py").is_file()
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """Where data/, runs/ and submissions/ live, the one rule: the checkout holding the working
+    directory (nearest upward, as git finds its repository), else the working directory itself.
+
+    So a checkout driven by the Makefile writes into itself, and an installed copy (or the code
+    attached read-only in a Kaggle notebook) writes under the folder it is run from.
+    """
+    here = Path(cwd or Path.cwd()).resolve()
+    return next((d for d in (here, *here.parents) if is_checkout(d)), here)
 
 
 
@@ -41,6 +58,16 @@ class Paths:
     def run_dir(self, run: str) -> Path:
         """The folder of one run."""
         return self.runs / run
+
+    @classmethod
+    def under(cls, root: Path) -> Paths:
+        """The default layout under a project folder: root/data, root/runs, root/submissions."""
+        return cls(data=root / "data", runs=root / "runs", submissions=root / "submissions")
+
+    @property
+    def sample(self) -> Path:
+        """The embedded sample's folder, inside the data folder."""
+        return self.data / "sample"
 
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -25,21 +25,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pipeline import config as config_mod  # noqa: E402
-from pipeline.config import (  # noqa: E402
-    DATA_DIR,
-    RUNS_DIR,
-    SUBMISSIONS_DIR,
-    Paths,  # noqa: E402
-)
-from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data.load import load_test, load_train  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.files import write_json  # noqa: E402
+from pipeline import config as config_mod
+from pipeline.config import Paths, project_root
+from pipeline.console import quiet_tensorflow
+from pipeline.data.load import load_test, load_train
+from pipeline.errors import UserError
+from pipeline.files import write_json
 
 
 def machine() -> dict:
@@ -249,8 +242,9 @@ def oof_tta(paths: Paths, run: str, y: np.ndarray, x: np.ndarray) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its JSON."""
+    defaults = Paths.under(project_root())
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(DATA_DIR), help="folder with train.csv/test.csv")
+    p.add_argument("--data", default=str(defaults.data), help="folder with train.csv/test.csv")
     p.add_argument("--profile", default="cpu", help="profile whose model is timed (default cpu)")
     p.add_argument("--images", type=int, default=8192, help="training images per timing epoch")
     p.add_argument("--cv", metavar="PROFILE", help="also run full k-fold CV of this profile")
@@ -262,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                    "ensemble's accuracy on it (the leaderboard estimate) with OOF and wall time")
     p.add_argument("--oof-tta", metavar="RUN",
                    help="also score a finished run's out-of-fold predictions with and without TTA")
-    p.add_argument("--runs-dir", default=str(RUNS_DIR))
-    p.add_argument("--submissions-dir", default=str(SUBMISSIONS_DIR))
+    p.add_argument("--runs-dir", default=str(defaults.runs))
+    p.add_argument("--submissions-dir", default=str(defaults.submissions))
     args = p.parse_args(argv)
     quiet_tensorflow()
     try:

@@ -15,18 +15,16 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pipeline.config import DATA_DIR, RUNS_DIR  # noqa: E402
-from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data.folds import holdout_rows  # noqa: E402
-from pipeline.data.load import load_train  # noqa: E402
-from pipeline.files import load_npy, save_npz  # noqa: E402
-from pipeline.prediction.evaluate import paired, score  # noqa: E402
-from pipeline.prediction.inference import load_fold_model  # noqa: E402
-from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
+from pipeline.config import Paths, project_root
+from pipeline.console import quiet_tensorflow
+from pipeline.data.folds import holdout_rows
+from pipeline.data.load import load_train
+from pipeline.files import load_npy, save_npz
+from pipeline.prediction.evaluate import paired, score
+from pipeline.prediction.inference import load_fold_model
+from pipeline.runfiles import RunFiles, load_run_config, read_split
 
 
 def model_probs(rf: RunFiles, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -47,11 +45,12 @@ def model_probs(rf: RunFiles, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the comparison as JSON."""
+    defaults = Paths.under(project_root())
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", required=True, help="a finished holdout run, paired with each")
     p.add_argument("--runs", nargs="+", required=True, help="finished runs on the same holdout")
-    p.add_argument("--data", default=str(DATA_DIR))
-    p.add_argument("--runs-dir", default=str(RUNS_DIR))
+    p.add_argument("--data", default=str(defaults.data))
+    p.add_argument("--runs-dir", default=str(defaults.runs))
     args = p.parse_args(argv)
     quiet_tensorflow()
     runs = Path(args.runs_dir)

@@ -15,16 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pipeline.config import DATA_DIR, RUNS_DIR, keys_with  # noqa: E402
-from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data.folds import holdout_rows  # noqa: E402
-from pipeline.data.load import load_train  # noqa: E402
-from pipeline.prediction.evaluate import paired, score  # noqa: E402
-from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
+from pipeline.config import Paths, keys_with, project_root
+from pipeline.console import quiet_tensorflow
+from pipeline.data.folds import holdout_rows
+from pipeline.data.load import load_train
+from pipeline.prediction.evaluate import paired, score
+from pipeline.runfiles import RunFiles, load_run_config, read_split
 
 
 def fold_probs(runs: Path, run: str, fold: int, x: np.ndarray, n: int) -> dict:
@@ -47,12 +45,13 @@ def fold_probs(runs: Path, run: str, fold: int, x: np.ndarray, n: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the screen as JSON."""
+    defaults = Paths.under(project_root())
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", required=True, help="the run each screened run is paired with")
     p.add_argument("--runs", nargs="+", required=True, help="runs with fold --fold trained")
     p.add_argument("--fold", type=int, default=1, help="the fold to compare (1-based)")
-    p.add_argument("--data", default=str(DATA_DIR))
-    p.add_argument("--runs-dir", default=str(RUNS_DIR))
+    p.add_argument("--data", default=str(defaults.data))
+    p.add_argument("--runs-dir", default=str(defaults.runs))
     args = p.parse_args(argv)
     quiet_tensorflow()
     runs = Path(args.runs_dir)

@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+from holdout_run import load
 
-import numpy as np  # noqa: E402
-from holdout_run import load  # noqa: E402
-
-from pipeline.prediction.inference import average_probs  # noqa: E402
+from pipeline.prediction.inference import average_probs
 
 
 def main() -> int:

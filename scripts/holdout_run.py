@@ -4,20 +4,17 @@ finished holdout run's held-out rows with its fold models."""
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pipeline.config import DATA_DIR, RUNS_DIR, Config  # noqa: E402
-from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data.folds import holdout_rows  # noqa: E402
-from pipeline.data.load import load_train  # noqa: E402
-from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
+from pipeline.config import Config, Paths, project_root
+from pipeline.console import quiet_tensorflow
+from pipeline.data.folds import holdout_rows
+from pipeline.data.load import load_train
+from pipeline.runfiles import RunFiles, load_run_config, read_split
 
 
 @dataclass
@@ -35,10 +32,11 @@ class HeldRun:
 
 def load(description: str) -> HeldRun:
     """Parse --run/--data/--runs-dir and load that run's holdout and fold models."""
+    defaults = Paths.under(project_root())
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--run", required=True)
-    p.add_argument("--data", default=str(DATA_DIR))
-    p.add_argument("--runs-dir", default=str(RUNS_DIR))
+    p.add_argument("--data", default=str(defaults.data))
+    p.add_argument("--runs-dir", default=str(defaults.runs))
     args = p.parse_args()
     quiet_tensorflow()
     import keras

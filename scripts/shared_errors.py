@@ -15,24 +15,23 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pipeline.config import DATA_DIR, RUNS_DIR  # noqa: E402
-from pipeline.data.folds import holdout_rows  # noqa: E402
-from pipeline.data.load import load_train  # noqa: E402
-from pipeline.files import load_npy  # noqa: E402
-from pipeline.prediction.evaluate import score  # noqa: E402
-from pipeline.runfiles import RunFiles, read_split  # noqa: E402
+from pipeline.config import Paths, project_root
+from pipeline.data.folds import holdout_rows
+from pipeline.data.load import load_train
+from pipeline.files import load_npy
+from pipeline.prediction.evaluate import score
+from pipeline.runfiles import RunFiles, read_split
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print the analysis as JSON (and draw the rows every run misses with --png)."""
+    defaults = Paths.under(project_root())
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", required=True, help="finished runs trained with the same holdout")
-    p.add_argument("--data", default=str(DATA_DIR))
-    p.add_argument("--runs-dir", default=str(RUNS_DIR))
+    p.add_argument("--data", default=str(defaults.data))
+    p.add_argument("--runs-dir", default=str(defaults.runs))
     p.add_argument("--png", type=Path, help="also draw the rows every run misses into this PNG")
     args = p.parse_args(argv)
     runs = Path(args.runs_dir)

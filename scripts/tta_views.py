@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+from holdout_run import load
+from scipy import ndimage
 
-import numpy as np  # noqa: E402
-from holdout_run import load  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from pipeline.prediction.evaluate import paired, score  # noqa: E402
-from pipeline.prediction.inference import TTA_SHIFTS, shift  # noqa: E402
+from pipeline.prediction.evaluate import paired, score
+from pipeline.prediction.inference import TTA_SHIFTS, shift
 
 
 def affine(x: np.ndarray, degrees: float = 0.0, scale: float = 1.0) -> np.ndarray:

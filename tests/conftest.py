@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 from pipeline.data.sample import write_sample
 
 # The files that take longest (`pytest --durations`), first: `--dist loadfile` hands whole files
@@ -50,11 +50,13 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run `python -m pipeline ARGS` from the repo root and return the finished process."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJ_ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+            timeout: float = 600, cwd: Path = CODE_ROOT) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pipeline ARGS` (from the repo root unless `cwd`) and return the finished
+    process. The package comes from this checkout wherever it runs."""
+    env = {**os.environ, **(env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -85,6 +87,8 @@ def demo_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Simpl
     """`demo` on the embedded sample, run once per test session in a real process (even with
     several xdist workers: the first one to need it trains it, the others wait for it).
 
+    It runs as a user of an installed copy would: in an empty folder, with no path flag, so
+    everything it writes lands in data/sample/, runs/ and submissions/ under that folder.
     Treat it as read-only: `tiny_run` hands out copies.
     """
     # The folder all xdist workers of this session share (each has its own basetemp below it).
@@ -94,24 +98,30 @@ def demo_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Simpl
     root = shared / "demo-once"
     with open(shared / "demo-once.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "done").is_file():
+        if not (shared / "demo-once.done").is_file():
             shutil.rmtree(root, ignore_errors=True)
-            proc = run_cli("demo", "--data", str(root / "data"), "--submissions-dir",
-                           str(root / "subs"), "--runs-dir", str(root / "runs"))
-            (root / "stdout.txt").write_text(proc.stdout)
-            (root / "stderr.txt").write_text(proc.stderr)
-            (root / "done").write_text("")
-    return SimpleNamespace(root=root, stdout=(root / "stdout.txt").read_text(),
-                           stderr=(root / "stderr.txt").read_text())
+            root.mkdir()
+            proc = run_cli("demo", cwd=root)
+            (shared / "demo-once.stdout").write_text(proc.stdout)
+            (shared / "demo-once.stderr").write_text(proc.stderr)
+            (shared / "demo-once.done").write_text("")
+    return SimpleNamespace(root=root, stdout=(shared / "demo-once.stdout").read_text(),
+                           stderr=(shared / "demo-once.stderr").read_text())
+
+
+# Where `demo` run in an empty folder puts its data, runs and submissions, and the names the
+# copies give them.
+DEMO_LAYOUT = {"data": "data/sample", "runs": "runs", "subs": "submissions"}
 
 
 def copy_demo(demo_once: SimpleNamespace, base: Path) -> SimpleNamespace:
     """A private copy of the session's `demo` run under `base`: data, runs and submissions."""
-    for name in ("data", "runs", "subs"):
-        shutil.copytree(demo_once.root / name, base / name, ignore=shutil.ignore_patterns("cache"))
+    for name, where in DEMO_LAYOUT.items():
+        shutil.copytree(demo_once.root / where, base / name, ignore=shutil.ignore_patterns("cache"))
     # Its console output as if it had run here (the paths it printed name the copy).
-    here = {"stdout": demo_once.stdout.replace(str(demo_once.root), str(base)),
-            "stderr": demo_once.stderr.replace(str(demo_once.root), str(base))}
+    here = {k: getattr(demo_once, k).replace(str(demo_once.root / DEMO_LAYOUT["subs"]), str(base / "subs"))
+            .replace(str(demo_once.root / DEMO_LAYOUT["data"]), str(base / "data"))
+            .replace(str(demo_once.root), str(base)) for k in ("stdout", "stderr")}
     t = SimpleNamespace(data=base / "data", runs=base / "runs", subs=base / "subs", **here)
     t.flags = ["--runs-dir", str(t.runs)]
     t.run_dir = t.runs / "demo"
@@ -231,7 +241,7 @@ def interrupt(args: list[str], fold: int, sig: int, folds: int,
     stderr.parent.mkdir(parents=True, exist_ok=True)
     with open(stderr, "w") as err:
         # As from a terminal: SIGINT at its default even if the test runner ignores it.
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=PROJ_ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=CODE_ROOT,
                                 stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
                                 start_new_session=group,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

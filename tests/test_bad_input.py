@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 from pipeline.data.submission import read_submission
 from pipeline.errors import UserError
 from tests.conftest import call_cli, cli_in_process, last_error_line, mutate_csv, run_cli
@@ -297,10 +297,10 @@ def test_source_loads_safely_and_writes_only_through_the_atomic_helpers() -> Non
     """Static guard over every module of pipeline/, sub-packages too: safe loaders only, no shell,
     every write atomic."""
     problems = []
-    paths = sorted((PROJ_ROOT / "pipeline").rglob("*.py"))
+    paths = sorted((CODE_ROOT / "pipeline").rglob("*.py"))
     assert len(paths) > 40 and any(p.parent.name == "training" for p in paths)  # sees the stages
     for path in paths:
-        rel = path.relative_to(PROJ_ROOT / "pipeline").as_posix()
+        rel = path.relative_to(CODE_ROOT / "pipeline").as_posix()
         tree = ast.parse(path.read_text(), str(path))
         for name, call in _calls(tree):
             where = f"{rel}:{call.lineno} {name}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 
 
 def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_benchmark_smoke(sample_dir: Path, tmp_path: Path) -> None:
          "--images", "256", "--cv", "tiny", "--holdout", "0.2", "--set", "epochs=1",
          "--oof-tta", "bench-tiny", "--runs-dir", str(tmp_path / "runs"),
          "--submissions-dir", str(tmp_path / "subs")],
-        cwd=PROJ_ROOT, capture_output=True, text=True, timeout=600)
+        cwd=CODE_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (out,) = (tmp_path / "runs" / "bench").glob("*.json")
     result = json.loads(out.read_text())

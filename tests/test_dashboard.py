@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 
 # Straight to 127.0.0.1, whatever proxy the environment names.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -58,7 +58,7 @@ def test_dashboard_serves_the_study_on_loopback_until_ctrl_c(tmp_path):
     make_study(runs, "other", 1)  # shares nothing; the watched study must be found by name
     make_study(runs, "watch", 2)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "dashboard", "--study", "watch",
-                             "--runs-dir", str(runs), "--port", "0"], cwd=PROJ_ROOT,
+                             "--runs-dir", str(runs), "--port", "0"], cwd=CODE_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             # Ctrl-C must reach it even when pytest runs as a background job

@@ -176,9 +176,9 @@ def _script(name: str) -> Any:
     """scripts/<name>.py loaded as a module, so a test calls its main() in process."""
     import importlib.util
 
-    from pipeline.config import PROJ_ROOT
+    from pipeline.config import CODE_ROOT
 
-    spec = importlib.util.spec_from_file_location(name, PROJ_ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, CODE_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

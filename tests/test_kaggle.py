@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 from pipeline.errors import UserError
 from pipeline.kaggle.client import archive as arc
 from pipeline.kaggle.client import client as kg
@@ -50,7 +50,7 @@ def make_zip(members: dict[str, bytes], links: dict[str, str] | None = None) -> 
 
 def cli(env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
     """Run `python -m pipeline ARGS` from the repo root; secrets must never show in its output."""
-    r = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=PROJ_ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=CODE_ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert all(secret not in r.stdout + r.stderr for secret in (KEY, TOKEN, SIGNATURE))
     return r

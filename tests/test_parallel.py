@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 from pipeline.runfiles import fold_done
 from tests.conftest import FOLD_FILES, interrupt, last_error_line, run_cli, run_files, sha256
 
@@ -116,7 +116,7 @@ def twin_demos(work: Path, sample_dir: Path) -> list[Path]:
          "--set", "threads=1", "--set", f"workers={workers}",
          "--data", str(root / "data"), "--runs-dir", str(root / "runs"),
          "--submissions-dir", str(root / "subs")],
-        cwd=PROJ_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=CODE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for root, workers in zip(roots, (1, 2))]
     for p in procs:
         out, err = p.communicate(timeout=400)
@@ -144,7 +144,7 @@ def test_env_json_traces_versions_commit_data_and_config(twin_demos: list[Path])
     assert env["python"] == platform.python_version()
     assert env["numpy"] == np.__version__
     assert env["tensorflow"] == md.version("tensorflow") and env["keras"] == md.version("keras")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJ_ROOT, capture_output=True,
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True,
                           text=True).stdout.strip()
     assert re.fullmatch(r"[0-9a-f]{40}", head) and env["git_commit"] == head
     assert env["data_sha256"] == {n: sha256(data / n) for n in ("train.csv", "test.csv")}

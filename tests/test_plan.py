@@ -90,9 +90,9 @@ def test_a_second_run_in_one_process_keeps_the_threads_with_a_warning() -> None:
     import subprocess
     import sys
 
-    from pipeline.config import PROJ_ROOT
+    from pipeline.config import CODE_ROOT
 
-    proc = subprocess.run([sys.executable, "-c", _APPLY_TWICE], cwd=PROJ_ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", _APPLY_TWICE], cwd=CODE_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "threads 0"

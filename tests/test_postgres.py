@@ -28,7 +28,7 @@ import optuna
 import pytest
 import sqlalchemy
 
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 from pipeline.tuning.study import masked
 from tests.test_tune import PINS
 
@@ -79,7 +79,7 @@ def start(runs: Path, *args: str) -> Machine:
     runs.mkdir(parents=True, exist_ok=True)
     with open(runs / "stdout", "w") as out, open(runs / "stderr", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "--runs-dir", str(runs),
-                                 *args], cwd=PROJ_ROOT, stdout=out, stderr=err,
+                                 *args], cwd=CODE_ROOT, stdout=out, stderr=err,
                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     return Machine(runs, proc)
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 from pipeline.errors import UserError
 from pipeline.files import remove_stale_temps, run_lock, write_atomic, write_text
 from pipeline.runfiles import fold_done
@@ -298,7 +298,7 @@ def test_run_lock_admits_exactly_one_of_racing_processes(tmp_path: Path) -> None
     signals = tmp_path / "signals"
     signals.mkdir()
     procs = [subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run"), str(signals),
-                               str(i)], cwd=PROJ_ROOT, stdout=subprocess.PIPE, text=True)
+                               str(i)], cwd=CODE_ROOT, stdout=subprocess.PIPE, text=True)
              for i in range(6)]
     try:
         _touch_when(lambda: len(list(signals.glob("ready-*"))) == 6, signals / "go",

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from pipeline import config
-from pipeline.config import PROJ_ROOT
+from pipeline.config import CODE_ROOT
 from tests.conftest import call_cli, last_error_line, run_cli
 
-PACKAGE = PROJ_ROOT / "pipeline"
+PACKAGE = CODE_ROOT / "pipeline"
 
 # Who may import whom, written once. Each entry is a package of pipeline/ (a stage folder) or a
 # module of the top floor; the list runs from the top (the command line) to the ground. A module
@@ -42,7 +42,7 @@ def _modules() -> dict[str, Path]:
     """Every module of the package, sub-packages too, by dotted name."""
     out = {}
     for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PROJ_ROOT).with_suffix("").parts
+        parts = path.relative_to(CODE_ROOT).with_suffix("").parts
         out[".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 2 else parts)] = path
     return out
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import PROJ_ROOT, resolve
+from pipeline.config import CODE_ROOT, resolve
 from pipeline.data.folds import load_folds, make_folds
 from pipeline.data.submission import read_submission, validate_submission, write_submission
 from pipeline.errors import UserError
@@ -120,22 +120,22 @@ def test_submission_validation(tmp_path: Path) -> None:
 
 def test_every_makefile_target_resolves() -> None:
     """Each documented target exists, and every script or module it names is real."""
-    text = (PROJ_ROOT / "Makefile").read_text()
+    text = (CODE_ROOT / "Makefile").read_text()
     targets = re.findall(r"^## .*\n([a-zA-Z_-]+):", text, flags=re.M)
     assert {"help", "install", "demo", "train", "submission", "test", "clean"} <= set(targets)
     listed = run_cli("--help").stdout
     for target in targets:
-        dry = subprocess.run(["make", "-n", target], cwd=PROJ_ROOT, capture_output=True, text=True)
+        dry = subprocess.run(["make", "-n", target], cwd=CODE_ROOT, capture_output=True, text=True)
         assert dry.returncode == 0, dry.stderr
         for script in re.findall(r"(scripts/\S+\.py|tests/?\S*)", dry.stdout):
-            assert (PROJ_ROOT / script).exists(), f"make {target} names missing {script}"
+            assert (CODE_ROOT / script).exists(), f"make {target} names missing {script}"
         for command in re.findall(r"-m pipeline (\w[\w-]*)", dry.stdout):
             assert re.search(rf"^    {command}\s", listed, flags=re.M), f"make {target}: no command {command}"
-    assert subprocess.run(["make"], cwd=PROJ_ROOT, capture_output=True, text=True).stdout.count("\n") \
+    assert subprocess.run(["make"], cwd=CODE_ROOT, capture_output=True, text=True).stdout.count("\n") \
         >= len(targets)
 
 
-def _make(*args: str, cwd: Path = PROJ_ROOT) -> subprocess.CompletedProcess[str]:
+def _make(*args: str, cwd: Path = CODE_ROOT) -> subprocess.CompletedProcess[str]:
     """`make ARGS` with no terminal attached and none of the Makefile's variables set around it."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RUN", "RUNS", "STUDY", "PROFILE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
@@ -161,7 +161,7 @@ def test_every_target_that_takes_a_run_picks_it_by_one_rule() -> None:
 def test_make_clean_keeps_runs_studies_and_submissions(tmp_path: Path) -> None:
     """`make clean` removes only what is rebuilt in seconds; a run or a study is deleted only by
     the target that names it, and only when RUN / STUDY is given on the command line."""
-    (tmp_path / "Makefile").write_bytes((PROJ_ROOT / "Makefile").read_bytes())
+    (tmp_path / "Makefile").write_bytes((CODE_ROOT / "Makefile").read_bytes())
     files = {"runs/cpu/config.json", "runs/cpu/fold_0/model.keras", "runs/demo/config.json",
              "runs/tune/default/study.db", "runs/bench/bench.json", "runs/cache/train.npz",
              "submissions/submission.csv", "submissions/cpu.csv", "data/train.csv",

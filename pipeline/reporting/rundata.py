@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import DATA_DIR
+from pipeline.config import Paths, project_root
 from pipeline.data.folds import HOLDOUT
 from pipeline.data.load import file_sha256, load_test, load_train
 from pipeline.errors import UserError
@@ -70,7 +70,7 @@ def trained_data_dir(env: dict[str, Any], data: Path | None) -> Path:
     recorded = env.get("data_dir")
     if recorded and (Path(recorded) / "train.csv").is_file():
         return Path(recorded)
-    return DATA_DIR
+    return Paths.under(project_root()).data
 
 
 def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
