@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.console import Log, duration
 from pipeline.files import write_json, write_text
-from pipeline.tuning import plots
+from pipeline.tuning import plots as study_plots
 from pipeline.tuning.study import Settings, Tally, masked
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def write_results(settings: Settings, study: optuna.Study, log: Log = print,
     if record is not None:
         write_json(out / "best_params.json", record)
     if plots:
-        for why in plots.tuning(study, out)[1]:
+        for why in study_plots.tuning(study, out)[1]:
             log(f"tuning plot skipped — {why}")
     log(text)
     if record is not None:
