@@ -41,17 +41,9 @@ from pipeline.errors import Interrupted, UserError
 from pipeline.files import read_json
 from pipeline.machine.plan import Plan, choose, this_machine
 from pipeline.machine.pool import Job, run_jobs
-from pipeline.tuning.study import (
-    EXECUTION_KEYS,
-    GRACE,
-    Claim,
-    Settings,
-    Tally,
-    claim_for,
-    load_study,
-    make_sampler,
-    masked,
-)
+from pipeline.tuning.storage import GRACE, Claim, claim_for, masked
+from pipeline.tuning.study import EXECUTION_KEYS, Settings, load_study, make_sampler
+from pipeline.tuning.tally import Tally
 from pipeline.tuning.tune_report import Progress, write_results
 
 if TYPE_CHECKING:
@@ -238,7 +230,7 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: Claim
         for k in range(budget.tune_folds):
             # A trial is re-run from its start if interrupted: no per-epoch checkpoint, no files.
             job = FoldJob(cfg, k, train_rows(data.fold_of, k), val_rows(data.fold_of, k),
-                          settings.study_dir / "trials" / f"{trial.number}-fold_{k}",
+                          settings.files.trial_fold(trial.number, k),
                           checkpoint=False)
             cb = pruning_callback(trial, "val_accuracy", step_offset=k * epochs[1],
                                   deadline=deadline)
@@ -320,7 +312,7 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
     _quiet_optuna()
     data = data or _load_data(settings)
     study = study or load_study(settings)
-    claim = claim_for(settings)
+    claim = claim_for(settings.storage, settings.study, settings.files)
     silent = _SilentTrials(settings.budget.heartbeat)
     waited = False
     while time.time() < deadline:
@@ -396,7 +388,7 @@ def _setup_record(settings: Settings, data: _Data) -> dict[str, Any]:
 def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> None:
     """Check a resumed study's settings; give a new one the baseline and any enqueued trials."""
     setup = _setup_record(settings, data)
-    with claim_for(settings).held():  # machines starting a new study at once enqueue trial 0 once
+    with claim_for(settings.storage, settings.study, settings.files).held():  # machines starting a new study at once enqueue trial 0 once
         saved = study.user_attrs.get("setup")
         if saved is None:
             study.set_user_attr("setup", setup)
@@ -459,7 +451,7 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
     record = write_results(settings, study, log, plots=plots)
     if record is None:
         raise UserError(f"study '{settings.study}': no trial has completed yet (errors are in "
-                        f"{settings.study_dir / 'trials.csv'}); raise --timeout or fix the errors")
+                        f"{settings.files.trials_csv}); raise --timeout or fix the errors")
     return record
 
 
@@ -467,12 +459,12 @@ def _run_workers(settings: Settings, plan: Plan, study: optuna.Study, deadline: 
                  bar: Progress, log: Log) -> None:
     """Start local worker processes on the study and follow their trials until all exit."""
     jobs = [Job(f"tune worker {i}", _tune_worker, (settings, plan, i, deadline),
-                log_path=str(settings.study_dir / f"worker-{i}.log"))
+                log_path=str(settings.files.worker_log(i)))
             for i in range(plan.processes)]
     log(f"{plan.processes} worker processes ({plan.threads} TensorFlow thread(s) each"
         f"{', one GPU each' if plan.device == 'gpu' else ''}); "
-        f"their logs: {settings.study_dir}/worker-<i>.log")
-    settings.study_dir.mkdir(parents=True, exist_ok=True)
+        f"their logs: {settings.files.worker_log('<i>')}")
+    settings.files.root.mkdir(parents=True, exist_ok=True)
     try:
         run_jobs(jobs, plan.processes, on_tick=lambda: bar.update(study), poll=1.0,
                  slot_env=plan.env_for_slot)
