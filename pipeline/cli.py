@@ -107,6 +107,7 @@ def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | N
 
 def _tune(args: argparse.Namespace) -> int:
     from pipeline.tuning import tune
+    from pipeline.tuning.space import read_enqueue
     from pipeline.tuning.storage import default_storage
     from pipeline.tuning.study import Budget, Settings
     from pipeline.tuning.studyfiles import StudyFiles
@@ -125,7 +126,7 @@ def _tune(args: argparse.Namespace) -> int:
         paths=paths,
         base=base, pinned={k: getattr(base, k) for k in sorted(tune.pinned_keys(file, sets))},
         budget=budget, workers=args.workers,
-        enqueue=tune.read_enqueue(Path(args.enqueue), base) if args.enqueue else ())
+        enqueue=read_enqueue(Path(args.enqueue), base) if args.enqueue else ())
     tune.run_study(settings, log=_log, plots=args.plots)
     return 0
 

@@ -35,12 +35,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import config as config_mod
-from pipeline.config import LR_SCHEDULES, MODEL_NAMES, Config, keys_with
 from pipeline.console import Log
 from pipeline.errors import Interrupted, UserError
-from pipeline.files import read_json
 from pipeline.machine.plan import Plan, choose, this_machine
 from pipeline.machine.pool import Job, run_jobs
+from pipeline.tuning.space import baseline_params, suggest
 from pipeline.tuning.storage import GRACE, Claim, claim_for, masked
 from pipeline.tuning.study import EXECUTION_KEYS, Settings, load_study, make_sampler
 from pipeline.tuning.tally import Tally
@@ -51,84 +50,6 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-# --- the search space -----------------------------------------------------------------------
-
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "model": MODEL_NAMES,
-    "filters": (16, 24, 32, 48),  # 64 with kernel 5 costs ~10× the default per epoch on CPU
-    "kernel_size": (3, 5),
-    "dense_units": (64, 128, 256),
-    "batch_size": (32, 64, 128, 256),
-    "lr_schedule": LR_SCHEDULES,
-}
-RANGES: dict[str, tuple[float, float]] = {
-    "learning_rate": (1e-4, 2e-2),  # searched on a log scale
-    "dropout": (0.0, 0.5),
-    "dense_dropout": (0.0, 0.5),
-    "rotation": (0.0, 20.0),
-    "zoom": (0.0, 0.2),
-    "shift": (0.0, 0.2),
-    "warmup_epochs": (0.0, 3.0),  # one-cycle only
-    "lr_decay": (0.5, 0.95),  # exponential only
-}
-SEARCHED = (*CHOICES, *RANGES, "epochs")
-# Config keys that say how a search or a run is executed, not what the model is: never copied
-# into best_params.json, so they stay the training command's own choice.
-NOT_HYPERPARAMETERS = keys_with("split", "prediction", "source", "record", "execution",
-                                "ensemble", "numerics")
-
-
-def suggest(trial: optuna.Trial, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
-    """One trial's hyperparameters from the search space; pinned keys keep their pinned value."""
-
-    def choose(name: str) -> Any:
-        return pinned[name] if name in pinned else trial.suggest_categorical(name, CHOICES[name])
-
-    def number(name: str, log: bool = False) -> float:
-        lo, hi = RANGES[name]
-        return pinned[name] if name in pinned else trial.suggest_float(name, lo, hi, log=log)
-
-    p: dict[str, Any] = {
-        "model": choose("model"),
-        "filters": choose("filters"),
-        "kernel_size": choose("kernel_size"),
-        "dropout": number("dropout"),
-        "dense_units": choose("dense_units"),
-        "dense_dropout": number("dense_dropout"),
-        "batch_size": choose("batch_size"),
-        "learning_rate": number("learning_rate", log=True),
-        "lr_schedule": choose("lr_schedule"),
-        "epochs": pinned["epochs"] if "epochs" in pinned else trial.suggest_int("epochs", *epochs),
-    }
-    # Each schedule's own parameter is searched only when that schedule is chosen.
-    if p["lr_schedule"] == "onecycle":
-        p["warmup_epochs"] = number("warmup_epochs")
-    if p["lr_schedule"] == "exponential":
-        p["lr_decay"] = number("lr_decay")
-    if pinned.get("augment", True):
-        for name in ("rotation", "zoom", "shift"):
-            p[name] = number(name)
-    # Pinned keys outside the space (label_smoothing, augment, …) are part of the result too.
-    p.update({k: v for k, v in pinned.items() if k not in NOT_HYPERPARAMETERS})
-    return p
-
-
-def baseline_params(base: Config, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
-    """The base config's values for the searched keys, to enqueue as a study's trial 0."""
-    out: dict[str, Any] = {}
-    for key in SEARCHED:
-        value = getattr(base, key)
-        if key in pinned:
-            continue
-        if key == "epochs":
-            out[key] = min(max(value, epochs[0]), epochs[1])
-        elif key in CHOICES and value in CHOICES[key]:
-            out[key] = value
-        elif key in RANGES and RANGES[key][0] <= value <= RANGES[key][1]:
-            out[key] = value
-    return out
-
-
 # --- settings -------------------------------------------------------------------------------
 
 def pinned_keys(file: Path | None, sets: dict[str, Any]) -> set[str]:
@@ -137,30 +58,6 @@ def pinned_keys(file: Path | None, sets: dict[str, Any]) -> set[str]:
     if file is not None:
         keys |= set(config_mod.read_config_file(file))
     return keys
-
-
-def read_enqueue(path: Path, base: Config) -> tuple[dict[str, Any], ...]:
-    """Parameter sets to try first, from a JSON list of {key: value} objects."""
-    data = read_json(path) if path.is_file() else None
-    if data is None:
-        raise UserError(f"--enqueue {path}: file not found")
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise UserError(f"--enqueue {path}: expected a JSON list of objects like "
-                        '[{"learning_rate": 0.001, "model": "deep"}]')
-    out = []
-    for i, item in enumerate(data, start=1):
-        unknown = sorted(set(item) - set(SEARCHED))
-        if unknown:
-            raise UserError(f"--enqueue {path}: item {i}: {', '.join(unknown)} not searched "
-                            f"(searched keys: {', '.join(SEARCHED)})")
-        cfg = config_mod.from_dict({**base.to_dict(), **item}, f"--enqueue {path}: item {i}")
-        params = {k: getattr(cfg, k) for k in item}
-        for k, v in params.items():
-            if k in CHOICES and v not in CHOICES[k]:
-                raise UserError(f"--enqueue {path}: item {i}: {k}={v!r} is not one of "
-                                f"{', '.join(map(str, CHOICES[k]))}")
-        out.append(params)
-    return tuple(out)
 
 
 # --- one trial ------------------------------------------------------------------------------
@@ -388,7 +285,8 @@ def _setup_record(settings: Settings, data: _Data) -> dict[str, Any]:
 def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> None:
     """Check a resumed study's settings; give a new one the baseline and any enqueued trials."""
     setup = _setup_record(settings, data)
-    with claim_for(settings.storage, settings.study, settings.files).held():  # machines starting a new study at once enqueue trial 0 once
+    # Machines starting a new study at once enqueue trial 0 once.
+    with claim_for(settings.storage, settings.study, settings.files).held():
         saved = study.user_attrs.get("setup")
         if saved is None:
             study.set_user_attr("setup", setup)
