@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.config import PROFILES, Config
 from pipeline.console import Log, duration
+from pipeline.errors import UserError
 from pipeline.files import run_lock, write_bytes, write_json, write_text
 from pipeline.prediction.evaluate import DIGITS, confusion_counts, per_digit, score, top_confusions
 from pipeline.reporting import figures
@@ -167,6 +168,9 @@ def tuning_figures(rd: RunData, out_dir: Path) -> dict[str, Path]:
     folder = files.root
     try:
         study = open_saved_study(files, rd.study)
+    except UserError as exc:  # kept in a database: the plots `tune` saved are shown
+        rd.notes.append(f"study '{rd.study}': {exc}")
+        study = None
     except Exception as exc:  # a storage written by another Optuna version, a locked file, …
         rd.notes.append(f"study '{rd.study}': could not be opened ({type(exc).__name__}: {exc})")
         study = None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
+from pipeline.runfiles import read_optional
 from pipeline.tuning.studyfiles import StudyFiles
 
 if TYPE_CHECKING:
@@ -182,24 +183,17 @@ def claim_for(url: str, study: str, files: StudyFiles) -> Claim:
 
 # --- a study saved in its folder ------------------------------------------------------------
 
-def study_storage(study_dir: Path) -> Any | None:
-    """An Optuna storage for the study files in `study_dir` (SQLite or journal), or None."""
-    for pattern in ("*.db", "*.sqlite", "*.sqlite3"):
-        for path in sorted(study_dir.glob(pattern)):
-            return f"sqlite:///{path.resolve()}"
-    for pattern in ("*.journal", "*.jsonl", "*.log"):
-        for path in sorted(study_dir.glob(pattern)):
-            from optuna.storages import JournalStorage
-            from optuna.storages.journal import JournalFileBackend
+def open_saved_study(files: StudyFiles, name: str) -> optuna.Study | None:
+    """The study in its folder's study.db (by name, else its only study), or None without one.
 
-            return JournalStorage(JournalFileBackend(str(path)))
-    return None
-
-
-def open_saved_study(files: StudyFiles, name: str) -> Any | None:
-    """The Optuna study stored in a study's folder (by name, else its only study), or None."""
-    storage = study_storage(files.root) if files.root.is_dir() else None
-    if storage is None:
+    A study tuned with --storage keeps its trials in that database, which best_params.json names
+    (password hidden): that raises UserError naming it, as a reader of saved studies connects to
+    no database. Nothing else in the folder (worker-<i>.log, …) is taken for a storage."""
+    if not files.db.is_file():
+        recorded = (read_optional(files.best_params) or {}).get("storage")
+        if recorded and recorded != default_storage(files):
+            raise UserError(f"not opened: its trials are in {recorded} (its --storage), "
+                            f"not in {files.root}")
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna imports tqdm.auto, which warns in Jupyter
@@ -208,7 +202,7 @@ def open_saved_study(files: StudyFiles, name: str) -> Any | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for study_name in (name, None):
         try:
-            return optuna.load_study(study_name=study_name, storage=storage)
+            return optuna.load_study(study_name=study_name, storage=default_storage(files))
         except (KeyError, ValueError):
             continue
     return None
