@@ -106,23 +106,27 @@ def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | N
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from pipeline.tuning import study as study_mod
     from pipeline.tuning import tune
+    from pipeline.tuning.space import read_enqueue
+    from pipeline.tuning.storage import default_storage
+    from pipeline.tuning.study import Budget, Settings
+    from pipeline.tuning.studyfiles import StudyFiles
 
     study = config_mod.check_name(args.study, "--study")
     file = Path(args.config) if args.config else None
     sets = config_mod.parse_sets(args.set)
     base = _config(args)
     paths = _paths(args)
-    budget = study_mod.Budget(trials=args.trials, timeout=args.timeout, tune_folds=args.tune_folds,
-                         min_epochs=args.min_epochs, max_epochs=args.max_epochs,
-                         subsample=args.subsample, pruner=args.pruner,
-                         startup_trials=args.startup_trials, heartbeat=args.heartbeat)
-    settings = study_mod.Settings(
-        study=study, storage=args.storage or study_mod.default_storage(paths.runs, study), paths=paths,
+    budget = Budget(trials=args.trials, timeout=args.timeout, tune_folds=args.tune_folds,
+                    min_epochs=args.min_epochs, max_epochs=args.max_epochs,
+                    subsample=args.subsample, pruner=args.pruner,
+                    startup_trials=args.startup_trials, heartbeat=args.heartbeat)
+    settings = Settings(
+        study=study, storage=args.storage or default_storage(StudyFiles.of(paths.runs, study)),
+        paths=paths,
         base=base, pinned={k: getattr(base, k) for k in sorted(tune.pinned_keys(file, sets))},
         budget=budget, workers=args.workers,
-        enqueue=tune.read_enqueue(Path(args.enqueue), base) if args.enqueue else ())
+        enqueue=read_enqueue(Path(args.enqueue), base) if args.enqueue else ())
     tune.run_study(settings, log=_log, plots=args.plots)
     return 0
 
@@ -275,7 +279,7 @@ def _competition_flag(p: argparse.ArgumentParser, default: str | None, shown: st
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
-    from pipeline.tuning.study import DEFAULT_HEARTBEAT, PRUNERS, Budget
+    from pipeline.tuning.study import PRUNERS, Budget
 
     b = Budget()
     p.add_argument("--study", default="default",
@@ -305,9 +309,9 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help=f"trials before TPE and pruning start (default: {b.startup_trials})")
     p.add_argument("--enqueue", metavar="JSON",
                    help="JSON list of {param: value} objects to try first")
-    p.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT,
+    p.add_argument("--heartbeat", type=int, default=b.heartbeat,
                    help=f"seconds between a trial's heartbeats; a trial silent for 4x this is "
-                   f"re-run (default: {DEFAULT_HEARTBEAT})")
+                   f"re-run (default: {b.heartbeat})")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="save Optuna's plots as PNG in the study folder (default: on)")
 

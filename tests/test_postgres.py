@@ -29,7 +29,7 @@ import pytest
 import sqlalchemy
 
 from pipeline.config import CODE_ROOT
-from pipeline.tuning.study import masked
+from pipeline.tuning.storage import masked
 from tests.test_tune import PINS
 
 PG_ENV = "PIPELINE_TEST_PG_URL"

@@ -214,6 +214,31 @@ def test_report_shows_the_study_and_the_kaggle_score(tiny_run_pair: SimpleNamesp
     assert f"CV accuracy {m['cv_accuracy']:.4f} (95% CI {lo:.4f}–{hi:.4f})" in out
 
 
+def test_a_study_kept_in_postgres_is_named_not_read_from_its_worker_logs(tmp_path: Path) -> None:
+    """`tune --storage postgresql://… --workers 2` leaves worker logs, best_params.json and the
+    plots in the study folder, and no study.db: a worker's log is no Optuna journal."""
+    from pipeline.reporting.report import study_summary, tuning_figures
+
+    folder = tmp_path / "runs" / "tune" / "pg"
+    folder.mkdir(parents=True)
+    for i in (0, 1):
+        (folder / f"worker-{i}.log").write_text(f"worker {i} (pid 4{i}) on study 'pg'\n"
+                                                f"trial {i}: val acc 0.9{i} in 12s · dropout 0.2\n")
+    url = "postgresql://me:***@db.example/optuna"
+    (folder / "best_params.json").write_text(json.dumps({"study": "pg", "storage": url,
+                                                         "params": {"dropout": 0.2}}))
+    (folder / "tuning_history.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    rd = SimpleNamespace(study="pg", runs_dir=tmp_path / "runs", notes=[])
+    out = tmp_path / "figures"
+    made = tuning_figures(rd, out)  # type: ignore[arg-type]
+    assert made == {"tuning_history": out / "tuning_history.png"}
+    assert rd.notes == [f"study 'pg': not opened: its trials are in {url} (its --storage), "
+                        f"not in {folder}"]
+    assert study_summary(rd) is None  # type: ignore[arg-type]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "best_params.json", "tuning_history.png", "worker-0.log", "worker-1.log"]
+
+
 def test_compare_lists_runs_side_by_side(tiny_run_pair: SimpleNamespace) -> None:
     p = tiny_run_pair
     out = call_cli("compare", "demo", "short", *p.flags).stdout

@@ -156,13 +156,13 @@ def test_what_each_stage_ignores_follows_the_key_roles(tmp_path: Path) -> None:
 
     from pipeline.config import Config, Paths
     from pipeline.reporting import summary
-    from pipeline.tuning import tune
+    from pipeline.tuning import space, tune
     from pipeline.tuning.study import Settings
 
     # tune: with every key pinned, a trial's params (what best_params.json holds, what train
     # copies) are exactly the model keys: no split, prediction, execution or numerics key.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    params = tune.suggest(optuna.create_study().ask(), Config().to_dict(), (1, 2))
+    params = space.suggest(optuna.create_study().ask(), Config().to_dict(), (1, 2))
     assert set(params) == config.keys_with("model")
     assert "holdout" not in params and "precision" not in params and "label_smoothing" in params
 

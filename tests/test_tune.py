@@ -201,3 +201,42 @@ def test_pruning_callback_refuses_a_missing_metric_and_a_nan_loss():
         pruning_callback(trial, "val_acc").on_epoch_end(0, {"loss": 0.5, "val_accuracy": 0.9})
     with pytest.raises(FloatingPointError):
         pruning_callback(trial).on_epoch_end(0, {"loss": float("nan"), "val_accuracy": 0.1})
+
+
+def test_suggestions_the_baseline_and_the_enqueue_check_derive_from_the_search_space(
+        tmp_path, monkeypatch):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from pipeline.config import Config
+    from pipeline.errors import UserError
+    from pipeline.tuning import space
+
+    # Each drawn value comes from SPACE's distribution for it, with the study's epoch range; a
+    # schedule's own parameter only with that schedule, augmentation magnitudes only with augment.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    schedules = set()
+    for n in range(30):
+        trial = study.ask()
+        params = space.suggest(trial, {"augment": n % 2 == 0}, (2, 4))
+        assert trial.distributions == {k: space.bounded((2, 4))[k] for k in trial.params}
+        assert trial.distributions["epochs"].low == 2 and trial.distributions["epochs"].high == 4
+        assert ("warmup_epochs" in params) == (params["lr_schedule"] == "onecycle")
+        assert ("lr_decay" in params) == (params["lr_schedule"] == "exponential")
+        assert ("rotation" in params) == params["augment"] == ("shift" in trial.params)
+        schedules.add(params["lr_schedule"])
+        study.tell(trial, 0.5)
+    assert schedules == {"onecycle", "cosine", "exponential", "constant"}
+
+    # Narrow the space: the suggestions, trial 0 and the check of --enqueue items all follow.
+    monkeypatch.setitem(space.SPACE, "filters", CategoricalDistribution((24,)))
+    monkeypatch.setitem(space.SPACE, "dropout", FloatDistribution(0.3, 0.4))
+    params = space.suggest(optuna.create_study().ask(), {}, (2, 4))
+    assert params["filters"] == 24 and 0.3 <= params["dropout"] <= 0.4
+    base = space.baseline_params(Config(), {"model": "simple"}, (2, 4))  # filters 32, dropout 0.1
+    assert "filters" not in base and "dropout" not in base and "model" not in base
+    assert base["epochs"] == 4 and base["learning_rate"] == Config().learning_rate
+    items = tmp_path / "enqueue.json"
+    items.write_text(json.dumps([{"filters": 24}, {"filters": 32}]))
+    with pytest.raises(UserError, match=r"item 2: filters=32 is not one of 24$"):
+        space.read_enqueue(items, Config())

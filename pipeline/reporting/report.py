@@ -23,13 +23,15 @@ from typing import Any
 
 from pipeline.config import PROFILES, Config
 from pipeline.console import Log, duration
+from pipeline.errors import UserError
 from pipeline.files import run_lock, write_bytes, write_json, write_text
 from pipeline.prediction.evaluate import DIGITS, confusion_counts, per_digit, score, top_confusions
 from pipeline.reporting import figures
 from pipeline.reporting.rundata import RunData, load_run
 from pipeline.reporting.summary import kaggle_score
 from pipeline.tuning.plots import optuna_plots
-from pipeline.tuning.study import open_saved_study, study_dir
+from pipeline.tuning.storage import open_saved_study
+from pipeline.tuning.studyfiles import StudyFiles
 
 ERROR_GALLERY_SIZE = 24
 TEMPLATE = "report.html.j2"  # beside this file, as is report.css which it includes
@@ -162,9 +164,13 @@ def tuning_figures(rd: RunData, out_dir: Path) -> dict[str, Path]:
     """Optuna's plots for the run's study, drawn from its storage or copied from its PNGs."""
     if not rd.study:
         return {}
-    folder = study_dir(rd.runs_dir, rd.study)
+    files = StudyFiles.of(rd.runs_dir, rd.study)
+    folder = files.root
     try:
-        study = open_saved_study(folder, rd.study)
+        study = open_saved_study(files, rd.study)
+    except UserError as exc:  # kept in a database: the plots `tune` saved are shown
+        rd.notes.append(f"study '{rd.study}': {exc}")
+        study = None
     except Exception as exc:  # a storage written by another Optuna version, a locked file, …
         rd.notes.append(f"study '{rd.study}': could not be opened ({type(exc).__name__}: {exc})")
         study = None
@@ -189,7 +195,7 @@ def study_summary(rd: RunData) -> dict[str, Any] | None:
     if not rd.study:
         return None
     try:
-        study = open_saved_study(study_dir(rd.runs_dir, rd.study), rd.study)
+        study = open_saved_study(StudyFiles.of(rd.runs_dir, rd.study), rd.study)
     except Exception:
         return None
     if study is None:
@@ -302,7 +308,7 @@ def page_context(rd: RunData, made: dict[str, Path], study: dict[str, Any] | Non
         "test": {"prediction": _prediction_rows(rd.prediction), "kaggle": _kaggle_rows(rd.kaggle)},
         "data": {"train_images": len(rd.y), "train_csv": str(rd.data_dir / "train.csv"),
                  "test_images": len(rd.test_x) if rd.test_x is not None else None},
-        "tuning": {"study": rd.study, "folder": str(study_dir(rd.runs_dir, rd.study)) if rd.study else "",
+        "tuning": {"study": rd.study, "folder": str(StudyFiles.of(rd.runs_dir, rd.study).root) if rd.study else "",
                    "rows": _study_rows(study)},
         "config": {"rows": _config_rows(cfg), "env_rows": env_rows, "notes": rd.notes},
         "footer": {"run_dir": str(rd.run_dir), "metrics": rd.files.metrics.name,

@@ -19,7 +19,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from pipeline.config import check_name
 from pipeline.console import Log
 from pipeline.errors import UserError
-from pipeline.tuning.study import default_storage, masked, open_storage, study_dir
+from pipeline.tuning.storage import default_storage, masked, open_storage
+from pipeline.tuning.studyfiles import StudyFiles
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -42,11 +43,11 @@ def storage_url(runs_dir: Path, study: str, storage: str | None = None) -> str:
     check_name(study, "--study")
     if storage:
         return storage
-    db = study_dir(runs_dir, study) / "study.db"
-    if not db.is_file():
-        raise UserError(f"--study {study!r}: no {db} (no such study in {runs_dir}); run "
+    files = StudyFiles.of(runs_dir, study)
+    if not files.db.is_file():
+        raise UserError(f"--study {study!r}: no {files.db} (no such study in {runs_dir}); run "
                         f"`make tune STUDY={study}` first, or give its --storage URL")
-    return default_storage(runs_dir, study)
+    return default_storage(files)
 
 
 def open_study(url: str, study: str) -> tuple[BaseStorage, int]:

@@ -35,106 +35,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import config as config_mod
-from pipeline.config import LR_SCHEDULES, MODEL_NAMES, Config, keys_with
 from pipeline.console import Log
 from pipeline.errors import Interrupted, UserError
-from pipeline.files import read_json
 from pipeline.machine.plan import Plan, choose, this_machine
 from pipeline.machine.pool import Job, run_jobs
-from pipeline.tuning.study import (
-    EXECUTION_KEYS,
-    GRACE,
-    Claim,
-    Settings,
-    Tally,
-    claim_for,
-    load_study,
-    make_sampler,
-    masked,
-)
+from pipeline.tuning.space import baseline_params, suggest
+from pipeline.tuning.storage import GRACE, Claim, claim_for, masked
+from pipeline.tuning.study import EXECUTION_KEYS, Settings, load_study, make_sampler
+from pipeline.tuning.tally import Tally
 from pipeline.tuning.tune_report import Progress, write_results
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
-
-
-# --- the search space -----------------------------------------------------------------------
-
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "model": MODEL_NAMES,
-    "filters": (16, 24, 32, 48),  # 64 with kernel 5 costs ~10× the default per epoch on CPU
-    "kernel_size": (3, 5),
-    "dense_units": (64, 128, 256),
-    "batch_size": (32, 64, 128, 256),
-    "lr_schedule": LR_SCHEDULES,
-}
-RANGES: dict[str, tuple[float, float]] = {
-    "learning_rate": (1e-4, 2e-2),  # searched on a log scale
-    "dropout": (0.0, 0.5),
-    "dense_dropout": (0.0, 0.5),
-    "rotation": (0.0, 20.0),
-    "zoom": (0.0, 0.2),
-    "shift": (0.0, 0.2),
-    "warmup_epochs": (0.0, 3.0),  # one-cycle only
-    "lr_decay": (0.5, 0.95),  # exponential only
-}
-SEARCHED = (*CHOICES, *RANGES, "epochs")
-# Config keys that say how a search or a run is executed, not what the model is: never copied
-# into best_params.json, so they stay the training command's own choice.
-NOT_HYPERPARAMETERS = keys_with("split", "prediction", "source", "record", "execution",
-                                "ensemble", "numerics")
-
-
-def suggest(trial: optuna.Trial, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
-    """One trial's hyperparameters from the search space; pinned keys keep their pinned value."""
-
-    def choose(name: str) -> Any:
-        return pinned[name] if name in pinned else trial.suggest_categorical(name, CHOICES[name])
-
-    def number(name: str, log: bool = False) -> float:
-        lo, hi = RANGES[name]
-        return pinned[name] if name in pinned else trial.suggest_float(name, lo, hi, log=log)
-
-    p: dict[str, Any] = {
-        "model": choose("model"),
-        "filters": choose("filters"),
-        "kernel_size": choose("kernel_size"),
-        "dropout": number("dropout"),
-        "dense_units": choose("dense_units"),
-        "dense_dropout": number("dense_dropout"),
-        "batch_size": choose("batch_size"),
-        "learning_rate": number("learning_rate", log=True),
-        "lr_schedule": choose("lr_schedule"),
-        "epochs": pinned["epochs"] if "epochs" in pinned else trial.suggest_int("epochs", *epochs),
-    }
-    # Each schedule's own parameter is searched only when that schedule is chosen.
-    if p["lr_schedule"] == "onecycle":
-        p["warmup_epochs"] = number("warmup_epochs")
-    if p["lr_schedule"] == "exponential":
-        p["lr_decay"] = number("lr_decay")
-    if pinned.get("augment", True):
-        for name in ("rotation", "zoom", "shift"):
-            p[name] = number(name)
-    # Pinned keys outside the space (label_smoothing, augment, …) are part of the result too.
-    p.update({k: v for k, v in pinned.items() if k not in NOT_HYPERPARAMETERS})
-    return p
-
-
-def baseline_params(base: Config, pinned: dict[str, Any], epochs: tuple[int, int]) -> dict[str, Any]:
-    """The base config's values for the searched keys, to enqueue as a study's trial 0."""
-    out: dict[str, Any] = {}
-    for key in SEARCHED:
-        value = getattr(base, key)
-        if key in pinned:
-            continue
-        if key == "epochs":
-            out[key] = min(max(value, epochs[0]), epochs[1])
-        elif key in CHOICES and value in CHOICES[key]:
-            out[key] = value
-        elif key in RANGES and RANGES[key][0] <= value <= RANGES[key][1]:
-            out[key] = value
-    return out
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -145,30 +58,6 @@ def pinned_keys(file: Path | None, sets: dict[str, Any]) -> set[str]:
     if file is not None:
         keys |= set(config_mod.read_config_file(file))
     return keys
-
-
-def read_enqueue(path: Path, base: Config) -> tuple[dict[str, Any], ...]:
-    """Parameter sets to try first, from a JSON list of {key: value} objects."""
-    data = read_json(path) if path.is_file() else None
-    if data is None:
-        raise UserError(f"--enqueue {path}: file not found")
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise UserError(f"--enqueue {path}: expected a JSON list of objects like "
-                        '[{"learning_rate": 0.001, "model": "deep"}]')
-    out = []
-    for i, item in enumerate(data, start=1):
-        unknown = sorted(set(item) - set(SEARCHED))
-        if unknown:
-            raise UserError(f"--enqueue {path}: item {i}: {', '.join(unknown)} not searched "
-                            f"(searched keys: {', '.join(SEARCHED)})")
-        cfg = config_mod.from_dict({**base.to_dict(), **item}, f"--enqueue {path}: item {i}")
-        params = {k: getattr(cfg, k) for k in item}
-        for k, v in params.items():
-            if k in CHOICES and v not in CHOICES[k]:
-                raise UserError(f"--enqueue {path}: item {i}: {k}={v!r} is not one of "
-                                f"{', '.join(map(str, CHOICES[k]))}")
-        out.append(params)
-    return tuple(out)
 
 
 # --- one trial ------------------------------------------------------------------------------
@@ -238,7 +127,7 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: Claim
         for k in range(budget.tune_folds):
             # A trial is re-run from its start if interrupted: no per-epoch checkpoint, no files.
             job = FoldJob(cfg, k, train_rows(data.fold_of, k), val_rows(data.fold_of, k),
-                          settings.study_dir / "trials" / f"{trial.number}-fold_{k}",
+                          settings.files.trial_fold(trial.number, k),
                           checkpoint=False)
             cb = pruning_callback(trial, "val_accuracy", step_offset=k * epochs[1],
                                   deadline=deadline)
@@ -320,7 +209,7 @@ def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study],
     _quiet_optuna()
     data = data or _load_data(settings)
     study = study or load_study(settings)
-    claim = claim_for(settings)
+    claim = claim_for(settings.storage, settings.study, settings.files)
     silent = _SilentTrials(settings.budget.heartbeat)
     waited = False
     while time.time() < deadline:
@@ -396,7 +285,8 @@ def _setup_record(settings: Settings, data: _Data) -> dict[str, Any]:
 def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> None:
     """Check a resumed study's settings; give a new one the baseline and any enqueued trials."""
     setup = _setup_record(settings, data)
-    with claim_for(settings).held():  # machines starting a new study at once enqueue trial 0 once
+    # Machines starting a new study at once enqueue trial 0 once.
+    with claim_for(settings.storage, settings.study, settings.files).held():
         saved = study.user_attrs.get("setup")
         if saved is None:
             study.set_user_attr("setup", setup)
@@ -459,7 +349,7 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
     record = write_results(settings, study, log, plots=plots)
     if record is None:
         raise UserError(f"study '{settings.study}': no trial has completed yet (errors are in "
-                        f"{settings.study_dir / 'trials.csv'}); raise --timeout or fix the errors")
+                        f"{settings.files.trials_csv}); raise --timeout or fix the errors")
     return record
 
 
@@ -467,12 +357,12 @@ def _run_workers(settings: Settings, plan: Plan, study: optuna.Study, deadline: 
                  bar: Progress, log: Log) -> None:
     """Start local worker processes on the study and follow their trials until all exit."""
     jobs = [Job(f"tune worker {i}", _tune_worker, (settings, plan, i, deadline),
-                log_path=str(settings.study_dir / f"worker-{i}.log"))
+                log_path=str(settings.files.worker_log(i)))
             for i in range(plan.processes)]
     log(f"{plan.processes} worker processes ({plan.threads} TensorFlow thread(s) each"
         f"{', one GPU each' if plan.device == 'gpu' else ''}); "
-        f"their logs: {settings.study_dir}/worker-<i>.log")
-    settings.study_dir.mkdir(parents=True, exist_ok=True)
+        f"their logs: {settings.files.worker_log('<i>')}")
+    settings.files.root.mkdir(parents=True, exist_ok=True)
     try:
         run_jobs(jobs, plan.processes, on_tick=lambda: bar.update(study), poll=1.0,
                  slot_env=plan.env_for_slot)

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.console import Log, duration
 from pipeline.files import write_json, write_text
-from pipeline.tuning.study import Settings, Tally, masked
+from pipeline.tuning.plots import optuna_plots
+from pipeline.tuning.storage import masked
+from pipeline.tuning.study import Settings
+from pipeline.tuning.tally import Tally
 
 if TYPE_CHECKING:
     import optuna
@@ -150,18 +153,18 @@ def best_params_record(settings: Settings, study: optuna.Study) -> dict[str, Any
 def write_results(settings: Settings, study: optuna.Study, log: Log = print,
                   plots: bool = True) -> dict[str, Any] | None:
     """Write summary.txt, trials.csv, best_params.json and the plots; print the summary."""
-    out = settings.study_dir
+    files = settings.files
     text = summary_text(settings, study)
-    write_text(out / "summary.txt", text + "\n")
-    write_text(out / "trials.csv", trials_table(study))
+    write_text(files.summary, text + "\n")
+    write_text(files.trials_csv, trials_table(study))
     record = best_params_record(settings, study)
     if record is not None:
-        write_json(out / "best_params.json", record)
+        write_json(files.best_params, record)
     if plots:
-        for why in optuna_plots(study, out)[1]:
+        for why in optuna_plots(study, files.root)[1]:
             log(f"tuning plot skipped — {why}")
     log(text)
     if record is not None:
-        log(f"best params → {out / 'best_params.json'}; train with them: "
+        log(f"best params → {files.best_params}; train with them: "
             f"python -m pipeline train --study {settings.study} --run tuned")
     return record
