@@ -208,8 +208,8 @@ def trained_at(run_dir: Path) -> float:
     """When training last finished a fold or refit member of the run (seconds since the epoch).
 
     From what training alone writes: each finished model's recorded `finished_at` (for folds
-    trained before that key existed, its metrics.json's mtime). `report`, `predict` and `submit`
-    rewrite the run's metrics.json, never a fold's, so looking at a run does not change this.
+    trained before that key existed, its metrics.json's mtime). `predict` rewrites the run's
+    metrics.json (its holdout estimate), never a fold's, so looking at a run does not change this.
     """
     rf = RunFiles(Path(run_dir))
     times = []

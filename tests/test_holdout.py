@@ -37,6 +37,12 @@ def held(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
             "y": y, **out}
 
 
+def _holdout_text(h: dict) -> str:
+    """The one wording of a holdout estimate, as predict, blend, report, compare and submit print it."""
+    return (f"{h['accuracy']:.4f} ({h['errors']} errors on {h['n']:,} held-out images, "
+            f"95% CI {h['ci95'][0]:.4f}–{h['ci95'][1]:.4f})")
+
+
 def test_split_is_stratified_seeded_and_disjoint_from_every_fold() -> None:
     y = np.repeat(np.arange(10), 60).astype(np.uint8)
     split = make_folds(y, 5, seed=3, holdout=0.2)
@@ -68,6 +74,24 @@ def test_no_fold_trains_or_validates_on_a_held_out_row(held: dict) -> None:
     assert f"on {len(split) - len(rows)} images ({len(rows)} more held out)" in held["h0"]["train"]
 
 
+def test_training_records_the_out_of_fold_statistics_without_a_report(held: dict) -> None:
+    """metrics.json's interval, per-digit scores and confusions come from `train` (built with
+    --no-report here), on the rows with an out-of-fold prediction only."""
+    run = held["runs"] / "h0"
+    assert not (run / "report.html").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    keep = np.load(run / "folds.npy") != HOLDOUT
+    y, pred = held["y"][keep], np.load(run / "oof_probs.npy")[keep].argmax(1)
+    exact = binomtest(int(np.sum(pred == y)), len(y)).proportion_ci(method="exact")
+    assert metrics["cv_accuracy_ci95"] == pytest.approx([exact.low, exact.high])
+    assert metrics["cv_accuracy_ci_method"] == "Clopper-Pearson (exact binomial)"
+    cm = np.zeros((10, 10), dtype=int)
+    np.add.at(cm, (y, pred), 1)
+    assert metrics["confusion_matrix"] == cm.tolist()
+    assert [metrics["classification_report"][str(d)]["support"] for d in range(10)] == \
+        np.bincount(y, minlength=10).tolist()
+
+
 def test_predict_scores_the_ensemble_on_the_holdout(held: dict) -> None:
     run = held["runs"] / "h0"
     rows = np.flatnonzero(np.load(run / "folds.npy") == HOLDOUT)
@@ -79,8 +103,7 @@ def test_predict_scores_the_ensemble_on_the_holdout(held: dict) -> None:
     ci = binomtest(correct, len(rows)).proportion_ci(method="exact")
     assert h["ci95"] == pytest.approx([ci.low, ci.high]) and h["ci95"][0] <= h["accuracy"] <= h["ci95"][1]
     assert h["models"] == 2 and h["share"] == 0.15
-    assert (f"holdout estimate: the ensemble scores {h['accuracy']:.4f} on {len(rows)} held-out "
-            f"train.csv images ({h['errors']} errors") in held["h0"]["predict"]
+    assert f"holdout estimate of the ensemble: {_holdout_text(h)}; conservative" in held["h0"]["predict"]
     # The fold ensemble: the mean of the fold models' predictions on those rows.
     from pipeline.config import resolve
     from pipeline.prediction.inference import average_probs, ensemble_models
@@ -113,15 +136,20 @@ def test_looking_at_a_run_never_changes_which_run_is_submitted(held: dict, tmp_p
     shutil.copytree(held["subs"], subs)
     data = held["common"][held["common"].index("--data") + 1]
     common = ["--data", data, "--runs-dir", str(runs), "--submissions-dir", str(subs)]
-    call_cli("report", "--run", "h0", "--data", data, "--runs-dir", str(runs))
+    before = (runs / "h0" / "metrics.json").read_bytes()
+    report = call_cli("report", "--run", "h0", "--data", data, "--runs-dir", str(runs)).stdout
+    assert (runs / "h0" / "metrics.json").read_bytes() == before  # `report` only reads it
+    h0 = json.loads(before)
+    assert f"holdout estimate of the ensemble: {_holdout_text(h0['holdout'])}" in report
+    lo, hi = h0["cv_accuracy_ci95"]
+    assert f"CV accuracy {h0['cv_accuracy']:.4f} (95% CI {lo:.4f}–{hi:.4f})" in report
     call_cli("predict", "--run", "h0", "--no-report", *common)
     said = " ".join(call_cli("submit", "--dry-run", *common).stdout.split())
     metrics = json.loads((runs / "h1" / "metrics.json").read_text())
     h = metrics["holdout"]
     assert "run 'h1' (profile tiny; the most recently trained run" in said
     assert f"CV accuracy {metrics['cv_accuracy']:.4f}" in said
-    assert (f"holdout estimate {h['accuracy']:.4f} ({h['errors']} errors on {h['n']} held-out "
-            "images)") in said
+    assert f"holdout estimate {_holdout_text(h)}" in said
     assert f"file {subs / 'h1.csv'} (540 rows, checked against sample_submission.csv)" in said
     assert "nothing was sent" in said
     predicted = call_cli("predict", "--no-report", *common).stdout
@@ -142,6 +170,14 @@ def test_compare_pairs_two_runs_on_the_same_holdout(held: dict) -> None:
     assert f"{len(rows)} held-out images" in line and "McNemar exact p = " in line
     assert f"only '{best}' makes" in line and f"only '{other}'" in line
     assert "holdout acc" in proc.stdout.splitlines()[0]
+    # Every column from what train and predict recorded: no report was built for these runs.
+    assert "(make report)" not in proc.stdout
+    for run in ("h0", "h1"):
+        m = json.loads((held["runs"] / run / "metrics.json").read_text())
+        lo, hi = m["cv_accuracy_ci95"]
+        row = next(line for line in proc.stdout.splitlines() if f" {run} " in f" {line} ")
+        assert f"{m['cv_accuracy']:.4f}" in row and f"{lo:.4f}–{hi:.4f}" in row
+        assert _holdout_text(m["holdout"]) in row
 
 
 def test_mcnemar_is_exact_and_says_when_a_difference_is_noise() -> None:
@@ -169,7 +205,7 @@ def test_blend_scores_the_blended_ensemble_on_the_holdout(held: dict) -> None:
             + np.load(held["runs"] / "h1" / "holdout_probs.npy")) / 2
     blend = json.loads((held["runs"] / "hb" / "blend.json").read_text())
     assert blend["holdout"]["errors"] == int(np.sum(mean.argmax(1) != held["y"][rows]))
-    assert "holdout estimate: the ensemble scores" in proc.stdout
+    assert f"holdout estimate of the ensemble: {_holdout_text(blend['holdout'])}" in proc.stdout
 
 
 def _script(name: str) -> Any:

@@ -53,10 +53,11 @@ def tiny_run_pair(tiny_run: SimpleNamespace) -> SimpleNamespace:
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "study": "toy"}))
     (run_dir / "kaggle_submission.json").write_text(json.dumps(KAGGLE))
+    metrics_before = (run_dir / "metrics.json").read_bytes()
     report = call_cli("report", "--run", "short", *t.flags)
     return SimpleNamespace(runs=t.runs, flags=t.flags, demo=t.run_dir, short=run_dir,
                            study=study, report_stdout=report.stdout,
-                           auto_report=auto_report)
+                           auto_report=auto_report, metrics_before=metrics_before)
 
 
 def _train_labels(t: SimpleNamespace) -> np.ndarray:
@@ -84,7 +85,7 @@ def test_demo_builds_every_figure_as_a_readable_non_blank_png(tiny_run: SimpleNa
     assert f"report: {tiny_run.run_dir / 'report.html'}" in tiny_run.stdout
 
 
-def test_metrics_json_adds_exact_ci_and_per_class_report(tiny_run: SimpleNamespace) -> None:
+def test_metrics_json_holds_the_exact_ci_and_per_class_report(tiny_run: SimpleNamespace) -> None:
     from scipy.stats import binomtest
 
     m = json.loads((tiny_run.run_dir / "metrics.json").read_text())
@@ -109,10 +110,35 @@ def test_metrics_json_adds_exact_ci_and_per_class_report(tiny_run: SimpleNamespa
         assert cr[str(d)]["support"] == np.sum(y == d)
         assert cr[str(d)]["recall"] == pytest.approx(cm[d, d] / cm[d].sum())
         assert cr[str(d)]["precision"] == pytest.approx(cm[d, d] / max(1, cm[:, d].sum()))
-    assert "kaggle" not in m
+    assert "kaggle" not in m and "report" not in m  # what train and predict measured, only
     folds = pd.read_csv(tiny_run.run_dir / "folds.csv")
     assert folds["val_accuracy"].tolist() == pytest.approx([f["val_accuracy"] for f in m["folds"]])
-    assert sorted(m["report"]["figures"]) == sorted(f"figures/{n}.png" for n in FIGURES)
+
+
+def test_a_run_trained_before_the_statistics_were_recorded_gets_them_when_read(
+        tiny_run: SimpleNamespace, tmp_path: Path) -> None:
+    """A metrics.json without the out-of-fold statistics (or with the bootstrap interval of a
+    report built before it was exact): `compare`, the summary and the page derive them; the
+    file stays as it is."""
+    import shutil
+
+    from pipeline.reporting.rundata import load_run
+    from pipeline.reporting.summary import compare_rows, summary_text
+
+    shutil.copytree(tiny_run.run_dir, tmp_path / "old")
+    now = json.loads((tiny_run.run_dir / "metrics.json").read_text())
+    stats = ("cv_accuracy_ci95", "cv_accuracy_ci_method", "classification_report", "confusion_matrix")
+    old = {**{k: v for k, v in now.items() if k not in stats}, "cv_accuracy_ci95": [0.5, 0.6]}
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
+    before = (tmp_path / "old" / "metrics.json").read_bytes()
+
+    lo, hi = now["cv_accuracy_ci95"]
+    assert compare_rows(tmp_path, ["old"])["95% CI"].tolist() == [f"{lo:.4f}–{hi:.4f}"]
+    text = summary_text(tmp_path / "old")
+    assert f"(95% CI {lo:.4f}–{hi:.4f})" in text and "not in metrics.json" in text
+    rd = load_run(tmp_path, "old", tiny_run.data)
+    assert {k: rd.metrics[k] for k in stats} == {k: now[k] for k in stats}
+    assert (tmp_path / "old" / "metrics.json").read_bytes() == before
 
 
 class _Page(HTMLParser):
@@ -205,7 +231,8 @@ def test_report_shows_the_study_and_the_kaggle_score(tiny_run_pair: SimpleNamesp
     assert ["best trial", str(best.number)] in page.rows
     assert ["Kaggle public score", "0.98917"] in page.rows
     assert ["submitted_at", KAGGLE["submitted_at"]] in page.rows
-    assert json.loads((p.short / "metrics.json").read_text())["kaggle"] == KAGGLE
+    # The report reads metrics.json, never writes it: not even the Kaggle result it shows.
+    assert (p.short / "metrics.json").read_bytes() == p.metrics_before
     # The terminal summary printed by `report`.
     out = p.report_stdout
     assert "run 'short' · profile tiny" in out and "Kaggle public score: 0.98917" in out

@@ -20,6 +20,7 @@ from pipeline.errors import UserError
 from pipeline.files import read_json
 from pipeline.kaggle.client import parse_competition, submit
 from pipeline.prediction.ensemble import predict_run, run_submission
+from pipeline.prediction.metricsfile import holdout_text
 from pipeline.runfiles import RunFiles, latest_trained_run, read_optional, trained_at
 
 
@@ -79,7 +80,7 @@ def what_is_sent(paths: Paths, run: str | None, picked: bool, csv: Path, rows: i
     cv = metrics.get("cv_accuracy")
     cv_text = f"CV accuracy {cv:.4f} (out-of-fold)" if isinstance(cv, (int, float)) else "no CV accuracy"
     h = metrics.get("holdout")
-    held = (f"holdout estimate {h['accuracy']:.4f} ({h['errors']} errors on {h['n']} held-out images)"
+    held = (f"holdout estimate {holdout_text(h)}"
             if isinstance(h, dict) and "accuracy" in h
             else "holdout estimate: none (the run held nothing out; --set holdout=0.1 when training "
                  "gives one)")

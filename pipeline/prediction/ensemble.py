@@ -26,6 +26,7 @@ from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json
 from pipeline.prediction.evaluate import accuracy, score
 from pipeline.prediction.inference import average_probs, ensemble_models
+from pipeline.prediction.metricsfile import holdout_text, record_holdout
 from pipeline.runfiles import RunFiles, load_run_config, read_split
 
 
@@ -102,15 +103,14 @@ def score_holdout(paths: Paths, run: str, models: list[Any], tta: bool) -> dict[
     save_npy(rf.holdout_probs, probs)
     result = {**score(y[rows], probs), "share": load_run_config(rf.root).holdout, "tta": tta,
               "models": len(models)}
-    write_json(rf.metrics, {**read_json(rf.metrics), "holdout": result})
+    record_holdout(rf, result)
     return result
 
 
 def holdout_line(h: dict[str, Any]) -> str:
-    """The holdout estimate as one console line."""
-    return (f"holdout estimate: the ensemble scores {h['accuracy']:.4f} on {h['n']} held-out "
-            f"train.csv images ({h['errors']} errors, 95% CI {h['ci95'][0]:.4f}–{h['ci95'][1]:.4f}); "
-            "conservative: its models trained without them")
+    """The ensemble's holdout estimate as `predict` and `blend` print it."""
+    return (f"holdout estimate of the ensemble: {holdout_text(h)}; conservative: its models "
+            "trained without these train.csv rows")
 
 
 def blend_runs(paths: Paths, runs: list[str], name: str, log: Log = print) -> Path:

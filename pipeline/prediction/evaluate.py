@@ -22,10 +22,14 @@ def score(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     """Accuracy, error count and Clopper-Pearson 95% interval of `probs` against labels `y`."""
     correct = int(np.sum(probs.argmax(1) == y))
     n = int(len(y))
-    ci = binomtest(correct, n).proportion_ci(0.95, method="exact") if n else None
     return {"accuracy": correct / n if n else float("nan"), "errors": n - correct, "n": n,
-            "ci95": [float(ci.low), float(ci.high)] if ci else None,
-            "ci_method": CI_METHOD}
+            "ci95": exact_ci(correct, n) if n else None, "ci_method": CI_METHOD}
+
+
+def exact_ci(correct: int, n: int) -> list[float]:
+    """The Clopper-Pearson 95% interval of `correct` right out of `n` (n > 0)."""
+    ci = binomtest(correct, n).proportion_ci(0.95, method="exact")
+    return [float(ci.low), float(ci.high)]
 
 
 def fold_scores(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:

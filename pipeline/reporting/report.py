@@ -1,10 +1,9 @@
-"""The run's report page: its figures, richer metrics and a self-contained HTML page.
+"""The run's report page: its figures and a self-contained HTML page.
 
-`build_report` draws every figure into `runs/<run>/figures/`, adds the out-of-fold accuracy's
-exact 95% CI (Clopper-Pearson, as the holdout estimate has), the per-class report, the confusion
-matrix and the Kaggle result to `runs/<run>/metrics.json`, and writes `runs/<run>/report.html`
-(images embedded; opens from disk with no server or internet). `train`, `predict` and `demo`
-build it when they finish; `pipeline.reporting.summary` prints the terminal summary.
+`build_report` draws every figure into `runs/<run>/figures/` and writes `runs/<run>/report.html`
+(images embedded; opens from disk with no server or internet) from what training, `predict` and
+`submit` recorded; it never writes metrics.json. `train`, `predict` and `demo` build it when
+they finish; `pipeline.reporting.summary` prints the terminal summary.
 
 The page is the Jinja2 template `report.html.j2` beside this file (styles in `report.css`),
 autoescaped; this module only prepares its context of plain values (`page_context`).
@@ -24,8 +23,9 @@ from typing import Any
 from pipeline.config import PROFILES, Config
 from pipeline.console import Log, duration
 from pipeline.errors import UserError
-from pipeline.files import run_lock, write_bytes, write_json, write_text
-from pipeline.prediction.evaluate import DIGITS, confusion_counts, per_digit, score, top_confusions
+from pipeline.files import run_lock, write_bytes, write_text
+from pipeline.prediction.evaluate import DIGITS, top_confusions
+from pipeline.prediction.metricsfile import holdout_detail
 from pipeline.reporting import figures
 from pipeline.reporting.rundata import RunData, load_run
 from pipeline.reporting.summary import kaggle_score
@@ -102,23 +102,6 @@ SECTIONS = (
 )
 
 
-# --- metrics ---------------------------------------------------------------------------------
-
-def enrich_metrics(rd: RunData) -> dict[str, Any]:
-    """The run's metrics plus CI, per-class report, confusion matrix and Kaggle result."""
-    pred = rd.oof.argmax(1)
-    oof = score(rd.y, rd.oof)
-    metrics = dict(rd.metrics)
-    metrics.pop("bootstrap", None)  # how reports built before the interval was exact made theirs
-    metrics["cv_accuracy_ci95"] = oof["ci95"]
-    metrics["cv_accuracy_ci_method"] = oof["ci_method"]
-    metrics["classification_report"] = per_digit(rd.y, pred)
-    metrics["confusion_matrix"] = confusion_counts(rd.y, pred).tolist()
-    if rd.kaggle is not None:
-        metrics["kaggle"] = rd.kaggle
-    return metrics
-
-
 # --- figures ---------------------------------------------------------------------------------
 
 def build_figures(rd: RunData, out_dir: Path | None = None) -> dict[str, Path]:
@@ -126,16 +109,15 @@ def build_figures(rd: RunData, out_dir: Path | None = None) -> dict[str, Path]:
     out = Path(out_dir) if out_dir is not None else rd.figures_dir
     out.mkdir(parents=True, exist_ok=True)
     seed = int(rd.config.get("seed", 0))
-    metrics = rd.metrics if "cv_accuracy_ci95" in rd.metrics else enrich_metrics(rd)
-    ci = metrics["cv_accuracy_ci95"]
+    metrics = rd.metrics
     pred_test = rd.test_probs.argmax(1) if rd.test_probs is not None else None
     png = {spec.name: out / f"{spec.name}.png" for spec in FIGURES}
     made: dict[str, Path] = {}
     made["learning_curves"] = figures.learning_curves(
-        rd.histories, png["learning_curves"], [int(f.get("best_epoch", 0)) for f in rd.metrics["folds"]])
+        rd.histories, png["learning_curves"], [int(f.get("best_epoch", 0)) for f in metrics["folds"]])
     made["fold_accuracy"] = figures.fold_accuracy(
-        [f["val_accuracy"] for f in rd.metrics["folds"]], metrics["cv_accuracy"], ci,
-        png["fold_accuracy"])
+        [f["val_accuracy"] for f in metrics["folds"]], metrics["cv_accuracy"],
+        metrics["cv_accuracy_ci95"], png["fold_accuracy"])
     made["confusion_matrix"] = figures.confusion_matrix(rd.y, rd.oof.argmax(1), png["confusion_matrix"])
     made["per_class_metrics"] = figures.per_class_metrics(metrics["classification_report"],
                                                           png["per_class_metrics"])
@@ -215,17 +197,10 @@ def study_summary(rd: RunData) -> dict[str, Any] | None:
 # --- the page --------------------------------------------------------------------------------
 
 def build_report(runs_dir: Path, run: str, data: Path | None = None, log: Log = print) -> Path:
-    """Draw the figures, enrich metrics.json and write `runs/<run>/report.html`; returns its path."""
+    """Draw the figures and write `runs/<run>/report.html`; returns its path."""
     rd = load_run(runs_dir, run, data)
     with run_lock(rd.run_dir):
-        rd.metrics = enrich_metrics(rd)
         made = build_figures(rd)
-        rd.metrics["report"] = {
-            "html": rd.files.report.name,
-            "figures": [f"{rd.files.figures.name}/{p.name}" for p in made.values()],
-            "built": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        }
-        write_json(rd.files.metrics, rd.metrics)
         out = rd.files.report
         write_text(out, render_html(rd, made, study_summary(rd)))
     for note in rd.notes:
@@ -264,9 +239,8 @@ def page_context(rd: RunData, made: dict[str, Path], study: dict[str, Any] | Non
               f"95% CI {ci[0]:.4f}–{ci[1]:.4f} ({len(rd.y)} images)"),
         _card("Fold accuracy", f"{m['fold_accuracy_mean']:.4f}",
               f"± {m['fold_accuracy_std']:.4f} std over {len(m['folds'])} folds"),
-        *([_card("Holdout estimate (ensemble)", f"{h['accuracy']:.4f}",
-                 f"{h['errors']} errors on {h['n']} held-out images, 95% CI "
-                 f"{h['ci95'][0]:.4f}–{h['ci95'][1]:.4f}")] if h else []),
+        *([_card("Holdout estimate (ensemble)", f"{h['accuracy']:.4f}", holdout_detail(h))]
+          if h else []),
         _card("CV log loss", f"{m['cv_log_loss']:.4f}", "lower is better"),
         _card("Kaggle public score", kaggle_score(rd.kaggle), _kaggle_when(rd.kaggle)),
         _card("Training time", duration(m.get("train_seconds", 0)),
@@ -291,7 +265,7 @@ def page_context(rd: RunData, made: dict[str, Path], study: dict[str, Any] | Non
         "run": rd.name, "cv_accuracy": f"{m['cv_accuracy']:.4f}",
         "meta": {"profile": cfg.get("profile"), "model": cfg.get("model"), "folds": cfg.get("folds"),
                  "epochs": cfg.get("epochs"), "images": len(rd.y),
-                 "built": m.get("report", {}).get("built", "")},
+                 "built": dt.datetime.now().astimezone().isoformat(timespec="seconds")},
         "sections": list(SECTIONS), "titles": dict(SECTIONS), "cards": cards, "figures": by_section,
         "training": {
             "header": ["fold", "val accuracy", "val loss", "best epoch", "epochs run", "time",

@@ -2,7 +2,8 @@
 predictions, and the training and test images they belong to.
 
 What `report` draws and the notebook explores; it only reads the run's files (through
-`pipeline.runfiles`) and checks that the data found is the data the run was trained on.
+`pipeline.runfiles`) and checks that the data found is the data the run was trained on. The
+out-of-fold statistics a run trained before they were recorded lacks are derived in memory.
 
     rd = load_run(Path("runs"), "demo")
 """
@@ -21,6 +22,7 @@ from pipeline.data.folds import HOLDOUT
 from pipeline.data.load import file_sha256, load_test, load_train
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json
+from pipeline.prediction.metricsfile import with_oof_statistics
 from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split
 
 
@@ -105,6 +107,7 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
         # rows are scored by the ensemble instead (metrics.json "holdout").
         keep = fold_of != HOLDOUT
         x, y, oof, fold_of = x[keep], y[keep], oof[keep], fold_of[keep]
+    metrics = with_oof_statistics(metrics, y, oof)
     rd = RunData(name=run, run_dir=rf.root, runs_dir=runs_dir, data_dir=data_dir, config=config,
                  metrics=metrics, env=env, folds=folds, histories=histories, x=x, y=y, oof=oof,
                  fold_of=fold_of if fold_of is not None and len(fold_of) == len(y) else None)

@@ -1,7 +1,7 @@
 """Runs in the terminal: one run's summary (`report`) and runs side by side (`compare`).
 
-Both read only what training, `predict`, `report` and `submit` saved in the run folders; `compare`
-also pairs the ensembles of two runs scored on the same held-out rows (McNemar's exact test).
+Both read only what training, `predict` and `submit` saved in the run folders; `compare` also
+pairs the ensembles of two runs scored on the same held-out rows (McNemar's exact test).
 
     python -m pipeline report --run demo     # rebuilds the page, then prints summary_text
     python -m pipeline compare demo cpu      # compare_text
@@ -22,6 +22,7 @@ from pipeline.data.folds import holdout_rows, same_split
 from pipeline.data.load import load_train
 from pipeline.files import load_npy, read_json
 from pipeline.prediction.evaluate import DIGITS, paired, paired_text, top_confusions
+from pipeline.prediction.metricsfile import cv_interval, holdout_text
 from pipeline.reporting.rundata import trained_data_dir
 from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split, saved_config
 from pipeline.training.runmetrics import fold_table
@@ -53,24 +54,25 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
     lines = [f"run '{rf.name}' · profile {cfg.get('profile')} · model {cfg.get('model')} · "
              f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs · {m.get('n_train', '?')} images",
              fold_table(m)]
-    ci = m.get("cv_accuracy_ci95")
+    ci = cv_interval(m)
     ci_text = f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
     lines.append(f"CV accuracy {m['cv_accuracy']:.4f}{ci_text} · log loss {m['cv_log_loss']:.4f} · "
                  f"folds {m['fold_accuracy_mean']:.4f} ± {m['fold_accuracy_std']:.4f} · "
                  f"folds trained in {duration(m.get('train_seconds', 0))} (summed)")
     h = m.get("holdout")
     if h:
-        lines.append(f"holdout estimate (fold ensemble): {h['accuracy']:.4f} · {h['errors']} errors on "
-                     f"{h['n']} held-out images · 95% CI {h['ci95'][0]:.4f}–{h['ci95'][1]:.4f}")
+        lines.append(f"holdout estimate of the ensemble: {holdout_text(h)}")
     cr = m.get("classification_report")
     if cr:
         weakest = sorted(DIGITS, key=lambda d: cr[str(d)]["f1-score"])[:3]
         lines.append("weakest digits (F1): " + ", ".join(f"{d} {cr[str(d)]['f1-score']:.3f}"
                                                          for d in weakest))
-    if m.get("confusion_matrix"):
         conf = top_confusions(m["confusion_matrix"])
         lines.append("most confused (true→pred): "
                      + (", ".join(f"{t}→{p} ×{c}" for t, p, c in conf) or "none"))
+    else:
+        lines.append("per-digit scores and confusions: not in metrics.json (trained before they "
+                     "were recorded); the report page derives them")
     pred = read_optional(rf.prediction)
     lines.append(f"submission: {pred['submission']} ({pred['rows']} rows)" if pred else
                  f"submission: not predicted yet (make submission RUN={rf.name})")
@@ -95,7 +97,7 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
     any_holdout = any("holdout" in m for _, m, _, _ in loaded)
     rows = []
     for run, m, cfg, kaggle in loaded:
-        ci = m.get("cv_accuracy_ci95")
+        ci = cv_interval(m)
         h = m.get("holdout")
         rows.append({
             "run": run, "profile": cfg.get("profile"), "model": cfg.get("model"),
@@ -104,9 +106,8 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
             "settings that differ": " ".join(f"{k}={cfg.get(k) if cfg.get(k) != '' else 'none'}"
                                              for k in differ) or "-",
             "CV acc": f"{m['cv_accuracy']:.4f}",
-            "95% CI": f"{ci[0]:.4f}–{ci[1]:.4f}" if ci else "(make report)",
-            **({"holdout acc": (f"{h['accuracy']:.4f} ({h['errors']} err, CI "
-                                f"{h['ci95'][0]:.4f}–{h['ci95'][1]:.4f})") if h else
+            "95% CI": f"{ci[0]:.4f}–{ci[1]:.4f}" if ci else "-",
+            **({"holdout acc": holdout_text(h) if h else
                 ("(make submission)" if cfg.get("holdout") else "-")} if any_holdout else {}),
             "fold mean±std": f"{m['fold_accuracy_mean']:.4f}±{m['fold_accuracy_std']:.4f}",
             "train time": duration(m.get("train_seconds", 0)),

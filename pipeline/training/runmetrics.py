@@ -1,6 +1,6 @@
-"""A run's metrics: assembled from its finished folds and members into `metrics.json` and
-`folds.csv` (out-of-fold predictions and their scores, times), and shown as the per-fold table
-that `train` and `report` print."""
+"""A run's metrics: assembled from its finished folds and members into `metrics.json` (written
+through `pipeline.prediction.metricsfile`) and `folds.csv` (out-of-fold predictions and their
+scores, times), and shown as the per-fold table that `train` and `report` print."""
 
 from __future__ import annotations
 
@@ -12,18 +12,17 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.console import duration, table
 from pipeline.data.folds import HOLDOUT
-from pipeline.files import load_npy, read_json, save_npy, write_json, write_text
+from pipeline.files import load_npy, save_npy, write_text
 from pipeline.prediction.evaluate import fold_scores
+from pipeline.prediction.metricsfile import record_training
 from pipeline.runfiles import RunFiles
 
 
 def summarize(rf: RunFiles, cfg: Config, y: np.ndarray, fold_of: np.ndarray,
               fold_meta: list[dict[str, Any]], wall: float, members: list[dict[str, Any]] = (),
               retrained: bool = True) -> dict[str, Any]:
-    """Assemble out-of-fold probabilities and write the run's metrics.json and folds.csv.
-
-    The Kaggle record of an earlier submission is kept; the holdout score of an earlier
-    prediction only if no model was `retrained` since (else it scored another ensemble)."""
+    """Assemble out-of-fold probabilities and write the run's metrics.json and folds.csv
+    (the holdout score of an earlier prediction is kept only if no model was `retrained`)."""
     # Held-out rows have no out-of-fold prediction: their rows stay zero and are left out here.
     oof = np.zeros((len(y), 10), dtype=np.float32)
     for i in range(cfg.folds):
@@ -42,11 +41,7 @@ def summarize(rf: RunFiles, cfg: Config, y: np.ndarray, fold_of: np.ndarray,
         "folds": [{k: v for k, v in m.items() if k != "sha256"} for m in fold_meta],
         "members": [{k: v for k, v in m.items() if k != "sha256"} for m in members],
     }
-    if rf.metrics.is_file():
-        prev = read_json(rf.metrics)
-        metrics.update({k: prev[k] for k in ("kaggle", *(() if retrained else ("holdout",)))
-                        if k in prev})
-    write_json(rf.metrics, metrics)
+    metrics = record_training(rf, metrics, y[rows], oof[rows], retrained)
     write_text(rf.folds_csv, pd.DataFrame(fold_rows(metrics)).to_csv(index=False))
     return metrics
 
