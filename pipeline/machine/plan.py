@@ -11,6 +11,7 @@ win).
          GPU), memory growth.
     Precision (auto): mixed_bfloat16 on CPUs with native bfloat16 (the amx_bf16 or avx512_bf16
          flag), mixed_float16 on GPUs with tensor cores (compute capability ≥ 7), else float32.
+         Resolved here alone: `train`, `tune` and the benchmark train in the plan's.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from pipeline.files import (
     write_json,
     write_text,
 )
-from pipeline.machine.plan import Plan, choose, precision_for, rounds_after, setup_tensorflow, this_machine
+from pipeline.machine.plan import Plan, choose, rounds_after, setup_tensorflow, this_machine
 from pipeline.machine.pool import Job, run_jobs
 from pipeline.prediction.evaluate import fold_scores
 from pipeline.prediction.inference import average_probs
@@ -179,11 +179,10 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
     rf = RunFiles(paths.run_dir(run))
     with run_lock(rf.root, log):
         remove_stale_temps(rf.root)  # left by a killed run; safe to sweep while we hold the lock
-        machine = this_machine()
-        # precision=auto: the precision the run started with (config.json keeps it), else the
-        # machine's; saved resolved, so a resume on another host computes as the run began.
-        cfg = replace(cfg, precision=precision_for(
-            started_precision(rf.root) if cfg.precision == "auto" else cfg.precision, machine))
+        # precision=auto on a resume: the precision the run started with (config.json keeps it),
+        # so a resume on another host computes as the run began; a new run's is the plan's.
+        if cfg.precision == "auto":
+            cfg = replace(cfg, precision=started_precision(rf.root))
         check_resumable(rf.root, cfg)
         t0 = time.time()
         # 1. The data and its split, checked before anything is written.
@@ -194,6 +193,19 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         check_same_split(rf.root, fold_of)
         if cfg.pseudo_from:
             check_teacher(cfg, paths, run, fold_of)
+
+        # 2. The models still to train (the folds, then the refit members), and the plan that
+        # trains them, which resolves the precision: before anything is written, so a precision
+        # the machine lacks leaves no run behind.
+        models = rf.models(cfg)
+        damaged: list[str] = []  # shown after the run's first line
+        metas: list[dict[str, Any] | None] = [fold_done(m.files.root, damaged.append)
+                                              for m in models]
+        unfinished = [m for m in models if metas[m.index] is None]
+        todo = unfinished[:max_folds]
+        machine = this_machine()
+        plan = choose(cfg, machine, len(todo))
+        cfg = replace(cfg, precision=plan.precision)
         write_json(rf.config, cfg.to_dict())
         save_npy(rf.folds, fold_of)
         held = int(np.sum(fold_of == HOLDOUT))
@@ -203,24 +215,19 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             f"{f' + images pseudo-labelled by run {cfg.pseudo_from!r}' if cfg.pseudo_from else ''}"
             f"{f', then {cfg.refit} member(s) on all {len(y) - held}' if cfg.refit else ''}"
             f" → {rf.root}")
-
-        # 2. The models still to train: the folds, then the refit members.
-        models = rf.models(cfg)
-        metas: list[dict[str, Any] | None] = [fold_done(m.files.root, log) for m in models]
-        unfinished = [m for m in models if metas[m.index] is None]
+        for line in damaged:
+            log(line)
         kept = [m for m in models if metas[m.index] is not None]
         if kept:
             members_kept = sum(m.member for m in kept)
             log(f"resuming: {len(kept) - members_kept} finished fold(s)"
                 f"{f' and {members_kept} member(s)' if members_kept else ''} kept, "
                 f"{len(unfinished)} to train")
-        todo = unfinished[:max_folds]
         if len(todo) < len(unfinished):
             log(f"--max-folds {max_folds}: training {', '.join(m.label for m in todo)} only")
 
         # 3. Train them, as the machine allows: in this process, or several at a time in child
         # processes (one per core or GPU).
-        plan = choose(cfg, machine, len(todo))
         write_json(rf.env, {**environment(paths), "machine": machine.describe(),
                             "plan": plan.to_dict(), **(provenance or {})})
         parallel = plan.processes > 1 and len(todo) > 1
