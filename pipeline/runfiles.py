@@ -51,6 +51,32 @@ class FoldFiles:
 
 
 @dataclass(frozen=True)
+class ModelEntry:
+    """One model of a run: a fold, or a refit member (trained on every labelled row)."""
+
+    index: int  # among the run's models, folds first: its seed derives from it
+    member: bool
+    number: int  # 0-based among the run's folds, or among its members
+    count: int  # how many folds, or members, the run has
+    files: FoldFiles
+
+    @property
+    def kind(self) -> str:
+        """"fold" or "member"."""
+        return "member" if self.member else "fold"
+
+    @property
+    def label(self) -> str:
+        """How the console names this model: "fold 2", "member 1"."""
+        return f"{self.kind} {self.number + 1}"
+
+    @property
+    def label_of(self) -> str:
+        """The label with the count of its kind: "fold 2/5"."""
+        return f"{self.label}/{self.count}"
+
+
+@dataclass(frozen=True)
 class RunFiles:
     """The files of one run's folder, `runs/<run>/`."""
 
@@ -80,14 +106,17 @@ class RunFiles:
         """Refit member `j`'s folder (0-based): a model trained on all the labelled rows."""
         return FoldFiles(self.root / f"member_{j}")
 
-    def models(self, cfg: Config) -> list[FoldFiles]:
-        """The folders of every model the run trains, in order: its folds, then its members."""
-        return [self.fold(i) for i in range(cfg.folds)] + [self.member(j) for j in range(cfg.refit)]
+    def models(self, cfg: Config) -> list[ModelEntry]:
+        """Every model the run trains, in order: its folds, then its members."""
+        kinds = ([(False, i, cfg.folds, self.fold(i)) for i in range(cfg.folds)]
+                 + [(True, j, cfg.refit, self.member(j)) for j in range(cfg.refit)])
+        return [ModelEntry(index, *kind) for index, kind in enumerate(kinds)]
 
-    def ensemble(self, cfg: Config) -> list[FoldFiles]:
-        """The folders of the models the submission averages: the refit members, which trained
-        on every labelled row, or without them the fold models."""
-        return self.models(cfg)[cfg.folds:] if cfg.refit else self.models(cfg)
+    def ensemble(self, cfg: Config) -> list[ModelEntry]:
+        """The models the submission averages: the refit members, which trained on every
+        labelled row, or without them the fold models."""
+        models = self.models(cfg)
+        return [m for m in models if m.member] or models
 
 
 def train_command(run: str) -> str:

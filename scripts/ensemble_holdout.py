@@ -34,9 +34,10 @@ def model_probs(rf: RunFiles, x: np.ndarray) -> dict[str, np.ndarray]:
     cfg = load_run_config(rf.root)
     cache = rf.root / "holdout_by_model.npz"
     have = dict(np.load(cache)) if cache.is_file() else {}
-    names = [ff.root.name for ff in rf.models(cfg)]
+    files = [m.files for m in rf.models(cfg)]
+    names = [ff.root.name for ff in files]
     if any(name not in have for name in names):
-        for ff in rf.models(cfg):
+        for ff in files:
             if ff.root.name not in have:
                 have[ff.root.name] = average_probs([load_fold_model(rf.root, ff)], x, tta=cfg.tta)
         save_npz(cache, **have)

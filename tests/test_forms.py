@@ -5,6 +5,7 @@ fold whose loss turns NaN stopping the run with nothing of it saved."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -202,3 +203,34 @@ def test_float16_on_a_cpu_is_refused_before_anything_is_written(
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: config: precision=mixed_float16 needs a GPU (a CPU has no fast float16); use "
         "auto, float32 or mixed_bfloat16")
+
+
+def test_train_trains_in_the_plans_precision(sample_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The precision is resolved once, by the plan: the one config.json records and the folds
+    train in is env.json's plan's, on a made-up AMX machine and under a plan that picks another."""
+    from pipeline.machine.plan import Machine, choose
+    from pipeline.training import train as train_mod
+
+    monkeypatch.setattr(train_mod, "this_machine",
+                        lambda: Machine(2, cpu_flags=frozenset({"amx_bf16", "amx_tile"})))
+    trained_in: list[str] = []
+
+    def stop(cfg, *args, **kwargs):  # type: ignore[no-untyped-def]
+        trained_in.append(cfg.precision)
+        raise KeyboardInterrupt  # nothing to train: the config the folds would train with is known
+
+    monkeypatch.setattr(train_mod, "_train_serial", stop)
+    flags = ["train", "--profile", "tiny", "--data", str(sample_dir), "--runs-dir", str(tmp_path),
+             "--no-report", "--set", "precision=auto"]
+
+    def recorded(run: str) -> tuple[str, str]:
+        assert call_cli(*flags, "--run", run, check=False).returncode == 130
+        return (json.loads((tmp_path / run / "config.json").read_text())["precision"],
+                json.loads((tmp_path / run / "env.json").read_text())["plan"]["precision"])
+
+    assert recorded("auto") == ("mixed_bfloat16",) * 2
+    monkeypatch.setattr(train_mod, "choose", lambda cfg, machine, n: replace(
+        choose(cfg, machine, n), precision="float32"))
+    assert recorded("planned") == ("float32",) * 2
+    assert trained_in == ["mixed_bfloat16", "float32"]

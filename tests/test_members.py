@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -12,10 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import resolve
+from pipeline.config import Paths, resolve
+from pipeline.data.folds import train_rows, val_rows
 from pipeline.modeling import model as model_mod
 from pipeline.prediction.inference import average_probs, ensemble_models
-from pipeline.runfiles import fold_done, trained_at
+from pipeline.runfiles import RunFiles, fold_done, trained_at
+from pipeline.training.jobs import job_for
 from tests.conftest import FOLD_FILES, call_cli, run_files, sha256
 
 RUN_FILES = {"config.json", "env.json", "folds.npy", "oof_probs.npy", "metrics.json", "folds.csv"}
@@ -165,3 +168,34 @@ def test_the_gpu_profile_trains_and_predicts_on_a_cpu(sample_dir: Path, tmp_path
     proc = call_cli("predict", "--run", "g", *flags, "--submissions-dir", str(tmp_path / "subs"))
     assert "1 refit member × 5 TTA views on 540 test images" in proc.stdout
     assert len(pd.read_csv(tmp_path / "subs" / "g.csv")) == 540
+
+
+def test_a_run_lists_its_models_as_typed_entries(members: dict, tmp_path: Path) -> None:
+    """RunFiles.models: each model knows its index and whether it is a member, so no caller counts
+    folds to tell; on a partial run (a fold and a member damaged, `refit` grown) the models still
+    to train are the entries whose files are not finished, and their jobs follow the entries."""
+    run = tmp_path / "runs" / "m"
+    shutil.copytree(members["run"], run)
+    cfg = resolve("tiny", sets={"refit": "3"})
+    rf = RunFiles(run)
+    models = rf.models(cfg)
+    assert [(m.index, m.member, m.number, m.files.root, m.label, m.label_of) for m in models] == [
+        (0, False, 0, run / "fold_0", "fold 1", "fold 1/2"),
+        (1, False, 1, run / "fold_1", "fold 2", "fold 2/2"),
+        (2, True, 0, run / "member_0", "member 1", "member 1/3"),
+        (3, True, 1, run / "member_1", "member 2", "member 2/3"),
+        (4, True, 2, run / "member_2", "member 3", "member 3/3")]
+    assert rf.ensemble(cfg) == models[2:] and rf.ensemble(replace(cfg, refit=0)) == models[:2]
+    for folder in ("fold_1", "member_0"):
+        (run / folder / "metrics.json").unlink()
+    todo = [m for m in models if fold_done(m.files.root, log=pytest.fail) is None]
+    assert [m.label for m in todo] == ["fold 2", "member 1", "member 3"]
+    split = np.load(run / "folds.npy")
+    x = np.zeros((len(split), 28, 28, 1), np.uint8)
+    paths = Paths(members["sample"], tmp_path / "runs", tmp_path / "subs")
+    fold, member, _ = (job_for(cfg, paths, "m", x, split, m, log=pytest.fail) for m in todo)
+    np.testing.assert_array_equal(fold.train_idx, train_rows(split, 1))
+    np.testing.assert_array_equal(fold.val_idx, val_rows(split, 1))
+    np.testing.assert_array_equal(member.train_idx, np.flatnonzero(split >= 0))
+    assert member.val_idx.size == 0
+    assert (fold.seed, member.seed) == (cfg.seed + 1000, cfg.seed + 2000)

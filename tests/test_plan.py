@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import resolve
+from pipeline.config import PROFILES, resolve
 from pipeline.errors import UserError
 from pipeline.machine.plan import Machine, choose, cpu_info
 
@@ -64,6 +64,18 @@ def test_gpu_plan_is_one_process_per_gpu(cores: int, gpus: list, folds: int, pro
     assert big.line().endswith("batch 256")
 
 
+def test_the_gpu_hint_is_the_gpu_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint suggests what `--profile gpu` sets, read from PROFILES, not a copy of it."""
+    monkeypatch.setitem(PROFILES["gpu"], "batch_size", 512)
+    monkeypatch.setitem(PROFILES["gpu"], "learning_rate", 0.006)
+    hint = " (a GPU is better used with --set batch_size=512 --set learning_rate=0.006: README, On a GPU)"
+    for batch in (64, 256):
+        plan = choose(resolve("cpu", sets={"batch_size": str(batch)}), _machine(16, [H200]), 5)
+        assert plan.line().endswith(f"batch {batch}{hint}")
+    assert choose(resolve("cpu", sets={"batch_size": "512"}), _machine(16, [H200]), 5) \
+        .line().endswith("batch 512")
+
+
 def test_explicit_workers_and_threads_win() -> None:
     cfg = resolve("cpu", sets={"workers": "1", "threads": "4"})
     assert (choose(cfg, _machine(16), 5).processes, choose(cfg, _machine(16), 5).threads) == (1, 4)
@@ -76,7 +88,7 @@ def test_explicit_workers_and_threads_win() -> None:
 _APPLY_TWICE = """
 import tensorflow as tf
 from pipeline.machine.plan import apply, choose, Machine
-from pipeline.config import resolve
+from pipeline.config import PROFILES, resolve
 tf.constant(1.0) + 1.0  # TensorFlow has started: its thread pools are fixed now
 plan = choose(resolve("cpu"), Machine(2), 5)
 apply(plan, 1)

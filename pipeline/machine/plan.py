@@ -11,6 +11,7 @@ win).
          GPU), memory growth.
     Precision (auto): mixed_bfloat16 on CPUs with native bfloat16 (the amx_bf16 or avx512_bf16
          flag), mixed_float16 on GPUs with tensor cores (compute capability ≥ 7), else float32.
+         Resolved here alone: `train`, `tune` and the benchmark train in the plan's.
 """
 
 from __future__ import annotations
@@ -21,15 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.config import PROFILES, Config
 from pipeline.errors import UserError
 
 AUTO = 0  # the config value of `workers` / `threads` that asks for the plan's choice
-# What the plan suggests on a GPU, where batches of 64 leave it mostly idle; it does not apply
-# them itself, because then a run's results, and the epoch a resumed fold continues from, would
-# depend on the machine. On CPU fold 1 this pair scored as the default (60 errors against 58 on
-# 13,440 paired images, p = 0.85; scripts/results/fold-screens-holdout.json).
-GPU_BATCH, GPU_LEARNING_RATE = 256, 0.004
 # CPU flags (as /proc/cpuinfo names them) of native bfloat16 arithmetic, which oneDNN's
 # convolutions use: AMX tiles, or AVX512 bfloat16 dot products.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -91,9 +87,13 @@ class Plan:
         """The plan as the one line `train` prints before the first fold."""
         where = (f"{len(self.gpus)} GPU(s) ({', '.join(map(str, self.gpus))})" if self.device == "gpu"
                  else f"CPU ({self.cores} core(s))")
-        hint = (f" (a GPU is better used with --set batch_size={GPU_BATCH} --set learning_rate="
-                f"{GPU_LEARNING_RATE}: README, On a GPU)"
-                if self.device == "gpu" and self.batch_size < GPU_BATCH else "")
+        # The `gpu` profile's batch and learning rate, suggested rather than applied: applied,
+        # they would make a run's results, and the epoch a resumed fold continues from, depend on
+        # the machine.
+        gpu = PROFILES["gpu"]
+        hint = (f" (a GPU is better used with --set batch_size={gpu['batch_size']} --set "
+                f"learning_rate={gpu['learning_rate']}: README, On a GPU)"
+                if self.device == "gpu" and self.batch_size < gpu["batch_size"] else "")
         return (f"plan: {where} · {self.processes} fold process(es) at once · {self.threads} "
                 f"thread(s) each · {self.precision} · batch {self.batch_size}{hint}")
 

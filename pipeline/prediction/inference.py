@@ -45,7 +45,7 @@ def ensemble_models(run_dir: Path, cfg: Config) -> list[Any]:
     """Load every model of a finished run's ensemble (RunFiles.ensemble: its refit members, or
     without them its fold models)."""
     rf = RunFiles(Path(run_dir))
-    files = rf.ensemble(cfg)
+    files = [m.files for m in rf.ensemble(cfg)]
     missing = [ff.root.name for ff in files if not ff.model.is_file()]
     if missing or not rf.metrics.is_file():
         what = ", ".join(missing) or f"no {rf.metrics.name}"

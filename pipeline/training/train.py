@@ -38,13 +38,13 @@ from pipeline.files import (
     write_json,
     write_text,
 )
-from pipeline.machine.plan import Plan, choose, precision_for, rounds_after, setup_tensorflow, this_machine
+from pipeline.machine.plan import Plan, choose, rounds_after, setup_tensorflow, this_machine
 from pipeline.machine.pool import Job, run_jobs
 from pipeline.prediction.evaluate import fold_scores
 from pipeline.prediction.inference import average_probs
 from pipeline.provenance import environment
 from pipeline.runfiles import (
-    FoldFiles,
+    ModelEntry,
     RunFiles,
     check_resumable,
     check_same_split,
@@ -53,7 +53,7 @@ from pipeline.runfiles import (
     started_precision,
 )
 from pipeline.training import checkpoint
-from pipeline.training.jobs import FoldJob, job_for, model_label
+from pipeline.training.jobs import ModelJob, job_for
 from pipeline.training.pseudo import check_teacher
 from pipeline.training.runmetrics import format_table, summarize
 
@@ -72,7 +72,7 @@ class Fitted:
     seconds: float
 
 
-def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d: 0.0,
+def fit_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d: 0.0,
              callbacks: list | None = None, log: Log = print) -> Fitted:
     """Train one fold, continuing from its last checkpoint if there is one.
 
@@ -91,14 +91,14 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
         training_form,
     )
 
-    cfg, ff = job.cfg, FoldFiles(job.folder)
+    cfg, ff = job.cfg, job.model.files
     if job.checkpoint:
         ff.root.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(job.seed)
     x_fit, y_fit = job.fit_data(x, y)
     steps = math.ceil(len(x_fit) / cfg.batch_size)
 
-    start = (checkpoint.resume(ff, job.label, steps, log) if job.checkpoint
+    start = (checkpoint.resume(ff, job.model.label, steps, log) if job.checkpoint
              else checkpoint.Resumed())
     saved = start.model or build_model(cfg, steps_per_epoch=steps)
     model = training_form(saved, cfg, steps)
@@ -111,8 +111,9 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
 
     history = start.history
     t_start = time.time()
-    cbs = [checkpoint.epoch_logger(ff, history, t_start, start.elapsed, job.of, cfg.epochs,
-                                   eta, log, save=job.checkpoint, saved_form=saved_form),
+    cbs = [checkpoint.epoch_logger(ff, history, t_start, start.elapsed, job.model.label_of,
+                                   cfg.epochs, eta, log, save=job.checkpoint,
+                                   saved_form=saved_form),
            *(checkpoint.tensorboard(ff) if job.checkpoint else [])]
     if cfg.early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping,
@@ -131,15 +132,16 @@ def fit_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d:
     saved = saved_form(model)
     # Out-of-fold predictions are made exactly as test predictions are (the saved model, TTA
     # included), so the CV accuracy estimates what the submission will score.
-    probs = (average_probs([saved], x[job.val_idx], tta=cfg.tta, source=f"{job.label}'s model")
+    probs = (average_probs([saved], x[job.val_idx], tta=cfg.tta,
+                           source=f"{job.model.label}'s model")
              if len(job.val_idx) else np.zeros((0, 10), np.float32))
     return Fitted(saved, history, probs, start.elapsed + time.time() - t_start)
 
 
-def save_fold(job: FoldJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
+def save_fold(job: ModelJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
     """Write a trained fold's model, predictions and history, then its metrics with checksums
     (last: a fold counts as finished only once they exist); remove its checkpoint."""
-    ff = FoldFiles(job.folder)
+    ff = job.model.files
     save_keras(fitted.model, ff.model)
     save_npy(ff.oof, fitted.probs)
     save_npy(ff.val_idx, job.val_idx.astype(np.int64))
@@ -148,8 +150,7 @@ def save_fold(job: FoldJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
     best_epoch = int(hist["val_accuracy"].idxmax() + 1) if "val_accuracy" in hist else len(hist)
     scores = fold_scores(fitted.probs, y[job.val_idx]) if len(job.val_idx) else {}
     meta = {
-        **({"fold": job.fold + 1} if job.fold < job.cfg.folds
-           else {"member": job.fold - job.cfg.folds + 1}),
+        job.model.kind: job.model.number + 1,
         **scores, "best_epoch": best_epoch,
         "epochs_run": len(hist), "seconds": round(fitted.seconds, 2),
         "n_train": int(len(job.train_idx)), "n_val": int(len(job.val_idx)),
@@ -163,7 +164,7 @@ def save_fold(job: FoldJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
     return meta
 
 
-def train_fold(job: FoldJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d: 0.0,
+def train_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d: 0.0,
                log: Log = print) -> dict[str, Any]:
     """Train and save one fold of a run; its metrics."""
     return save_fold(job, fit_fold(job, x, y, eta=eta, log=log), y)
@@ -178,11 +179,10 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
     rf = RunFiles(paths.run_dir(run))
     with run_lock(rf.root, log):
         remove_stale_temps(rf.root)  # left by a killed run; safe to sweep while we hold the lock
-        machine = this_machine()
-        # precision=auto: the precision the run started with (config.json keeps it), else the
-        # machine's; saved resolved, so a resume on another host computes as the run began.
-        cfg = replace(cfg, precision=precision_for(
-            started_precision(rf.root) if cfg.precision == "auto" else cfg.precision, machine))
+        # precision=auto on a resume: the precision the run started with (config.json keeps it),
+        # so a resume on another host computes as the run began; a new run's is the plan's.
+        if cfg.precision == "auto":
+            cfg = replace(cfg, precision=started_precision(rf.root))
         check_resumable(rf.root, cfg)
         t0 = time.time()
         # 1. The data and its split, checked before anything is written.
@@ -193,6 +193,19 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         check_same_split(rf.root, fold_of)
         if cfg.pseudo_from:
             check_teacher(cfg, paths, run, fold_of)
+
+        # 2. The models still to train (the folds, then the refit members), and the plan that
+        # trains them, which resolves the precision: before anything is written, so a precision
+        # the machine lacks leaves no run behind.
+        models = rf.models(cfg)
+        damaged: list[str] = []  # shown after the run's first line
+        metas: list[dict[str, Any] | None] = [fold_done(m.files.root, damaged.append)
+                                              for m in models]
+        unfinished = [m for m in models if metas[m.index] is None]
+        todo = unfinished[:max_folds]
+        machine = this_machine()
+        plan = choose(cfg, machine, len(todo))
+        cfg = replace(cfg, precision=plan.precision)
         write_json(rf.config, cfg.to_dict())
         save_npy(rf.folds, fold_of)
         held = int(np.sum(fold_of == HOLDOUT))
@@ -202,25 +215,19 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             f"{f' + images pseudo-labelled by run {cfg.pseudo_from!r}' if cfg.pseudo_from else ''}"
             f"{f', then {cfg.refit} member(s) on all {len(y) - held}' if cfg.refit else ''}"
             f" → {rf.root}")
-
-        # 2. The models still to train: the folds, then the refit members.
-        models = rf.models(cfg)
-        metas: list[dict[str, Any] | None] = [fold_done(ff.root, log) for ff in models]
-        todo = [i for i, m in enumerate(metas) if m is None]
-        if len(models) - len(todo):
-            folds_kept = sum(m is not None for m in metas[:cfg.folds])
-            members_kept = len(models) - len(todo) - folds_kept
-            log(f"resuming: {folds_kept} finished fold(s)"
+        for line in damaged:
+            log(line)
+        kept = [m for m in models if metas[m.index] is not None]
+        if kept:
+            members_kept = sum(m.member for m in kept)
+            log(f"resuming: {len(kept) - members_kept} finished fold(s)"
                 f"{f' and {members_kept} member(s)' if members_kept else ''} kept, "
-                f"{len(todo)} to train")
-        if max_folds is not None and len(todo) > max_folds:
-            todo = todo[:max_folds]
-            log(f"--max-folds {max_folds}: training "
-                f"{', '.join(model_label(cfg, i) for i in todo)} only")
+                f"{len(unfinished)} to train")
+        if len(todo) < len(unfinished):
+            log(f"--max-folds {max_folds}: training {', '.join(m.label for m in todo)} only")
 
         # 3. Train them, as the machine allows: in this process, or several at a time in child
         # processes (one per core or GPU).
-        plan = choose(cfg, machine, len(todo))
         write_json(rf.env, {**environment(paths), "machine": machine.describe(),
                             "plan": plan.to_dict(), **(provenance or {})})
         parallel = plan.processes > 1 and len(todo) > 1
@@ -233,35 +240,37 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
                 setup_tensorflow(cfg, plan, plan.threads_for(0, 1, cfg.threads))
                 _train_serial(cfg, paths, run, x, y, fold_of, todo, metas, log)
         except KeyboardInterrupt:
-            raise Interrupted(_interrupted_where(rf, cfg, todo, metas, parallel)) from None
+            raise Interrupted(_interrupted_where(todo, metas, parallel)) from None
         if any(m is None for m in metas):
-            left = [model_label(cfg, i) for i, m in enumerate(metas) if m is None]
+            left = [m.label for m in models if metas[m.index] is None]
             log(f"run '{run}' is partial: {', '.join(left)} still to train; "
                 "run the command again without --max-folds to finish it")
             return None
 
         # 4. The run's out-of-fold predictions and metrics.
-        done = [m for m in metas if m is not None]
-        metrics = summarize(rf, cfg, y, fold_of, done[:cfg.folds], time.time() - t0,
-                            members=done[cfg.folds:], retrained=bool(todo))
+        folds = [metas[m.index] for m in models if not m.member]
+        members = [metas[m.index] for m in models if m.member]
+        metrics = summarize(rf, cfg, y, fold_of, folds, time.time() - t0, members=members,
+                            retrained=bool(todo))
         log(format_table(metrics))
         return metrics
 
 
 def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndarray,
-                  fold_of: np.ndarray, todo: list[int], metas: list[dict[str, Any] | None],
+                  fold_of: np.ndarray, todo: list[ModelEntry], metas: list[dict[str, Any] | None],
                   log: Log) -> None:
-    """Train the folds in `todo` one after another in this process."""
-    for n, i in enumerate(todo):
-        log(f"=== {model_label(cfg, i, of=True)} ===")
+    """Train the models in `todo` one after another in this process."""
+    for n, model in enumerate(todo):
+        log(f"=== {model.label_of} ===")
         eta = checkpoint.Eta(cfg.epochs, rounds_after(n, len(todo), at_once=1))
-        metas[i] = train_fold(job_for(cfg, paths, run, x, fold_of, i, log), x, y, eta=eta, log=log)
-        log(_done_line(cfg, i, metas[i]))
+        metas[model.index] = train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y,
+                                        eta=eta, log=log)
+        log(_done_line(model, metas[model.index]))
 
 
-def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str, fold: int,
-                 later_rounds: int) -> dict[str, Any]:
-    """A fold worker process: train one fold of the run; its metrics."""
+def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str,
+                 model: ModelEntry, later_rounds: int) -> dict[str, Any]:
+    """A worker process: train one model of the run; its metrics."""
     setup_tensorflow(cfg, plan, threads)
     x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
     fold_of = load_npy(RunFiles(paths.run_dir(run)).folds)
@@ -269,43 +278,43 @@ def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str, 
     def log(message: str) -> None:
         print(message, flush=True)
 
-    return train_fold(job_for(cfg, paths, run, x, fold_of, fold, log), x, y,
+    return train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y,
                       eta=checkpoint.Eta(cfg.epochs, later_rounds), log=log)
 
 
-def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[int],
+def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[ModelEntry],
                     metas: list[dict[str, Any] | None], log: Log) -> None:
-    """Train the folds in `todo`, `plan.processes` at a time, each in a fresh process."""
+    """Train the models in `todo`, `plan.processes` at a time, each in a fresh process."""
     at_once = plan.processes
     threads = [plan.threads_for(n, len(todo), cfg.threads) for n in range(len(todo))]
-    jobs = [Job(model_label(cfg, i), _fold_worker, (cfg, plan, threads[n], paths, run, i,
-                                                    rounds_after(n, len(todo), at_once)))
-            for n, i in enumerate(todo)]
+    jobs = [Job(model.label, _fold_worker, (cfg, plan, threads[n], paths, run, model,
+                                            rounds_after(n, len(todo), at_once)))
+            for n, model in enumerate(todo)]
 
     def started(n: int, job: Job, pid: int) -> None:
-        log(f"=== {model_label(cfg, todo[n], of=True)} (process {pid}, {threads[n]} thread(s)) ===")
+        log(f"=== {todo[n].label_of} (process {pid}, {threads[n]} thread(s)) ===")
 
     def finished(n: int, job: Job, meta: dict[str, Any]) -> None:
-        metas[todo[n]] = meta
-        log(_done_line(cfg, todo[n], meta))
+        metas[todo[n].index] = meta
+        log(_done_line(todo[n], meta))
 
     run_jobs(jobs, at_once, on_start=started, on_done=finished, slot_env=plan.env_for_slot)
 
 
-def _done_line(cfg: Config, k: int, meta: dict[str, Any]) -> str:
+def _done_line(model: ModelEntry, meta: dict[str, Any]) -> str:
     """The line that reports a finished fold or member."""
     score = f"val accuracy {meta['val_accuracy']:.4f}" if "val_accuracy" in meta else "trained"
-    return f"{model_label(cfg, k)}: {score} in {duration(meta['seconds'])}"
+    return f"{model.label}: {score} in {duration(meta['seconds'])}"
 
 
-def _interrupted_where(rf: RunFiles, cfg: Config, todo: list[int],
-                       metas: list[dict[str, Any] | None], parallel: bool) -> str:
+def _interrupted_where(todo: list[ModelEntry], metas: list[dict[str, Any] | None],
+                       parallel: bool) -> str:
     """What an interrupted run kept, and how to continue it."""
-    running = [i for i in todo if metas[i] is None]
+    running = [m for m in todo if metas[m.index] is None]
     if parallel or not running:
         return ("interrupted; finished folds and the last epoch of each running fold are saved — "
                 "run the same command again to resume")
-    state = rf.models(cfg)[running[0]].state
+    state = running[0].files.state
     after = f" after epoch {read_json(state)['epoch']}" if state.is_file() else ""
-    return (f"interrupted in {model_label(cfg, running[0], of=True)}{after}; finished folds and "
+    return (f"interrupted in {running[0].label_of}{after}; finished folds and "
             "the last epoch are saved — run the same command again to resume")

@@ -109,7 +109,8 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: Claim
 
     from pipeline.data.folds import train_rows, val_rows
     from pipeline.prediction.evaluate import fold_scores
-    from pipeline.training.jobs import FoldJob
+    from pipeline.runfiles import FoldFiles, ModelEntry
+    from pipeline.training.jobs import ModelJob
     from pipeline.training.train import fit_fold
 
     claim.release()  # the trial exists now: other workers may start theirs
@@ -126,9 +127,10 @@ def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: Claim
         accs: list[float] = []
         for k in range(budget.tune_folds):
             # A trial is re-run from its start if interrupted: no per-epoch checkpoint, no files.
-            job = FoldJob(cfg, k, train_rows(data.fold_of, k), val_rows(data.fold_of, k),
-                          settings.files.trial_fold(trial.number, k),
-                          checkpoint=False)
+            fold = ModelEntry(index=k, member=False, number=k, count=cfg.folds,
+                              files=FoldFiles(settings.files.trial_fold(trial.number, k)))
+            job = ModelJob(cfg, fold, train_rows(data.fold_of, k), val_rows(data.fold_of, k),
+                           checkpoint=False)
             cb = pruning_callback(trial, "val_accuracy", step_offset=k * epochs[1],
                                   deadline=deadline)
             fitted = fit_fold(job, data.x, data.y, callbacks=[cb], log=lambda message: None)
