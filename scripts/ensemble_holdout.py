@@ -21,12 +21,12 @@ import numpy as np  # noqa: E402
 
 from pipeline.config import DATA_DIR, RUNS_DIR  # noqa: E402
 from pipeline.console import quiet_tensorflow  # noqa: E402
+from pipeline.data.datafiles import DataFiles  # noqa: E402
 from pipeline.data.folds import holdout_rows  # noqa: E402
-from pipeline.data.load import load_train  # noqa: E402
 from pipeline.files import load_npy, save_npz  # noqa: E402
 from pipeline.prediction.evaluate import paired, score  # noqa: E402
 from pipeline.prediction.inference import load_fold_model  # noqa: E402
-from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
+from pipeline.runfiles import RunFiles, load_run_config, read_split, run_split  # noqa: E402
 
 
 def model_probs(rf: RunFiles, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet_tensorflow()
     runs = Path(args.runs_dir)
-    x, y = load_train(Path(args.data) / "train.csv", cache_dir=runs / "cache")
     ref = RunFiles(runs / args.reference)
-    rows = holdout_rows(read_split(ref.root, len(y)))
+    x, y, fold_of = run_split(DataFiles(Path(args.data), runs), ref.root)
+    rows = holdout_rows(fold_of)
     yh, ref_probs = y[rows], load_npy(ref.holdout_probs)
 
     def entry(probs: np.ndarray) -> dict:

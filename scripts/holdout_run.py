@@ -15,9 +15,8 @@ import numpy as np  # noqa: E402
 
 from pipeline.config import DATA_DIR, RUNS_DIR, Config  # noqa: E402
 from pipeline.console import quiet_tensorflow  # noqa: E402
-from pipeline.data.folds import holdout_rows  # noqa: E402
-from pipeline.data.load import load_train  # noqa: E402
-from pipeline.runfiles import RunFiles, load_run_config, read_split  # noqa: E402
+from pipeline.data.datafiles import DataFiles  # noqa: E402
+from pipeline.runfiles import RunFiles, load_run_config, run_split  # noqa: E402
 
 
 @dataclass
@@ -45,8 +44,8 @@ def load(description: str) -> HeldRun:
 
     rf = RunFiles(Path(args.runs_dir) / args.run)
     cfg = load_run_config(rf.root)
-    x, y = load_train(Path(args.data) / "train.csv", cache_dir=Path(args.runs_dir) / "cache")
-    rows = holdout_rows(read_split(rf.root, len(y)))
+    split = run_split(DataFiles(Path(args.data), Path(args.runs_dir)), rf.root)
+    rows = split.holdout
     # Uncompiled: predictions need only the weights, so runs of earlier versions load too.
     models = [keras.models.load_model(rf.fold(i).model, compile=False) for i in range(cfg.folds)]
-    return HeldRun(args.run, rf, cfg, rows, x[rows], y[rows], models)
+    return HeldRun(args.run, rf, cfg, rows, split.x[rows], split.y[rows], models)
