@@ -24,7 +24,6 @@ from pipeline.errors import UserError
 # Every path the pipeline uses derives from here, never from the working directory.
 PROJ_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJ_ROOT / "data"
-SAMPLE_DIR = DATA_DIR / "sample"
 RUNS_DIR = PROJ_ROOT / "runs"
 SUBMISSIONS_DIR = PROJ_ROOT / "submissions"
 
