@@ -356,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("sample", _sample, "write the embedded sample dataset (from scikit-learn's digits)")
-    p.add_argument("--out", default=str(DataFiles(DATA_DIR).sample), help="output folder (default: data/sample/)")
+    p.add_argument("--out", default=str(DataFiles(DATA_DIR).sample),
+                   help="output folder (default: data/sample/)")
     p.add_argument("--force", action="store_true",
                    help="rewrite even if present (never over files the sample did not write)")
 
