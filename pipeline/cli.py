@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline import config as config_mod
 from pipeline.config import PROFILES, Config, Paths, project_root
 from pipeline.console import VERBOSE_ENV, warn
+from pipeline.data.datafiles import DataFiles
 from pipeline.errors import Interrupted, UserError
 
 
@@ -179,7 +180,7 @@ def _demo(args: argparse.Namespace) -> int:
     # Its submission is for the sample's 540 test images, never Kaggle's: submission.csv, the
     # file a user uploads by hand, stays the last real run's.
     sub = predict_run(paths, run, log=_log, latest=False)
-    truth = data / "test_labels.csv"
+    truth = DataFiles(data).test_labels
     if truth.is_file():
         acc = float(np.mean(pd.read_csv(sub)["Label"].to_numpy() == pd.read_csv(truth)["Label"].to_numpy()))
         _log(f"demo: accuracy on the sample's held-aside test labels: {acc:.4f}")
@@ -374,7 +375,8 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
         return p
 
     p = add("sample", _sample, "write the embedded sample dataset (from scikit-learn's digits)")
-    p.add_argument("--out", default=str(defaults.sample), help="output folder (default: data/sample/)")
+    p.add_argument("--out", default=str(DataFiles(defaults.data).sample),
+                   help="output folder (default: data/sample/)")
     p.add_argument("--force", action="store_true",
                    help="rewrite even if present (never over files the sample did not write)")
 
@@ -450,7 +452,7 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
 
     p = add("demo", _demo, "the whole pipeline on the embedded sample: writes it, trains, predicts "
             "and reports; never over other data, never submissions/submission.csv")
-    _data_flag(p, defaults.sample, "data/sample/; a folder holding other data is refused")
+    _data_flag(p, DataFiles(defaults.data).sample, "data/sample/; a folder holding other data is refused")
     _run_flag(p, "demo")
     _config_flags(p, "tiny")
     _runs_dir_flag(p, defaults.runs)

@@ -64,11 +64,6 @@ class Paths:
         """The default layout under a project folder: root/data, root/runs, root/submissions."""
         return cls(data=root / "data", runs=root / "runs", submissions=root / "submissions")
 
-    @property
-    def sample(self) -> Path:
-        """The embedded sample's folder, inside the data folder."""
-        return self.data / "sample"
-
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import CODE_ROOT, Paths, is_checkout
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.load import file_sha256
 
 
@@ -68,8 +69,8 @@ def environment(paths: Paths) -> dict[str, Any]:
     import tensorflow as tf
 
     commit, dirty = git_commit()
-    data = {name: file_sha256(Path(paths.data) / name)
-            for name in ("train.csv", "test.csv") if (Path(paths.data) / name).is_file()}
+    files = DataFiles(Path(paths.data))
+    data = {path.name: file_sha256(path) for path in (files.train, files.test) if path.is_file()}
     return {
         "python": sys.version.split()[0], "tensorflow": tf.__version__, "keras": keras.__version__,
         "numpy": np.__version__, "platform": platform.platform(), "processor": platform.processor(),

@@ -24,7 +24,8 @@ import numpy as np
 from pipeline import config as config_mod
 from pipeline.config import Config
 from pipeline.console import Log
-from pipeline.data.folds import same_split
+from pipeline.data.datafiles import DataFiles
+from pipeline.data.folds import Split, same_split
 from pipeline.data.load import file_sha256
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json, write_json
@@ -185,6 +186,13 @@ def read_split(run_dir: Path, rows: int | None = None) -> np.ndarray:
             why = f"unreadable: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
     raise UserError(f"{rf.folds}: {why}; retrain the run ({train_command(rf.name)} after "
                     f"`make clean-run RUN={rf.name}`), or pass --data with the train.csv it used")
+
+
+def run_split(data: DataFiles, run_dir: Path) -> Split:
+    """The labelled images of `data` with the split run `run_dir` saved (predict, blend, reports,
+    scripts), refusing a split that is not one fold number per row of that train.csv."""
+    x, y = data.labelled()
+    return Split(x, y, read_split(run_dir, len(y)))
 
 
 def check_same_split(run_dir: Path, fold_of: np.ndarray) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from pipeline import config as config_mod
 from pipeline.config import Paths, project_root
 from pipeline.console import quiet_tensorflow
-from pipeline.data.load import load_test, load_train
+from pipeline.data.datafiles import DataFiles
 from pipeline.errors import UserError
 from pipeline.files import write_json
 
@@ -51,12 +51,13 @@ def machine() -> dict:
 
 def time_load(data: Path) -> dict:
     """Seconds to parse train.csv cold, and to reload it from the cache."""
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as runs:
+        files = DataFiles(data, Path(runs))
         t = time.perf_counter()
-        x, _ = load_train(data / "train.csv", cache_dir=Path(cache))
+        x, _ = files.labelled()
         cold = time.perf_counter() - t
         t = time.perf_counter()
-        load_train(data / "train.csv", cache_dir=Path(cache))
+        files.labelled()
         cached = time.perf_counter() - t
     return {"rows": len(x), "cold_csv_s": round(cold, 3), "cached_s": round(cached, 3)}
 
@@ -268,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         result: dict = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "data": str(data), "machine": machine(), "load": time_load(data)}
         print(json.dumps(result["load"]), flush=True)
-        x, y = load_train(data / "train.csv", cache_dir=runs / "cache")
-        x_test = load_test(data / "test.csv", cache_dir=runs / "cache")
+        files = DataFiles(data, runs)
+        x, y = files.labelled()
+        x_test = files.unlabelled()
         result["throughput"] = throughput(cfg, x, y, x_test, args.images)
         print(json.dumps(result["throughput"]), flush=True)
         if args.cv:

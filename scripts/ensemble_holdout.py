@@ -19,12 +19,12 @@ import numpy as np
 
 from pipeline.config import Paths, project_root
 from pipeline.console import quiet_tensorflow
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import holdout_rows
-from pipeline.data.load import load_train
 from pipeline.files import load_npy, save_npz
 from pipeline.prediction.evaluate import paired, score
 from pipeline.prediction.inference import load_fold_model
-from pipeline.runfiles import RunFiles, load_run_config, read_split
+from pipeline.runfiles import RunFiles, load_run_config, read_split, run_split
 
 
 def model_probs(rf: RunFiles, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet_tensorflow()
     runs = Path(args.runs_dir)
-    x, y = load_train(Path(args.data) / "train.csv", cache_dir=runs / "cache")
     ref = RunFiles(runs / args.reference)
-    rows = holdout_rows(read_split(ref.root, len(y)))
+    x, y, fold_of = run_split(DataFiles(Path(args.data), runs), ref.root)
+    rows = holdout_rows(fold_of)
     yh, ref_probs = y[rows], load_npy(ref.holdout_probs)
 
     def entry(probs: np.ndarray) -> dict:

@@ -19,28 +19,27 @@ import numpy as np
 
 from pipeline.config import Paths, keys_with, project_root
 from pipeline.console import quiet_tensorflow
-from pipeline.data.folds import holdout_rows
-from pipeline.data.load import load_train
+from pipeline.data.datafiles import DataFiles
 from pipeline.prediction.evaluate import paired, score
-from pipeline.runfiles import RunFiles, load_run_config, read_split
+from pipeline.runfiles import RunFiles, load_run_config, run_split
 
 
-def fold_probs(runs: Path, run: str, fold: int, x: np.ndarray, n: int) -> dict:
-    """Fold `fold` (0-based) of `run`: its config, validation rows and probabilities there (its
-    saved OOF), and its probabilities on the held-out rows (made as `predict` makes them)."""
+def fold_probs(data: DataFiles, runs: Path, run: str, fold: int) -> dict:
+    """Fold `fold` (0-based) of `run`: its config, split, validation rows and probabilities there
+    (its saved OOF), and its probabilities on the held-out rows (made as `predict` makes them)."""
     import keras
 
     from pipeline.prediction.inference import average_probs
 
     rf = RunFiles(runs / run)
     cfg = load_run_config(rf.root)
-    split = read_split(rf.root, n)
-    held = holdout_rows(split)
+    split = run_split(data, rf.root)
+    held = split.holdout
     model = keras.models.load_model(rf.fold(fold).model, compile=False)
     metrics = json.loads(rf.fold(fold).metrics.read_text())
     return {"cfg": cfg.to_dict(), "split": split, "val_idx": np.load(rf.fold(fold).val_idx),
             "val": np.load(rf.fold(fold).oof), "held_idx": held,
-            "held": average_probs([model], x[held], tta=cfg.tta), "seconds": metrics["seconds"]}
+            "held": average_probs([model], split.x[held], tta=cfg.tta), "seconds": metrics["seconds"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,16 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet_tensorflow()
     runs = Path(args.runs_dir)
-    x, y = load_train(Path(args.data) / "train.csv", cache_dir=runs / "cache")
-    ref = fold_probs(runs, args.reference, args.fold - 1, x, len(y))
+    data = DataFiles(Path(args.data), runs)
+    ref = fold_probs(data, runs, args.reference, args.fold - 1)
+    y = ref["split"].y
     out: dict = {"reference": args.reference, "fold": args.fold,
                  "rows": {"validation": int(len(ref["val_idx"])), "holdout": int(len(ref["held_idx"]))},
                  "reference_errors": {"validation": score(y[ref["val_idx"]], ref["val"])["errors"],
                                       "holdout": score(y[ref["held_idx"]], ref["held"])["errors"]},
                  "reference_seconds": ref["seconds"], "runs": {}}
     for run in args.runs:
-        r = fold_probs(runs, run, args.fold - 1, x, len(y))
-        if not (np.array_equal(r["split"], ref["split"]) and np.array_equal(r["val_idx"], ref["val_idx"])):
+        r = fold_probs(data, runs, run, args.fold - 1)
+        if not (np.array_equal(r["split"].fold_of, ref["split"].fold_of)
+                and np.array_equal(r["val_idx"], ref["val_idx"])):
             raise SystemExit(f"{run}: another split than {args.reference}; a paired screen needs the same")
         rows = np.concatenate([ref["val_idx"], ref["held_idx"]])
         both = paired(y[rows], np.concatenate([ref["val"], ref["held"]]),

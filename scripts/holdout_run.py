@@ -12,9 +12,8 @@ import numpy as np
 
 from pipeline.config import Config, Paths, project_root
 from pipeline.console import quiet_tensorflow
-from pipeline.data.folds import holdout_rows
-from pipeline.data.load import load_train
-from pipeline.runfiles import RunFiles, load_run_config, read_split
+from pipeline.data.datafiles import DataFiles
+from pipeline.runfiles import RunFiles, load_run_config, run_split
 
 
 @dataclass
@@ -43,8 +42,8 @@ def load(description: str) -> HeldRun:
 
     rf = RunFiles(Path(args.runs_dir) / args.run)
     cfg = load_run_config(rf.root)
-    x, y = load_train(Path(args.data) / "train.csv", cache_dir=Path(args.runs_dir) / "cache")
-    rows = holdout_rows(read_split(rf.root, len(y)))
+    split = run_split(DataFiles(Path(args.data), Path(args.runs_dir)), rf.root)
+    rows = split.holdout
     # Uncompiled: predictions need only the weights, so runs of earlier versions load too.
     models = [keras.models.load_model(rf.fold(i).model, compile=False) for i in range(cfg.folds)]
-    return HeldRun(args.run, rf, cfg, rows, x[rows], y[rows], models)
+    return HeldRun(args.run, rf, cfg, rows, split.x[rows], split.y[rows], models)

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Paths, project_root
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import holdout_rows
-from pipeline.data.load import load_train
 from pipeline.files import load_npy
 from pipeline.prediction.evaluate import score
-from pipeline.runfiles import RunFiles, read_split
+from pipeline.runfiles import RunFiles, read_split, run_split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,17 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", type=Path, help="also draw the rows every run misses into this PNG")
     args = p.parse_args(argv)
     runs = Path(args.runs_dir)
-    x, y = load_train(Path(args.data) / "train.csv", cache_dir=runs / "cache")
-    rows, probs = None, {}
+    x, y, fold_of = run_split(DataFiles(Path(args.data), runs), runs / args.runs[0])
+    rows, probs = holdout_rows(fold_of), {}
     for run in args.runs:
         rf = RunFiles(runs / run)
-        held = holdout_rows(read_split(rf.root, len(y)))
-        if rows is not None and not np.array_equal(held, rows):
+        if not np.array_equal(holdout_rows(read_split(rf.root, len(y))), rows):
             raise SystemExit(f"{run}: other held-out rows than {args.runs[0]}; they must share the holdout")
         if not rf.holdout_probs.is_file():
             raise SystemExit(f"{run}: no {rf.holdout_probs.name}; run `predict --run {run}` first")
-        rows, probs[run] = held, load_npy(rf.holdout_probs)
-    assert rows is not None
+        probs[run] = load_npy(rf.holdout_probs)
     yh = y[rows]
     wrong = np.stack([probs[r].argmax(1) != yh for r in args.runs])
     misses = wrong.sum(0)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import ast
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from pipeline.config import CODE_ROOT, Paths
+from pipeline.data.datafiles import DataFiles
+from pipeline.data.folds import HOLDOUT, load_split, make_folds
 from pipeline.data.load import PIXELS, load_test, load_train
 from pipeline.errors import UserError
-from tests.conftest import last_error_line, run_cli
+from pipeline.files import load_npy
+from pipeline.runfiles import RunFiles, load_run_config, run_split
+from tests.conftest import copy_demo, last_error_line, run_cli
 
 HEADER = "label," + ",".join(PIXELS)
 
@@ -96,3 +104,48 @@ def test_bad_csv_from_cli_is_one_line_and_writes_nothing(sample_dir: Path, tmp_p
     assert last_error_line(proc) == (f"error: {data / 'train.csv'}: row 42, column 'pixel783': "
                                      "pixel value 300 is outside 0–255")
     assert not any(p.is_file() for p in runs.rglob("*"))
+
+
+def test_the_data_folder_is_named_in_one_module() -> None:
+    """The competition's file names, and the calls that parse its CSVs through the cache, appear
+    in pipeline/data/datafiles.py alone: every other module goes through `DataFiles`."""
+    names = {"train.csv", "test.csv", "sample_submission.csv", "test_labels.csv"}
+    spelled, parsed = set(), set()
+    for path in (CODE_ROOT / "pipeline").rglob("*.py"):
+        where = str(path.relative_to(CODE_ROOT))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.add(where)
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("load_train", "load_test")):
+                parsed.add(where)
+    assert spelled == {"pipeline/data/datafiles.py"}
+    assert parsed == {"pipeline/data/datafiles.py"}
+
+
+def test_split_loaders_give_a_run_its_arrays(demo_once: SimpleNamespace, tmp_path: Path) -> None:
+    """`load_split` (train's and tune's first step) and `run_split` (a trained run's saved split)
+    give the demo run train.csv's arrays and the folds it trained on, parsed once into the cache."""
+    t = copy_demo(demo_once, tmp_path)
+    paths = Paths(t.data, t.runs, t.subs)
+    cfg = load_run_config(t.run_dir)
+    x, y = load_train(t.data / "train.csv")
+    saved = load_npy(RunFiles(t.run_dir).folds)
+    assert np.array_equal(saved, make_folds(y, cfg.folds, cfg.seed))
+    for split in (load_split(paths, cfg), run_split(DataFiles.of(paths), t.run_dir)):
+        assert np.array_equal(split.x, x) and np.array_equal(split.y, y)
+        assert np.array_equal(split.fold_of, saved) and split.holdout.size == 0
+    assert [p.name.split("-")[0] for p in (t.runs / "cache").glob("*.npz")] == ["train"]
+
+    # With a holdout: the seeded stratified share is held out of every fold, and saved for reuse.
+    held = load_split(paths, replace(cfg, holdout=0.2))
+    assert np.array_equal(held.fold_of, make_folds(y, cfg.folds, cfg.seed, 0.2))
+    assert np.array_equal(held.holdout, np.flatnonzero(held.fold_of == HOLDOUT))
+    assert abs(held.holdout.size - 0.2 * len(y)) < 1
+    assert len(list((t.runs / "folds").glob("*-h0.2.npy"))) == 1
+
+    # A train.csv the run was not trained on is refused, naming the run's split file.
+    lines = (t.data / "train.csv").read_text().splitlines()
+    (t.data / "train.csv").write_text("\n".join(lines[:-10]) + "\n")
+    with pytest.raises(UserError, match=f"{len(y)} rows, but train.csv has {len(y) - 10}"):
+        run_split(DataFiles.of(paths), t.run_dir)

@@ -22,8 +22,8 @@ import pytest
 
 from pipeline.config import CODE_ROOT
 from pipeline.errors import UserError
-from pipeline.kaggle.client import archive as arc
-from pipeline.kaggle.client import client as kg
+from pipeline.kaggle import archive as arc
+from pipeline.kaggle import client as kg
 from tests.conftest import copy_demo
 from tests.fake_kaggle import KEY, SIGNATURE, TOKEN, FakeKaggle, client_env, write_kaggle_json
 

@@ -3,28 +3,58 @@
 Computed once per (labels, k, seed, holdout share) and reused by every command. It is stored as
 one number per training row in `runs/folds/`: the row's fold (0..k-1), or `HOLDOUT` (-1) for a
 row held out of every fold, so `tune`, `train` and `predict` always see the same split and no
-fold, trial or pseudo-label ever touches a held-out row.
+fold, trial or pseudo-label ever touches a held-out row. `load_split` is the first step of
+`train` and `tune`; a trained run's own copy is read back by `pipeline.runfiles.run_split`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from pipeline.config import Config, Paths
+from pipeline.data.datafiles import DataFiles
 from pipeline.errors import UserError
 from pipeline.files import load_npy, save_npy
 
 HOLDOUT = -1  # the fold number of a held-out row
 
 
+class Split(NamedTuple):
+    """train.csv's images and labels, and the fold (or HOLDOUT) of each row, as a run uses them."""
+
+    x: np.ndarray  # (N, 28, 28, 1) uint8
+    y: np.ndarray  # (N,) uint8
+    fold_of: np.ndarray  # (N,) fold number per row
+
+    @property
+    def holdout(self) -> np.ndarray:
+        """Indices of the held-out rows (empty without a holdout)."""
+        return holdout_rows(self.fold_of)
+
+
+def load_split(paths: Paths, cfg: Config) -> Split:
+    """The labelled images and the split `cfg` asks for (folds, seed, holdout), the labels checked
+    first: what `train` and `tune` start from."""
+    data = DataFiles.of(paths)
+    x, y = data.labelled()
+    check_labels(y, cfg.folds, cfg.holdout, str(data.train))
+    return Split(x, y, load_folds(paths.runs, y, cfg.folds, cfg.seed, cfg.holdout))
+
+
+def labels_digest(y: np.ndarray) -> str:
+    """A short fingerprint of the labels (which rows are which digit), naming what a split is of."""
+    return hashlib.sha1(np.ascontiguousarray(y).tobytes()).hexdigest()[:12]
+
+
 def folds_file(runs_dir: Path, y: np.ndarray, k: int, seed: int, holdout: float = 0.0) -> Path:
     """Where the split for these labels, k, seed and holdout share lives."""
-    digest = hashlib.sha1(np.ascontiguousarray(y).tobytes()).hexdigest()[:12]
     tail = f"-h{holdout:g}" if holdout > 0 else ""
-    return Path(runs_dir) / "folds" / f"folds-{digest}-k{k}-s{seed}{tail}.npy"
+    return Path(runs_dir) / "folds" / f"folds-{labels_digest(y)}-k{k}-s{seed}{tail}.npy"
 
 
 def check_labels(y: np.ndarray, k: int, holdout: float, source: str) -> None:

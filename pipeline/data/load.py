@@ -1,7 +1,8 @@
 """Load and validate Kaggle's train.csv / test.csv into uint8 arrays, with an `.npz` cache.
 
 Rows are numbered as a spreadsheet shows them: the header is row 1, the first image row 2.
-Any problem raises `UserError` naming the file, the row and what is wrong.
+Any problem raises `UserError` naming the file, the row and what is wrong. The pipeline reads the
+data folder through `pipeline.data.datafiles.DataFiles`, which names the files and the cache.
 
     x, y = load_train(Path("data/train.csv"), cache_dir=Path("runs/cache"))
 """

@@ -17,12 +17,13 @@ from scipy.ndimage import zoom
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.load import PIXELS
 from pipeline.errors import UserError
 from pipeline.files import write_text
 
 TEST_FRACTION = 0.3
-FILES = ("train.csv", "test.csv", "sample_submission.csv", "test_labels.csv")
+FILES = (DataFiles.TRAIN, DataFiles.TEST, DataFiles.SAMPLE_SUBMISSION, DataFiles.TEST_LABELS)
 
 
 def sample_images() -> tuple[np.ndarray, np.ndarray]:
@@ -47,10 +48,10 @@ def sample_files() -> dict[str, str]:
     train.insert(0, "label", y_tr)
     ids = np.arange(1, len(x_te) + 1)
     # Last-to-first, so train.csv, the file users look for, only appears when all are there.
-    return {"test_labels.csv": _csv(pd.DataFrame({"ImageId": ids, "Label": y_te})),
-            "sample_submission.csv": _csv(pd.DataFrame({"ImageId": ids, "Label": 0})),
-            "test.csv": _csv(pd.DataFrame(x_te, columns=PIXELS)),
-            "train.csv": _csv(train)}
+    return {DataFiles.TEST_LABELS: _csv(pd.DataFrame({"ImageId": ids, "Label": y_te})),
+            DataFiles.SAMPLE_SUBMISSION: _csv(pd.DataFrame({"ImageId": ids, "Label": 0})),
+            DataFiles.TEST: _csv(pd.DataFrame(x_te, columns=PIXELS)),
+            DataFiles.TRAIN: _csv(train)}
 
 
 def _is_sample(path: Path, text: str) -> bool:

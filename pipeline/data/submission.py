@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.data.datafiles import DataFiles
 from pipeline.errors import UserError
 from pipeline.files import write_text
 
@@ -19,7 +20,7 @@ KAGGLE_ROWS = 28_000
 
 def read_sample_ids(data_dir: Path) -> np.ndarray | None:
     """The ImageIds of `sample_submission.csv` in `data_dir`, or None when it is absent."""
-    path = Path(data_dir) / "sample_submission.csv"
+    path = DataFiles(Path(data_dir)).sample_submission
     if not path.is_file():
         return None
     try:

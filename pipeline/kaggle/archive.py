@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.load import TEST_COLUMNS, TRAIN_COLUMNS
 from pipeline.data.submission import COLUMNS as SUBMISSION_COLUMNS
 from pipeline.data.submission import KAGGLE_ROWS
@@ -32,9 +33,9 @@ from pipeline.errors import UserError
 
 # File name -> header; rows come from expected_shapes().
 HEADERS: dict[str, list[str]] = {
-    "sample_submission.csv": SUBMISSION_COLUMNS,
-    "test.csv": TEST_COLUMNS,
-    "train.csv": TRAIN_COLUMNS,  # last: the file users look for appears only when all are there
+    DataFiles.SAMPLE_SUBMISSION: SUBMISSION_COLUMNS,
+    DataFiles.TEST: TEST_COLUMNS,
+    DataFiles.TRAIN: TRAIN_COLUMNS,  # last: the file users look for appears only when all are there
 }
 TRAIN_ROWS, TEST_ROWS = 42_000, KAGGLE_ROWS
 ROWS_ENV = "PIPELINE_KAGGLE_ROWS"
@@ -54,7 +55,8 @@ def expected_shapes() -> dict[str, tuple[int, int]]:
             train, test = (int(part) for part in raw.split(","))
         except ValueError:
             raise UserError(f"{ROWS_ENV}={raw!r}: expected two row counts, e.g. 1257,540") from None
-    return {"sample_submission.csv": (test, 2), "test.csv": (test, 784), "train.csv": (train, 785)}
+    return {DataFiles.SAMPLE_SUBMISSION: (test, len(SUBMISSION_COLUMNS)),
+            DataFiles.TEST: (test, len(TEST_COLUMNS)), DataFiles.TRAIN: (train, len(TRAIN_COLUMNS))}
 
 
 def _csv_shape(path: Path) -> tuple[list[str], int]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.config import Config, Paths
 from pipeline.console import Log
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.submission import KAGGLE_ROWS, read_sample_ids, read_submission
 from pipeline.errors import UserError
 from pipeline.files import read_json
@@ -66,7 +67,8 @@ def prepare_submission(paths: Paths, run: str | None, file: Path | None,
 def what_is_sent(paths: Paths, run: str | None, picked: bool, csv: Path, rows: int) -> list[str]:
     """What `submit` says before it sends anything: the run, how it was picked, its profile, its
     CV accuracy and holdout estimate, and the file."""
-    checked = ("sample_submission.csv" if (paths.data / "sample_submission.csv").is_file()
+    sample = DataFiles(paths.data).sample_submission
+    checked = (sample.name if sample.is_file()
                else f"Kaggle's {KAGGLE_ROWS:,} ImageIds")
     file_line = f"  file {csv} ({rows} rows, checked against {checked})"
     if run is None:

@@ -19,15 +19,15 @@ import numpy as np
 
 from pipeline.config import Paths
 from pipeline.console import Log
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import HOLDOUT, holdout_rows, same_split
-from pipeline.data.load import load_test, load_train
 from pipeline.data.submission import read_sample_ids, write_submission
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json, run_lock, save_npy, write_json
 from pipeline.prediction.evaluate import accuracy, score
 from pipeline.prediction.inference import average_probs, ensemble_models
 from pipeline.prediction.metricsfile import holdout_text, record_holdout
-from pipeline.runfiles import RunFiles, load_run_config, read_split
+from pipeline.runfiles import RunFiles, load_run_config, read_split, run_split
 
 
 def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = print,
@@ -37,7 +37,7 @@ def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = prin
     rf = RunFiles(paths.run_dir(run))
     cfg = load_run_config(rf.root)
     use_tta = cfg.tta if tta is None else tta
-    x = load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")
+    x = DataFiles.of(paths).unlabelled()
     ids = _submission_ids(paths, len(x))
     with run_lock(rf.root, log):
         t0 = time.time()
@@ -63,7 +63,7 @@ def _submission_ids(paths: Paths, rows: int) -> np.ndarray:
     if ids is None:
         return np.arange(1, rows + 1)
     if len(ids) != rows:
-        raise UserError(f"{paths.data / 'sample_submission.csv'}: {len(ids)} rows but test.csv "
+        raise UserError(f"{DataFiles(paths.data).sample_submission}: {len(ids)} rows but test.csv "
                         f"has {rows}; download the competition files again")
     return ids
 
@@ -95,13 +95,13 @@ def write_run_submission(paths: Paths, run: str, probs: np.ndarray, ids: np.ndar
 def score_holdout(paths: Paths, run: str, models: list[Any], tta: bool) -> dict[str, Any] | None:
     """Score the fold ensemble on the run's held-out rows (none: None); saved in metrics.json."""
     rf = RunFiles(paths.run_dir(run))
-    x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
-    rows = holdout_rows(read_split(rf.root, len(y)))
+    split = run_split(DataFiles.of(paths), rf.root)
+    rows = split.holdout
     if not len(rows):
         return None
-    probs = average_probs(models, x[rows], tta=tta, source=f"run '{run}'")
+    probs = average_probs(models, split.x[rows], tta=tta, source=f"run '{run}'")
     save_npy(rf.holdout_probs, probs)
-    result = {**score(y[rows], probs), "share": load_run_config(rf.root).holdout, "tta": tta,
+    result = {**score(split.y[rows], probs), "share": load_run_config(rf.root).holdout, "tta": tta,
               "models": len(models)}
     record_holdout(rf, result)
     return result
@@ -133,9 +133,10 @@ def blend_runs(paths: Paths, runs: list[str], name: str, log: Log = print) -> Pa
         if not rf.test_probs.is_file() or (np.any(splits[0] == HOLDOUT)
                                            and not rf.holdout_probs.is_file()):
             predict_run(paths, rf.name, log=log)
-    _, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
+    data = DataFiles.of(paths)
+    _, y = data.labelled()
     if len(splits[0]) != len(y):
-        raise UserError(f"blend: the runs were trained on other data than {paths.data / 'train.csv'}")
+        raise UserError(f"blend: the runs were trained on other data than {data.train}")
     rows = np.flatnonzero(splits[0] != HOLDOUT)
     oofs = [load_npy(rf.oof) for rf in files]
     oof = np.mean(oofs, axis=0)

@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.config import PROFILES, Config
 from pipeline.console import Log, duration
+from pipeline.data.datafiles import DataFiles
 from pipeline.errors import UserError
 from pipeline.files import run_lock, write_bytes, write_text
 from pipeline.prediction.evaluate import DIGITS, top_confusions
@@ -280,7 +281,7 @@ def page_context(rd: RunData, made: dict[str, Path], study: dict[str, Any] | Non
                                     for t, p, c in top_confusions(m["confusion_matrix"])) or "none",
             "class_rows": class_rows, "mistake_rows": mistake_rows},
         "test": {"prediction": _prediction_rows(rd.prediction), "kaggle": _kaggle_rows(rd.kaggle)},
-        "data": {"train_images": len(rd.y), "train_csv": str(rd.data_dir / "train.csv"),
+        "data": {"train_images": len(rd.y), "train_csv": str(DataFiles(rd.data_dir).train),
                  "test_images": len(rd.test_x) if rd.test_x is not None else None},
         "tuning": {"study": rd.study, "folder": str(StudyFiles.of(rd.runs_dir, rd.study).root) if rd.study else "",
                    "rows": _study_rows(study)},

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Paths, project_root
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import HOLDOUT
-from pipeline.data.load import file_sha256, load_test, load_train
+from pipeline.data.load import file_sha256
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json
 from pipeline.prediction.metricsfile import with_oof_statistics
@@ -70,7 +71,7 @@ def trained_data_dir(env: dict[str, Any], data: Path | None) -> Path:
     if data is not None:
         return Path(data)
     recorded = env.get("data_dir")
-    if recorded and (Path(recorded) / "train.csv").is_file():
+    if recorded and DataFiles(Path(recorded)).train.is_file():
         return Path(recorded)
     return Paths.under(project_root()).data
 
@@ -83,15 +84,16 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
     config = read_json(rf.config)
     env = read_optional(rf.env) or {}
     data_dir = trained_data_dir(env, data)
-    train_csv = data_dir / "train.csv"
-    expected = env.get("data_sha256", {}).get("train.csv")
+    files = DataFiles(data_dir, runs_dir)
+    train_csv = files.train
+    expected = env.get("data_sha256", {}).get(train_csv.name)
     if expected and train_csv.is_file() and file_sha256(train_csv) != expected:
         raise UserError(f"{train_csv}: not the train.csv run '{run}' was trained on (checksum "
                         f"differs); pass --data with the folder it used ({env.get('data_dir')})")
     if not train_csv.is_file():
         raise UserError(f"{train_csv}: not found; the report needs the train.csv run '{run}' was "
                         "trained on: pass --data with its folder")
-    x, y = load_train(train_csv, cache_dir=runs_dir / "cache")
+    x, y = files.labelled()
     oof = load_npy(rf.oof)
     if oof.shape != (len(y), 10):
         raise UserError(f"{rf.oof}: {oof.shape[0]} rows but {train_csv} has "
@@ -114,10 +116,10 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
 
     if rf.test_probs.is_file():
         rd.prediction = read_optional(rf.prediction)
-        test_csv = data_dir / "test.csv"
+        test_csv = files.test
         probs = load_npy(rf.test_probs)
         if test_csv.is_file():
-            test_x = load_test(test_csv, cache_dir=runs_dir / "cache")
+            test_x = files.unlabelled()
             if len(test_x) == len(probs):
                 rd.test_x, rd.test_probs = test_x, probs
             else:

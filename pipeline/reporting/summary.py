@@ -18,8 +18,8 @@ import pandas as pd
 
 from pipeline.config import Config, keys_with
 from pipeline.console import duration, table
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import holdout_rows, same_split
-from pipeline.data.load import load_train
 from pipeline.files import load_npy, read_json
 from pipeline.prediction.evaluate import DIGITS, paired, paired_text, top_confusions
 from pipeline.prediction.metricsfile import cv_interval, holdout_text
@@ -127,7 +127,7 @@ def paired_holdout(runs_dir: Path, a: str, b: str) -> dict[str, Any] | None:
     if not same_split(rows_a, rows_b):
         return None
     env = read_optional(fa.env) or {}
-    _, y = load_train(trained_data_dir(env, None) / "train.csv", cache_dir=Path(runs_dir) / "cache")
+    _, y = DataFiles(trained_data_dir(env, None), Path(runs_dir)).labelled()
     if len(y) != len(split_a):
         return None
     return paired(y[rows_a], load_npy(fa.holdout_probs), load_npy(fb.holdout_probs))

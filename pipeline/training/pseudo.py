@@ -14,8 +14,8 @@ import numpy as np
 
 from pipeline.config import Config, Paths
 from pipeline.console import Log
+from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import same_split
-from pipeline.data.load import load_test
 from pipeline.errors import UserError
 from pipeline.files import load_npy, save_npy
 from pipeline.prediction.inference import average_probs, load_fold_model
@@ -38,7 +38,7 @@ def check_teacher(cfg: Config, paths: Paths, run: str, fold_of: np.ndarray) -> N
         raise UserError(f"{key}: run '{teacher}' was trained on other folds (other data, folds or "
                         "seed), so its models have seen this run's validation images; train the "
                         "teacher with the same data, folds and seed")
-    load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")  # fail now, not in a fold
+    DataFiles.of(paths).unlabelled()  # fail now, not in a fold
 
 
 # Rows of `fold_<i>/pseudo.npy`: (source, row, label), source 0 = a test.csv row, 1 = a train.csv
@@ -78,7 +78,7 @@ def pseudo_labels(cfg: Config, paths: Paths, run: str, fold: int, x: np.ndarray,
     """
     if not cfg.pseudo_from:
         return None
-    x_test = load_test(paths.data / "test.csv", cache_dir=paths.runs / "cache")
+    x_test = DataFiles.of(paths).unlabelled()
     path = RunFiles(paths.run_dir(run)).fold(fold).pseudo
     # Chosen once: a resumed fold must train on the same images (its step count depends on them).
     chosen = _saved_choice(path, val_idx, len(x_test))

@@ -25,11 +25,10 @@ import pandas as pd
 
 from pipeline.config import Config, Paths
 from pipeline.console import Log, duration
-from pipeline.data.folds import HOLDOUT, check_labels, load_folds
-from pipeline.data.load import load_train
+from pipeline.data.datafiles import DataFiles
+from pipeline.data.folds import HOLDOUT, load_split
 from pipeline.errors import Interrupted
 from pipeline.files import (
-    load_npy,
     read_json,
     remove_stale_temps,
     run_lock,
@@ -50,6 +49,7 @@ from pipeline.runfiles import (
     check_same_split,
     fold_checksums,
     fold_done,
+    run_split,
     started_precision,
 )
 from pipeline.training import checkpoint
@@ -186,10 +186,7 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         check_resumable(rf.root, cfg)
         t0 = time.time()
         # 1. The data and its split, checked before anything is written.
-        train_csv = paths.data / "train.csv"
-        x, y = load_train(train_csv, cache_dir=paths.runs / "cache")
-        check_labels(y, cfg.folds, cfg.holdout, str(train_csv))
-        fold_of = load_folds(paths.runs, y, cfg.folds, cfg.seed, cfg.holdout)
+        x, y, fold_of = load_split(paths, cfg)
         check_same_split(rf.root, fold_of)
         if cfg.pseudo_from:
             check_teacher(cfg, paths, run, fold_of)
@@ -272,8 +269,7 @@ def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str,
                  model: ModelEntry, later_rounds: int) -> dict[str, Any]:
     """A worker process: train one model of the run; its metrics."""
     setup_tensorflow(cfg, plan, threads)
-    x, y = load_train(paths.data / "train.csv", cache_dir=paths.runs / "cache")
-    fold_of = load_npy(RunFiles(paths.run_dir(run)).folds)
+    x, y, fold_of = run_split(DataFiles.of(paths), paths.run_dir(run))
 
     def log(message: str) -> None:
         print(message, flush=True)

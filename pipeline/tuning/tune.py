@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import math
 import os
 import socket
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,8 @@ from pipeline.tuning.tune_report import Progress, write_results
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
+
+    from pipeline.data.folds import Split
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -94,14 +95,7 @@ def pruning_callback(trial: optuna.Trial, monitor: str = "val_accuracy", step_of
     return Pruning()
 
 
-@dataclass
-class _Data:
-    x: np.ndarray
-    y: np.ndarray
-    fold_of: np.ndarray
-
-
-def objective(trial: optuna.Trial, settings: Settings, data: _Data, claim: Claim,
+def objective(trial: optuna.Trial, settings: Settings, data: Split, claim: Claim,
               deadline: float = math.inf) -> float:
     """Train the trial's config on the tuning fold(s); return the mean validation accuracy."""
     import keras
@@ -168,18 +162,6 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", message=r"Fixed parameter .* is out of range")
 
 
-def _load_data(settings: Settings) -> _Data:
-    from pipeline.data.folds import check_labels, load_folds
-    from pipeline.data.load import load_train
-
-    train_csv = settings.paths.data / "train.csv"
-    x, y = load_train(train_csv, cache_dir=settings.paths.runs / "cache")
-    check_labels(y, settings.base.folds, settings.base.holdout, str(train_csv))
-    fold_of = load_folds(settings.paths.runs, y, settings.base.folds, settings.base.seed,
-                         settings.base.holdout)
-    return _Data(x, y, fold_of)
-
-
 class _SilentTrials:
     """Fails RUNNING trials whose worker died inside Optuna's ask(), before the first heartbeat
     and before the objective started: Optuna's heartbeat check never sees those. Time is
@@ -204,12 +186,14 @@ class _SilentTrials:
 
 
 def work(settings: Settings, deadline: float, on_trial: Callable[[optuna.Study], None] | None = None,
-         log: Log = print, study: optuna.Study | None = None, data: _Data | None = None) -> None:
+         log: Log = print, study: optuna.Study | None = None, data: Split | None = None) -> None:
     """Run trials until the study reaches its target (counting every worker's), or the deadline."""
     import optuna
 
     _quiet_optuna()
-    data = data or _load_data(settings)
+    from pipeline.data.folds import load_split
+
+    data = data or load_split(settings.paths, settings.base)
     study = study or load_study(settings)
     claim = claim_for(settings.storage, settings.study, settings.files)
     silent = _SilentTrials(settings.budget.heartbeat)
@@ -271,20 +255,21 @@ def _tune_worker(settings: Settings, plan: Plan, index: int, deadline: float) ->
 
 # --- the command ----------------------------------------------------------------------------
 
-def _setup_record(settings: Settings, data: _Data) -> dict[str, Any]:
+def _setup_record(settings: Settings, data: Split) -> dict[str, Any]:
     """What a study's trials depend on; a resumed study must match it."""
+    from pipeline.data.folds import labels_digest
+
     b = settings.budget
-    digest = hashlib.sha1(np.ascontiguousarray(data.y).tobytes()).hexdigest()[:12]
     pinned = {k: v for k, v in settings.pinned.items() if k not in EXECUTION_KEYS}
     return {"profile": settings.base.profile, "pinned": pinned,
             "folds": settings.base.folds, "seed": settings.base.seed, "tune_folds": b.tune_folds,
             "subsample": b.subsample, "epochs": list(b.epochs(settings.pinned)),
-            "data": f"{len(data.y)} rows, labels sha1 {digest}",
+            "data": f"{len(data.y)} rows, labels sha1 {labels_digest(data.y)}",
             # Only when set, so studies started before the key existed still resume.
             **({"holdout": settings.base.holdout} if settings.base.holdout > 0 else {})}
 
 
-def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> None:
+def _prepare(settings: Settings, study: optuna.Study, data: Split, log: Log) -> None:
     """Check a resumed study's settings; give a new one the baseline and any enqueued trials."""
     setup = _setup_record(settings, data)
     # Machines starting a new study at once enqueue trial 0 once.
@@ -315,6 +300,7 @@ def _prepare(settings: Settings, study: optuna.Study, data: _Data, log: Log) -> 
 def run_study(settings: Settings, log: Log = print, progress: bool = True,
               plots: bool = True) -> dict[str, Any]:
     """Run (or resume) a study to its target number of trials and write its results."""
+    from pipeline.data.folds import load_split
     from pipeline.machine.plan import setup_tensorflow
 
     _quiet_optuna()
@@ -327,7 +313,7 @@ def run_study(settings: Settings, log: Log = print, progress: bool = True,
     settings = replace(settings, base=replace(settings.base, precision=plan.precision))
     settings.budget.check(settings.base.folds, settings.pinned)
     study = load_study(settings)  # a bad --storage fails here, before the data is read
-    data = _load_data(settings)
+    data = load_split(settings.paths, settings.base)
     _prepare(settings, study, data, log)
     deadline = time.time() + settings.budget.timeout
     bar = Progress(study, settings.budget.trials, enabled=progress)
