@@ -110,6 +110,12 @@ def objective(trial: optuna.Trial, settings: Settings, data: Split, claim: Claim
     claim.release()  # the trial exists now: other workers may start theirs
     budget, epochs = settings.budget, settings.budget.epochs(settings.pinned)
     t0 = time.time()
+    # A first heartbeat before the mark that says heartbeats cover this trial: Optuna's heartbeat
+    # thread records its first one concurrently with the objective, and a worker killed between
+    # the mark and that record left a RUNNING trial no check would ever fail (a hang on resume).
+    storage = trial.study._storage  # optuna.storages exports no heartbeat interface to test for
+    if hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval():
+        storage.record_heartbeat(trial._trial_id)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     try:
         # A base config without augmentation (profile simple) has no magnitudes to search.
