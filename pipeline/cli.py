@@ -357,7 +357,7 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
     `defaults` (the layout under config.project_root())."""
     defaults = defaults or Paths.under(project_root())
     # Installed, the same commands are `digits …`; from a checkout, `python -m pipeline …`.
-    prog = "python -m pipeline" if Path(sys.argv[0]).name == "__main__.py" else "digits"
+    prog = "digits" if Path(sys.argv[0]).name == "digits" else "python -m pipeline"
     parser = argparse.ArgumentParser(
         prog=prog, allow_abbrev=False,
         description="Digit Recognizer pipeline: data → k-fold CNNs → fold ensemble → submission.csv")
