@@ -151,10 +151,7 @@ def test_the_kernel_trains_on_kaggle_and_its_run_is_pulled_and_predicts(kernel_r
     assert "tensorflow 2." in k.proc.stdout and f"packed run {RUN}" in k.proc.stdout
     # What Kaggle would serve for version 1: the archive and the log.
     k.version.update(files=dict(k.working), log=k.proc.stdout)
-    env = {**k.env, POLL_ENV: FAST_POLLS}
-    status = cli(env, "kaggle-status", "--run", RUN, "--runs-dir", k.runs)
-    assert status.returncode == 0 and "version 1 is QUEUED" in status.stdout
-    pulled = cli(env, "kaggle-pull", "--run", RUN, "--runs-dir", k.runs)
+    pulled = cli({**k.env, POLL_ENV: FAST_POLLS}, "kaggle-pull", "--run", RUN, "--runs-dir", k.runs)
     assert pulled.returncode == 0, pulled.stderr
     assert f"  | packed run {RUN}" in pulled.stdout  # the kernel's log, shown as it came
     assert f"installed run '{RUN}'" in pulled.stdout
@@ -167,12 +164,13 @@ def test_the_kernel_trains_on_kaggle_and_its_run_is_pulled_and_predicts(kernel_r
     call_cli("predict", "--run", RUN, "--data", str(k.sample), "--runs-dir", str(k.runs),
              "--submissions-dir", str(subs), "--no-report")
     assert len(pd.read_csv(subs / f"{RUN}.csv")) == 540
-    # A run with models is never overwritten: neither by another pull nor by a new push.
-    again = cli(env, "kaggle-pull", "--run", RUN, "--runs-dir", k.runs)
-    assert "already holds a run" in user_error(again)
-    saves = len(k.server.kernels[REF])
-    push = cli(env, "kaggle-train", *TINY, "--run", RUN, "--runs-dir", k.runs)
-    assert "already holds a run" in user_error(push) and len(k.server.kernels[REF]) == saves
+    # A run with models is never overwritten: neither by another pull nor by a new push (both
+    # refused before the client is loaded, so run in this process).
+    requests = len(k.server.requests)
+    for command in ("kaggle-pull", "kaggle-train"):
+        again = call_cli(command, "--run", RUN, "--runs-dir", str(k.runs), check=False)
+        assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert len(k.server.requests) == requests
 
 
 def test_dry_run_writes_the_kernel_with_no_credentials_and_no_network(tmp_path):
@@ -190,8 +188,9 @@ def test_dry_run_writes_the_kernel_with_no_credentials_and_no_network(tmp_path):
     compile(text, "digits-night.py", "exec")
     assert "PROFILE = 'gpu'" in text and "'batch_size': 256" in text  # the gpu profile, resolved
     assert not (tmp_path / "runs").exists()
-    assert user_error(cli(env, "kaggle-train", "--dry-run", "--out", out)).endswith(
-        "not empty; name a new or empty folder for the kernel")
+    again = call_cli("kaggle-train", "--dry-run", "--out", str(out), check=False)
+    assert again.returncode == 2
+    assert again.stderr.strip().endswith("not empty; name a new or empty folder for the kernel")
 
 
 def test_slugs_stay_within_kaggles_limits():
@@ -288,3 +287,10 @@ def test_outputs_missing_a_model_are_refused_and_kept(kaggle, kernel_run):
     assert "refused: missing or damaged (checksum mismatch): fold 2" in line
     assert f"kept in {staging}" in line and (staging / ARCHIVE).is_file()
     assert sorted(p.name for p in kaggle.run_dir.iterdir()) == ["kaggle_kernel.json"]
+
+
+def test_a_competition_kaggle_cannot_attach_is_named_in_words(kaggle):
+    line = user_error(train(kaggle, "--set", "competition=digit-recogniser"))
+    assert "could not attach competition 'digit-recogniser'" in line
+    assert "accept its rules on https://www.kaggle.com/competitions/digit-recogniser/rules" in line
+    assert not kaggle.run_dir.exists()  # nothing to follow: no record

@@ -83,8 +83,9 @@ def _check_keras(run_dir: Path, log: Log) -> None:
     theirs = str((read_optional(RunFiles(run_dir).env) or {}).get("keras", ""))
     ours = importlib.metadata.version("keras")
     if theirs and theirs.split(".")[:2] != ours.split(".")[:2]:
-        warn(f"the kernel trained with Keras {theirs}, this machine has Keras {ours}: its models "
-             "loaded here, but check predictions against the run's CV accuracy")
+        warn(f"the kernel trained with Keras {theirs}, this machine has Keras {ours} (another "
+             "major.minor): if its models fail to load or predict here, install Keras "
+             f"{'.'.join(theirs.split('.')[:2])}.x")
     elif theirs:
         log(f"the kernel trained with Keras {theirs} (this machine: {ours})")
 
