@@ -24,7 +24,7 @@ TIMEOUT       ?= 1800
 WORKERS       ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help install download tune demo train submission submit report compare tensorboard dashboard test bench clean clean-run clean-study
+.PHONY: help install download tune demo train kaggle-train submission submit report compare tensorboard dashboard test bench clean clean-run clean-study
 
 #################################################################################
 # SETUP                                                                         #
@@ -63,6 +63,10 @@ tune: install
 ## k-fold train a run on DATA=data (PROFILE=cpu; RUN=name, default: the profile's name); re-running resumes
 train: install
 	$(PYTHON) -m pipeline train --data $(DATA) --profile $(PROFILE) $(if $(RUN),--run $(RUN)) $(ARGS)
+
+## Train a run on Kaggle's free GPU and install it into runs/ (PROFILE=gpu unless given; RUN=name, default: the profile's name; needs Kaggle credentials)
+kaggle-train: install
+	$(PYTHON) -m pipeline kaggle-train $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE)) $(if $(RUN),--run $(RUN)) $(ARGS)
 
 ## Average a run's models (refit members, else fold models) on test.csv → submissions/submission.csv (RUN=name, default: the latest trained run)
 submission: install

@@ -20,8 +20,9 @@ from pipeline.errors import Interrupted, UserError
 
 
 def _paths(args: argparse.Namespace) -> Paths:
-    # Commands that write no submission (train, tune) have no --submissions-dir.
-    return Paths(data=Path(args.data).resolve(), runs=Path(args.runs_dir).resolve(),
+    # Commands that write no submission (train, tune) have no --submissions-dir; the Kaggle
+    # kernel's commands read no data here (the kernel reads Kaggle's) and have no --data.
+    return Paths(data=Path(getattr(args, "data", args.defaults.data)).resolve(), runs=Path(args.runs_dir).resolve(),
                  submissions=Path(getattr(args, "submissions_dir", args.defaults.submissions)).resolve())
 
 
@@ -238,6 +239,44 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kaggle_train(args: argparse.Namespace) -> int:
+    from pipeline.kaggle import remote
+
+    cfg = _config(args)
+    run = _run_name(args, cfg.profile)
+    if args.dry_run:
+        if not args.out:
+            raise UserError("--dry-run needs --out DIR: the folder the kernel is written into")
+        remote.dry_run(cfg, run, args.accelerator, Path(args.out).resolve(), log=_log)
+        return 0
+    if args.out:
+        raise UserError("--out goes with --dry-run (a pushed kernel's folder is not kept)")
+    remote.train_on_kaggle(cfg, _paths(args), run, accelerator=args.accelerator,
+                           wait=not args.no_wait, timeout=_positive(args.timeout), log=_log)
+    return 0
+
+
+def _kaggle_status(args: argparse.Namespace) -> int:
+    from pipeline.kaggle import remote
+
+    remote.kernel_status(_paths(args), config_mod.check_name(args.run), log=_log)
+    return 0
+
+
+def _kaggle_pull(args: argparse.Namespace) -> int:
+    from pipeline.kaggle import remote
+
+    remote.follow_and_pull(_paths(args), config_mod.check_name(args.run),
+                           timeout=_positive(args.timeout), log=_log)
+    return 0
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise UserError(f"--timeout {seconds:g}: must be a positive number of seconds")
+    return seconds
+
+
 # --- parser ---------------------------------------------------------------------------------
 # Each command gets only the flags it uses, with its own defaults in its help.
 
@@ -449,6 +488,35 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="do not wait for Kaggle's score")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to wait for the score (default: 600)")
+
+    from pipeline.kaggle.kernel import DEFAULT_ACCELERATOR, SESSION_TIMEOUT_S
+
+    waiting = (f"seconds to wait for the kernel before leaving it running on Kaggle (default: "
+               f"{SESSION_TIMEOUT_S}, its longest session)")
+    p = add("kaggle-train", _kaggle_train, "train a run on Kaggle's GPU: push a private kernel, "
+            "follow it and install the run it trained into runs/<run>/")
+    _run_flag(p, "the profile name")
+    _config_flags(p, "gpu")
+    _runs_dir_flag(p, defaults.runs)
+    p.add_argument("--accelerator", default=DEFAULT_ACCELERATOR, metavar="SHAPE",
+                   help=f"Kaggle's machine shape (default: {DEFAULT_ACCELERATOR}, GPU T4 x2)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="push and return; kaggle-status and kaggle-pull follow it later")
+    p.add_argument("--timeout", type=float, default=float(SESSION_TIMEOUT_S), help=waiting)
+    p.add_argument("--dry-run", action="store_true",
+                   help="write the kernel into --out DIR (kernel-metadata.json and the script); "
+                   "no credentials, nothing sent")
+    p.add_argument("--out", metavar="DIR", help="where --dry-run writes the kernel")
+
+    p = add("kaggle-status", _kaggle_status, "the status of a run's Kaggle kernel (kaggle-train)")
+    p.add_argument("--run", required=True, help="the run whose kernel to check")
+    _runs_dir_flag(p, defaults.runs)
+
+    p = add("kaggle-pull", _kaggle_pull, "wait for a run's Kaggle kernel, then check its outputs "
+            "and install the run (after kaggle-train --no-wait)")
+    p.add_argument("--run", required=True, help="the run whose kernel to pull")
+    _runs_dir_flag(p, defaults.runs)
+    p.add_argument("--timeout", type=float, default=float(SESSION_TIMEOUT_S), help=waiting)
 
     p = add("demo", _demo, "the whole pipeline on the embedded sample: writes it, trains, predicts "
             "and reports; never over other data, never submissions/submission.csv")

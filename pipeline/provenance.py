@@ -64,15 +64,18 @@ def describe() -> str:
 
 
 def environment(paths: Paths) -> dict[str, Any]:
-    """Versions, git commit and data hashes."""
+    """Versions (Python, TensorFlow, Keras, CUDA, cuDNN), git commit and data hashes; the GPUs
+    themselves are the machine's (pipeline.machine.plan)."""
     import keras
     import tensorflow as tf
 
     commit, dirty = git_commit()
     files = DataFiles(Path(paths.data))
     data = {path.name: file_sha256(path) for path in (files.train, files.test) if path.is_file()}
+    build = tf.sysconfig.get_build_info()  # the CUDA and cuDNN TensorFlow was built for, if any
     return {
         "python": sys.version.split()[0], "tensorflow": tf.__version__, "keras": keras.__version__,
+        "cuda": build.get("cuda_version"), "cudnn": build.get("cudnn_version"),
         "numpy": np.__version__, "platform": platform.platform(), "processor": platform.processor(),
         "cpu_count": os.cpu_count(), "version": code_version(), "git_commit": commit,
         "git_dirty": dirty, "data_dir": str(paths.data), "data_sha256": data,

@@ -5,7 +5,7 @@ whether a run or fold is finished and intact, so the layout is written down once
 
     runs/<run>/config.json env.json folds.npy oof_probs.npy metrics.json folds.csv
                test_probs.npy holdout_probs.npy prediction.json kaggle_submission.json
-               demo.json report.html figures/  fold_<i>/{model.keras,oof.npy,val_idx.npy,
+               kaggle_kernel.json demo.json report.html figures/  fold_<i>/{model.keras,oof.npy,val_idx.npy,
                history.csv,metrics.json,pseudo.npy,last.keras,state.json,tb/}  member_<j>/{the
                same; no validation rows, so oof.npy and val_idx.npy are empty}
 
@@ -95,6 +95,8 @@ class RunFiles:
     prediction = property(lambda self: self.root / "prediction.json")
     blend = property(lambda self: self.root / "blend.json")
     kaggle = property(lambda self: self.root / "kaggle_submission.json")
+    # The Kaggle kernel that trains the run (`kaggle-train`): ref, version, URL and status.
+    kaggle_kernel = property(lambda self: self.root / "kaggle_kernel.json")
     demo = property(lambda self: self.root / "demo.json")  # made by `demo`: never picked unnamed
     report = property(lambda self: self.root / "report.html")
     figures = property(lambda self: self.root / "figures")

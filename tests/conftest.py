@@ -34,7 +34,7 @@ from pipeline.data.sample import write_sample
 # worker running it alone at the end.
 HEAVY_FIRST = ("test_parallel.py", "test_reliability.py", "test_pipeline.py", "test_tune.py",
                "test_postgres.py", "test_benchmark.py", "test_holdout.py", "test_report.py",
-               "test_kaggle.py")
+               "test_kaggle_gpu.py", "test_kaggle.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,8 +2,10 @@
 
 It answers the calls kaggle 2.2.5 / kagglesdk 0.1.38 really make (JSON POSTs to
 /api/v1/<Service>/<Method>): DownloadDataFiles (a 302 to the archive), StartSubmissionUpload → PUT to
-the upload URL → CreateSubmission, GetSubmission / ListSubmissions for polling, and IntrospectToken for
-access-token sign-in. Every request is recorded, so a test can assert that nothing (or exactly what)
+the upload URL → CreateSubmission, GetSubmission / ListSubmissions for polling, IntrospectToken for
+access-token sign-in, and for kernels SaveKernel, GetKernelSessionStatus (each version stepping
+through its statuses, one per check), ListKernelSessionOutput (the log, and the files by URL) and
+GetAcceleratorQuotaStatistics. Every request is recorded, so a test can assert that nothing (or exactly what)
 was sent.
 
 On request from a test it also gives Kaggle's unhappy answers: any error (with headers, e.g. a 429
@@ -75,6 +77,17 @@ class FakeKaggle:
     uploads: dict[str, bytes] = field(default_factory=dict)
     submissions: dict[int, dict[str, Any]] = field(default_factory=dict)
     url: str = ""
+    # Kernels (kaggle-train): "owner/slug" -> its versions, oldest first, each a dict with the
+    # SaveKernel request ("request"), the statuses it steps through, one per status check
+    # ("steps"), its "failure" message, "log" and output "files" (name -> bytes). A version
+    # pushed here gets the kernel_* values below; a test may put older versions in first.
+    kernels: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    kernel_steps: tuple[str, ...] = ("QUEUED", "RUNNING", "COMPLETE")
+    kernel_failure: str = ""
+    kernel_log: str = ""
+    kernel_files: dict[str, bytes] = field(default_factory=dict)
+    kernel_429: int = 0  # status checks answered 429 (Retry-After: 0) before the real answer
+    gpu_quota: tuple[float, float] = (3600.0, 30 * 3600.0)  # seconds used, allowed this week
 
     def start(self) -> FakeKaggle:
         """Serve on a free port of 127.0.0.1 until stop()."""
@@ -161,6 +174,8 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             self._record()
+            if self.path.startswith("/kernel-output/"):
+                return self._kernel_file()
             if self.path.startswith("/files/") and state.archive:
                 self._send(200, state.archive, "application/zip",
                            {"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"})
@@ -239,6 +254,76 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             if ref not in state.submissions:
                 return self._error(404, f"Submission {ref} not found")
             self._json(200, self._submission(ref))
+
+        # --- kernels: SaveKernel, GetKernelSessionStatus, ListKernelSessionOutput, the quota
+
+        def _api_SaveKernel(self, req: dict[str, Any]) -> None:
+            slug = req.get("slug", "")
+            versions = state.kernels.setdefault(slug, [])
+            versions.append({"request": req, "steps": list(state.kernel_steps), "polls": 0,
+                             "failure": state.kernel_failure, "log": state.kernel_log,
+                             "files": dict(state.kernel_files)})
+            bad = [c for c in req.get("competitionDataSources", []) if c != state.competition]
+            self._json(200, {"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}",
+                             "versionNumber": len(versions), "invalidCompetitionSources": bad})
+
+        def _kernel_version(self, req: dict[str, Any]) -> dict[str, Any] | None:
+            """The version a request names ("v2"); unnamed, the newest one that has a session
+            (is past QUEUED), as Kaggle may answer right after a push: an older version's."""
+            versions = state.kernels.get(f"{req.get('userName')}/{req.get('kernelSlug')}", [])
+            label = req.get("versionLabel")
+            if label:
+                number = int(label.lstrip("v"))
+                return versions[number - 1] if 0 < number <= len(versions) else None
+            started = [v for v in versions if v["steps"][min(v["polls"], len(v["steps"]) - 1)] != "QUEUED"]
+            return started[-1] if started else None
+
+        @staticmethod
+        def _kernel_step(version: dict[str, Any]) -> str:
+            return version["steps"][min(version["polls"], len(version["steps"]) - 1)]
+
+        def _api_GetKernelSessionStatus(self, req: dict[str, Any]) -> None:
+            if state.kernel_429 > 0:
+                state.kernel_429 -= 1
+                return self._error(429, "Too many requests", {"Retry-After": "0"})
+            version = self._kernel_version(req)
+            if version is None:
+                return self._error(404, "Kernel session not found")
+            status = self._kernel_step(version)
+            version["polls"] += 1
+            out: dict[str, Any] = {"status": status}
+            if status == "ERROR":
+                out["failureMessage"] = version["failure"]
+            self._json(200, out)
+
+        def _api_ListKernelSessionOutput(self, req: dict[str, Any]) -> None:
+            version = self._kernel_version(req)
+            if version is None:
+                return self._error(404, "Kernel session not found")
+            status = self._kernel_step(version)
+            slug = f"{req.get('userName')}/{req.get('kernelSlug')}"
+            number = state.kernels[slug].index(version) + 1
+            files = [{"fileName": name, "url": f"{state.url}/kernel-output/{slug}/v{number}/{name}?"
+                      f"{SIGNED_QUERY}"} for name in version["files"]] if status == "COMPLETE" else []
+            entries = [{"stream_name": "stdout", "time": 0.1 * i, "data": line + "\n"}
+                       for i, line in enumerate(version["log"].splitlines())]
+            self._json(200, {"files": files, "log": json.dumps(entries) if status != "QUEUED" else ""})
+
+        def _kernel_file(self) -> None:
+            owner, slug, label, name = self.path.split("?")[0].split("/")[2:6]
+            versions = state.kernels.get(f"{owner}/{slug}", [])
+            number = int(label.lstrip("v"))
+            data = versions[number - 1]["files"].get(name) if 0 < number <= len(versions) else None
+            if data is None:
+                return self._error(404, "Not found")
+            self._send(200, data, "application/octet-stream")
+
+        def _api_GetAcceleratorQuotaStatistics(self, req: dict[str, Any]) -> None:
+            used, total = state.gpu_quota
+            self._json(200, {"quotaRefreshTime": "2026-01-05T00:00:00Z",
+                             "gpuQuota": {"timeUsed": f"{used:.0f}s", "timeReserved": "0s",
+                                          "totalTimeAllowed": f"{total:.0f}s"},
+                             "tpuQuota": {"timeUsed": "0s", "totalTimeAllowed": f"{20 * 3600}s"}})
 
         def _api_ListSubmissions(self, req: dict[str, Any]) -> None:
             refs = sorted(state.submissions, reverse=True)
