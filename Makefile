@@ -24,7 +24,7 @@ TIMEOUT       ?= 1800
 WORKERS       ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help install download tune demo train kaggle-train submission submit report compare tensorboard dashboard test bench clean clean-run clean-study
+.PHONY: help install download tune demo train kaggle-train submission submit submissions report compare tensorboard dashboard test bench clean clean-run clean-study
 
 #################################################################################
 # SETUP                                                                         #
@@ -75,6 +75,10 @@ submission: install
 ## Show and upload a run's submission (RUN=name, default: the latest trained run), wait for the score
 submit: install
 	$(PYTHON) -m pipeline submit --data $(DATA) $(if $(RUN),--run $(RUN)) $(ARGS)
+
+## List the competition's past submissions on Kaggle with their scores and the local run each came from
+submissions: install
+	$(PYTHON) -m pipeline submissions $(ARGS)
 
 #################################################################################
 # INSPECT                                                                       #

@@ -277,6 +277,13 @@ def _positive(seconds: float) -> float:
     return seconds
 
 
+def _submissions(args: argparse.Namespace) -> int:
+    from pipeline.kaggle.records import show_submissions
+
+    show_submissions(Path(args.runs_dir).resolve(), args.competition, limit=args.limit, log=_log)
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------
 # Each command gets only the flags it uses, with its own defaults in its help.
 
@@ -517,6 +524,11 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the run whose kernel to pull")
     _runs_dir_flag(p, defaults.runs)
     p.add_argument("--timeout", type=float, default=float(SESSION_TIMEOUT_S), help=waiting)
+    p = add("submissions", _submissions, "the competition's past submissions on Kaggle, newest first: "
+            "date, file, description, status, public score and the local run each came from")
+    _competition_flag(p, default_competition, default_competition)
+    _runs_dir_flag(p, defaults.runs)
+    p.add_argument("--limit", type=int, default=20, help="show at most this many (default: 20)")
 
     p = add("demo", _demo, "the whole pipeline on the embedded sample: writes it, trains, predicts "
             "and reports; never over other data, never submissions/submission.csv")

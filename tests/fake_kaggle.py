@@ -2,11 +2,14 @@
 
 It answers the calls kaggle 2.2.5 / kagglesdk 0.1.38 really make (JSON POSTs to
 /api/v1/<Service>/<Method>): DownloadDataFiles (a 302 to the archive), StartSubmissionUpload → PUT to
-the upload URL → CreateSubmission, GetSubmission / ListSubmissions for polling, IntrospectToken for
-access-token sign-in, and for kernels SaveKernel, GetKernelSessionStatus (each version stepping
-through its statuses, one per check), ListKernelSessionOutput (the log, and the files by URL) and
-GetAcceleratorQuotaStatistics. Every request is recorded, so a test can assert that nothing (or exactly what)
-was sent.
+the upload URL → CreateSubmission, GetSubmission for polling, and IntrospectToken for access-token
+sign-in; the competition's records: GetSubmissionLimits (from the submissions made and
+`daily_limit`), ListSubmissions and GetLeaderboard (`leaderboard`), both paged as Kaggle pages them
+(pageSize, pageToken → nextPageToken; a submission made elsewhere is added with `add_submission`);
+and for kernels SaveKernel, GetKernelSessionStatus (each version stepping through its statuses,
+one per check), ListKernelSessionOutput (the log, and the files by URL) and
+GetAcceleratorQuotaStatistics. Every request is recorded, so a test can assert that nothing (or
+exactly what) was sent.
 
 On request from a test it also gives Kaggle's unhappy answers: any error (with headers, e.g. a 429
 with Retry-After) for a named method (`errors`), 403 instead of 404 for an unknown competition
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 API = "/api/v1/"
+TEAM_ENTRY = "Fake Team"  # FakeKaggle.team's entry on the default leaderboard
 USERNAME, KEY, TOKEN = "fakeuser", "0123456789abcdef0123456789abcdef", "KGAT_fake_token_0123456789"
 # The signature a storage upload URL carries, as Google Cloud Storage's signed URLs do: a secret.
 SIGNATURE = "fakesignature0123456789abcdef"
@@ -88,6 +92,12 @@ class FakeKaggle:
     kernel_files: dict[str, bytes] = field(default_factory=dict)
     kernel_429: int = 0  # status checks answered 429 (Retry-After: 0) before the real answer
     gpu_quota: tuple[float, float] = (3600.0, 30 * 3600.0)  # seconds used, allowed this week
+    daily_limit: int = 5  # submissions a day; all made on the fake count as today's
+    team: str = TEAM_ENTRY  # this account's team, as submissions and the leaderboard name it
+    # The public leaderboard, best first: (teamName, score); this account's own entry among them.
+    leaderboard: list[tuple[str, str]] = field(default_factory=lambda: [
+        ("Top Team", "1.00000"), ("Second", "0.99500"), (TEAM_ENTRY, "0.99000"), ("Fourth", "0.98000"),
+        ("Fifth", "0.97000")])
 
     def start(self) -> FakeKaggle:
         """Serve on a free port of 127.0.0.1 until stop()."""
@@ -109,6 +119,15 @@ class FakeKaggle:
             path = r.path.split("?")[0]
             out.append(path[len(API):].split("/")[-1] if path.startswith(API) else f"{r.method} {path}")
         return out
+
+    def add_submission(self, description: str, file_name: str, score: str | None,
+                       status: str = "COMPLETE", date: str = "2023-12-31T23:00:00Z") -> int:
+        """A submission made elsewhere (another machine, the website): listed, never polled."""
+        ref = 40_000_000 + len(self.submissions) + 1
+        self.submissions[ref] = {"ref": ref, "description": description, "fileName": file_name,
+                                 "status": status, "date": date, "teamName": self.team,
+                                 **({"publicScore": score} if score is not None else {})}
+        return ref
 
     def authorized(self, headers: dict[str, str]) -> bool:
         auth = headers.get("Authorization", "")
@@ -234,7 +253,7 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 return self._error(400, f"Unknown blob token {token!r}")
             ref = 40_000_000 + len(state.submissions) + 1
             state.submissions[ref] = {"ref": ref, "description": req.get("submissionDescription", ""),
-                                      "fileName": "submission.csv", "polls": 0}
+                                      "fileName": "submission.csv", "teamName": state.team, "polls": 0}
             self._json(200, {"message": "Successfully submitted to Digit Recognizer", "ref": ref})
 
         def _submission(self, ref: int) -> dict[str, Any]:
@@ -326,7 +345,26 @@ def _handler(state: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                              "tpuQuota": {"timeUsed": "0s", "totalTimeAllowed": f"{20 * 3600}s"}})
 
         def _api_ListSubmissions(self, req: dict[str, Any]) -> None:
-            refs = sorted(state.submissions, reverse=True)
-            self._json(200, {"submissions": [self._submission(r) for r in refs]})
+            refs = sorted(state.submissions, reverse=True)  # newest first
+            # Those made here step through their polls; those added elsewhere are as added.
+            self._page(req, [self._submission(r) if "polls" in state.submissions[r]
+                             else state.submissions[r] for r in refs])
+
+        def _api_GetSubmissionLimits(self, req: dict[str, Any]) -> None:
+            made = len(state.submissions)
+            self._json(200, {"numToday": made, "numTotal": made,
+                             "numAllowedNow": max(0, state.daily_limit - made), "limitedByTotal": False})
+
+        def _api_GetLeaderboard(self, req: dict[str, Any]) -> None:
+            self._page(req, [{"teamId": i + 1, "teamName": team, "score": score,
+                              "submissionDate": "2024-01-01T00:00:00Z"}
+                             for i, (team, score) in enumerate(state.leaderboard)])
+
+        def _page(self, req: dict[str, Any], items: list[dict[str, Any]]) -> None:
+            # Kaggle's paging: pageSize items from the offset the pageToken names, and the next token.
+            start, size = int(req.get("pageToken") or 0), int(req.get("pageSize") or 20)
+            more = start + size < len(items)
+            self._json(200, {"submissions": items[start:start + size],
+                             "nextPageToken": str(start + size) if more else ""})
 
     return Handler

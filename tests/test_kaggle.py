@@ -8,6 +8,7 @@ tested on its own.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -245,6 +246,16 @@ def dirs(p: dict[str, Path]) -> list[object]:
     return ["--data", p["data"], "--runs-dir", p["runs"], "--submissions-dir", p["subs"]]
 
 
+def history_of(project: dict[str, Path]) -> list[dict]:
+    """Run r1's submissions, oldest first, as `submit` recorded them."""
+    return json.loads((project["runs"] / "r1" / "kaggle_submission.json").read_text())["submissions"]
+
+
+def record_of(project: dict[str, Path]) -> dict:
+    """Run r1's latest submission."""
+    return history_of(project)[-1]
+
+
 def test_submit_latest_run_waits_for_score(env, server, project):
     r = cli(env, "submit", *dirs(project), "--timeout", 30)
     assert r.returncode == 0, r.stderr
@@ -254,15 +265,21 @@ def test_submit_latest_run_waits_for_score(env, server, project):
     assert "run 'r1' (profile tiny; the most recently trained run" in said
     assert "CV accuracy 0.9877" in said and "holdout estimate: none" in said
     assert f"file {project['csv']} (540 rows, checked against sample_submission.csv)" in said
-    assert server.calls() == ["StartSubmissionUpload", "PUT /upload/blob1", "CreateSubmission",
-                              "GetSubmission", "GetSubmission"]
+    # Before the upload: the submissions left today; after the score: where it would rank.
+    assert "submissions left today: 5 (0 made today; the count resets at 00:00 UTC (in " in said
+    assert server.calls() == ["GetSubmissionLimits", "StartSubmissionUpload", "PUT /upload/blob1",
+                              "CreateSubmission", "GetSubmission", "GetSubmission", "GetLeaderboard"]
     assert server.uploads["blob1"] == project["csv"].read_bytes()
-    sent = json.loads(server.requests[2].body)
+    sent = json.loads(server.requests[3].body)
     assert sent["submissionDescription"] == "r1: profile tiny, CV accuracy 0.9877"
-    record = json.loads((project["runs"] / "r1" / "kaggle_submission.json").read_text())
+    # 0.98765 among the others (1.0, 0.995, 0.98, 0.97; the team's own 0.99 left out): 3rd of 5.
+    assert "it would stand at rank 3 of 5 (top 60.0%)" in r.stdout
+    record = record_of(project)
     assert record["ref"] == 40_000_001 and record["status"] == "COMPLETE"
     assert record["public_score"] == "0.98765" and record["message"] == sent["submissionDescription"]
     assert record["competition"] == "digit-recognizer" and record["submitted_at"] and record["scored_at"]
+    assert record["sha256"] == hashlib.sha256(project["csv"].read_bytes()).hexdigest()
+    assert record["leaderboard"]["rank"] == 3 and record["leaderboard"]["teams"] == 5
 
 
 def test_submit_timeout_keeps_the_ref(env, server, project):
@@ -270,7 +287,7 @@ def test_submit_timeout_keeps_the_ref(env, server, project):
     r = cli(env, "submit", *dirs(project), "--run", "r1", "--message", "mine", "--timeout", 1)
     assert r.returncode == 0, r.stderr
     assert "not scored after 1 s" in r.stderr
-    record = json.loads((project["runs"] / "r1" / "kaggle_submission.json").read_text())
+    record = record_of(project)
     assert record["status"] == "PENDING" and record["ref"] == 40_000_001 and record["message"] == "mine"
 
 
@@ -278,8 +295,9 @@ def test_submit_file_no_wait(env, server, project, tmp_path):
     csv = submission_csv(tmp_path / "mine.csv")
     r = cli(env, "submit", *dirs(project), "--file", csv, "--no-wait")
     assert r.returncode == 0, r.stderr
-    assert server.calls() == ["StartSubmissionUpload", "PUT /upload/blob1", "CreateSubmission"]
-    assert json.loads(server.requests[2].body)["submissionDescription"] == "mine.csv"
+    assert server.calls() == ["GetSubmissionLimits", "StartSubmissionUpload", "PUT /upload/blob1",
+                              "CreateSubmission"]
+    assert json.loads(server.requests[3].body)["submissionDescription"] == "mine.csv"
     assert not (project["runs"] / "r1" / "kaggle_submission.json").exists()
 
 
@@ -303,7 +321,8 @@ def test_submit_dry_run_sends_nothing(env, server, project):
     r = cli(env, "submit", *dirs(project), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "dry run" in r.stdout and "r1.csv" in r.stdout and "CV accuracy 0.9877" in r.stdout
-    assert server.requests == []
+    assert "not counted against the daily limit" in r.stdout
+    assert server.requests == []  # not even the submissions left today are asked
 
 
 def test_submit_invalid_file_is_not_sent(env, server, project, tmp_path):
@@ -314,10 +333,6 @@ def test_submit_invalid_file_is_not_sent(env, server, project, tmp_path):
 
 
 # ---------------------------------------------------------------------------- Kaggle's unhappy answers
-
-
-def record_of(project: dict[str, Path]) -> dict:
-    return json.loads((project["runs"] / "r1" / "kaggle_submission.json").read_text())
 
 
 def test_a_submission_scored_error_is_shown_and_recorded(env, server, project):
@@ -346,7 +361,7 @@ def test_an_unknown_competition_answered_403_names_both_causes(env, server, proj
     line = user_error(cli(env, "submit", *dirs(project), "--run", "r1", "--competition", "no-such-contest"))
     assert "'no-such-contest'" in line and "Permission 'competitions.participate' was denied" in line
     assert "no competition is called 'no-such-contest'" in line and "accept its rules" in line
-    assert server.calls() == ["StartSubmissionUpload"]
+    assert server.calls() == ["GetSubmissionLimits"]  # refused before any upload
     assert not (project["runs"] / "r1" / "kaggle_submission.json").exists()
 
 
@@ -367,20 +382,114 @@ def test_complete_without_a_public_score_is_recorded_as_pending(env, server, pro
     assert record["status"] == "PENDING" and record["public_score"] is None
 
 
+# ---------------------------------------------------------------------------- the competition's records
+
+
+def test_no_submission_left_today_refuses_before_uploading(env, server, project):
+    for i in range(5):  # today's five, made elsewhere
+        server.add_submission(f"elsewhere {i}", "submission.csv", "0.99000")
+    line = user_error(cli(env, "submit", *dirs(project), "--run", "r1"))
+    assert "no submission left today" in line and "made 5 submissions to 'digit-recognizer' today" in line
+    assert re.search(r"resets at 00:00 UTC \(in \d+h\d\dm\)", line) and "nothing was uploaded" in line
+    assert server.calls() == ["GetSubmissionLimits"] and server.uploads == {}
+    assert not (project["runs"] / "r1" / "kaggle_submission.json").exists()
+
+
+def test_a_rate_limited_limits_check_uploads_nothing(env, server, project):
+    server.errors["GetSubmissionLimits"] = (429, "Too many requests", {"Retry-After": "600"})
+    r = cli(env, "submit", *dirs(project), "--run", "r1")
+    line = user_error(r)
+    assert "Kaggle is rate-limiting this account (429: Too many requests)" in line
+    assert "Will retry" not in r.stderr  # one request, not the client's ten
+    assert server.calls() == ["GetSubmissionLimits"] and server.uploads == {}
+
+
+def test_the_leaderboard_is_read_page_by_page(env, server, project):
+    server.leaderboard = [(f"team {i}", f"{1 - i * 0.0001:.5f}") for i in range(250)]
+    r = cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 30)
+    assert r.returncode == 0, r.stderr
+    pages = [json.loads(q.body) for q in server.requests if q.path.endswith("/GetLeaderboard")]
+    assert [(q["pageSize"], q.get("pageToken", "")) for q in pages] == [(100, ""), (100, "100"),
+                                                                        (100, "200")]
+    # 124 teams score above 0.98765 (1.0000 … 0.9877), none is this team's own.
+    assert "it would stand at rank 125 of 251 (top 49.8%)" in r.stdout
+    assert record_of(project)["leaderboard"]["rank"] == 125
+
+
+def test_an_unreadable_leaderboard_leaves_the_score_recorded(env, server, project):
+    server.errors["GetLeaderboard"] = (429, "Too many requests")
+    r = cli(env, "submit", *dirs(project), "--run", "r1", "--timeout", 30)
+    assert r.returncode == 0, r.stderr
+    assert "public score: 0.98765" in r.stdout
+    assert "the public leaderboard was not read: Kaggle is rate-limiting this account (429" in r.stderr
+    record = record_of(project)
+    assert record["public_score"] == "0.98765" and "leaderboard" not in record
+
+
+def test_submissions_are_listed_with_the_run_each_came_from(env, server, project):
+    other = server.add_submission("from my laptop", "laptop.csv", "0.99100")
+    r = cli(env, "submit", *dirs(project), "--run", "r1", "--message", "r1 try", "--no-wait")
+    assert r.returncode == 0, r.stderr
+    ours = record_of(project)["ref"]
+    assert [e["ref"] for e in history_of(project)] == [ours]
+    r = cli(env, "submissions", "--runs-dir", project["runs"])
+    assert r.returncode == 0, r.stderr
+    rows = {int(line.split()[2]): line for line in r.stdout.splitlines()
+            if re.match(r"\s*\d{4}-\d\d-\d\d", line)}
+    assert set(rows) == {ours, other}
+    assert rows[ours].split()[-1] == "r1" and "r1 try" in rows[ours] and "submission.csv" in rows[ours]
+    assert rows[other].split()[-1] == "-" and "laptop.csv" in rows[other] and "0.99100" in rows[other]
+    assert "from my laptop" in rows[other] and "COMPLETE" in rows[other]
+    assert "1 of them match no run in" in r.stdout
+    asked = json.loads(server.requests[-1].body)
+    assert asked["competitionName"] == "digit-recognizer" and asked["pageSize"] == 20
+    # The sha256 recorded with the upload tells when the run's CSV is no longer the file scored.
+    project["csv"].write_text(project["csv"].read_text().replace("1,1\n", "1,7\n", 1))
+    r = cli(env, "submissions", "--runs-dir", project["runs"], "--limit", 1)
+    assert r.returncode == 0, r.stderr
+    assert "r1 (CSV changed since)" in r.stdout and "laptop.csv" not in r.stdout
+
+
+def test_submissions_none_yet_and_rate_limited(env, server, project):
+    r = cli(env, "submissions", "--runs-dir", project["runs"])
+    assert r.returncode == 0, r.stderr
+    assert "no submissions to 'digit-recognizer' yet" in r.stdout
+    server.errors["ListSubmissions"] = (429, "Too many requests", {"Retry-After": "600"})
+    r = cli(env, "submissions", "--runs-dir", project["runs"])
+    assert "Kaggle is rate-limiting this account (429" in user_error(r) and "Will retry" not in r.stderr
+
+
 # ---------------------------------------------------------------------------- the report after submit
 
 
 def test_the_report_shows_the_kaggle_score_of_a_real_submission(env, server, demo_once, tmp_path):
     t = copy_demo(demo_once, tmp_path / "copy")
+    # An earlier submission, recorded as `submit` did before it kept a history: the last one alone.
+    earlier = {"competition": "digit-recognizer", "ref": 39_999_999, "file": "old.csv",
+               "message": "before the history", "status": "COMPLETE", "public_score": "0.97000",
+               "error": None, "submitted_at": "2024-01-01T00:00:00+00:00"}
+    (t.run_dir / "kaggle_submission.json").write_text(json.dumps(earlier))
     r = cli(env, "submit", "--run", "demo", "--data", t.data, "--runs-dir", t.runs,
             "--submissions-dir", t.subs, "--timeout", 30)
     assert r.returncode == 0, r.stderr
-    record = json.loads((t.run_dir / "kaggle_submission.json").read_text())
+    history = json.loads((t.run_dir / "kaggle_submission.json").read_text())["submissions"]
+    assert history[0] == earlier and len(history) == 2  # the legacy record kept, the upload appended
+    record = history[1]
+    assert record["sha256"] == hashlib.sha256((t.subs / "demo.csv").read_bytes()).hexdigest()
     page = (t.run_dir / "report.html").read_text()  # rebuilt by submit
     card = re.search(r'<div class="label">Kaggle public score</div>(.*?)</div></div>', page).group(1)
     assert ">0.98765<" in card and record["submitted_at"] in card and "make submit" not in card
-    kv = page[page.index("<h3>Kaggle</h3>"):]
-    assert record["submitted_at"] in kv and record["scored_at"] in kv
+    assert "public leaderboard rank 3 of 5 (top 60.0%)" in card and "latest of 2 submissions" in card
+    kv = page[page.index("<h3>Kaggle</h3>"):page.index("<h3>Kaggle submissions</h3>")]
+    assert record["submitted_at"] in kv and record["scored_at"] in kv and record["sha256"] in kv
+    # The run's history, newest first.
+    rows = re.findall(r"<tr>(.*?)</tr>", page[page.index("<h3>Kaggle submissions</h3>"):])
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows[1:3]]
+    assert cells[0][:2] == [record["submitted_at"], str(record["ref"])]
+    assert cells[0][2] == f"demo.csv ({record['sha256'][:12]})" and cells[0][5:] == [
+        "0.98765", "rank 3 of 5 (top 60.0%)"]
+    assert cells[1] == [earlier["submitted_at"], "39999999", "old.csv", "before the history", "COMPLETE",
+                        "0.97000", "-"]
 
 
 # ---------------------------------------------------------------------------- units (in-process)
@@ -433,3 +542,40 @@ def test_malformed_kaggle_json(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "k")
     assert kg.find_credentials().source == "KAGGLE_USERNAME/KAGGLE_KEY"
+
+
+def test_rank_counts_only_better_scores_in_the_boards_own_order():
+    from pipeline.kaggle.records import rank
+
+    assert rank(0.99, [1.0, 0.995, 0.99, 0.98]) == (3, 5)  # a tie shares the better rank
+    assert rank(0.5, [0.1, 0.2, 0.9]) == (3, 4)  # an error metric: lower is better
+    assert rank(0.99, []) == (1, 1)
+
+
+def test_the_limits_line_for_a_first_submission_and_a_lifetime_cap():
+    from datetime import datetime, timezone
+
+    from pipeline.kaggle.records import Limits, check_limits
+
+    now = datetime(2025, 6, 1, 21, 30, tzinfo=timezone.utc)
+    # Kaggle answers all zeros for an account that has never submitted: that is no refusal.
+    assert "not counted yet" in check_limits(Limits(0, 0, 0, False), "digit-recognizer", now)
+    assert check_limits(Limits(2, 9, 3, False), "digit-recognizer", now) == (
+        "submissions left today: 3 (2 made today; the count resets at 00:00 UTC (in 2h30m))")
+    with pytest.raises(UserError, match="all 50 submissions 'digit-recognizer' allows in total, a cap "
+                                        "that does not reset"):
+        check_limits(Limits(1, 50, 0, True), "digit-recognizer", now)
+
+
+def test_a_history_is_read_from_either_shape(tmp_path):
+    from pipeline.kaggle import history
+
+    path = tmp_path / "kaggle_submission.json"
+    assert history.read_history(path) == [] and history.latest(path) is None
+    path.write_text(json.dumps({"ref": 7, "status": "PENDING"}))  # the single record of old
+    assert history.read_history(path) == [{"ref": 7, "status": "PENDING"}]
+    history.record(path, {"ref": 7, "status": "COMPLETE"})  # its score came: replaced, not added
+    history.record(path, {"ref": 8, "status": "PENDING"})
+    assert json.loads(path.read_text()) == {"submissions": [{"ref": 7, "status": "COMPLETE"},
+                                                            {"ref": 8, "status": "PENDING"}]}
+    assert history.latest(path) == {"ref": 8, "status": "PENDING"}

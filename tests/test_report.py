@@ -24,7 +24,8 @@ FIGURES = {"learning_curves", "fold_accuracy", "confusion_matrix", "per_class_me
            "error_gallery", "oof_predictions", "confidence", "test_predictions",
            "test_least_confident", "class_distribution", "class_examples", "mean_images"}
 TUNING_FIGURES = {"tuning_history", "tuning_importances", "tuning_parallel", "tuning_slice"}
-# Shaped as `submit` writes it (test_kaggle.py makes a real one through the fake server).
+# Shaped as `submit` wrote it before runs kept a history (the last submission alone), which is
+# read as a history of one; test_kaggle.py makes a real history through the fake server.
 KAGGLE = {"competition": "digit-recognizer", "ref": 41234567, "file": "submissions/short.csv",
           "message": "short run", "status": "COMPLETE", "public_score": "0.98917", "error": None,
           "submitted_at": "2025-06-01T10:00:00+00:00", "scored_at": "2025-06-01T10:00:41+00:00"}

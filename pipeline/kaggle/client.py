@@ -7,7 +7,9 @@ KAGGLE_CONFIG_DIR or ~/.kaggle, KAGGLE_USERNAME + KAGGLE_KEY). The `kaggle` pack
 and may `exit(1)` while being imported, so it is imported only inside the functions that contact Kaggle,
 after this module has checked that credentials exist. The archive is extracted by `pipeline.kaggle.archive`,
 not by the client, so that unsafe members are refused and nothing reaches the data folder before every
-check has passed. Which file `submit` sends, and for which run, is `pipeline.kaggle.submit`'s to decide.
+check has passed. Which file `submit` sends, and for which run, is `pipeline.kaggle.submit`'s to decide;
+the competition's own records (submissions left today, past submissions, the leaderboard) are read by
+`pipeline.kaggle.records`.
 """
 
 from __future__ import annotations
@@ -20,13 +22,11 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pipeline.console import Log, warn
 from pipeline.errors import UserError
-from pipeline.files import write_json
 from pipeline.kaggle.archive import HEADERS, check_files, install_archive, staging
 
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
@@ -116,7 +116,7 @@ def find_credentials() -> Credentials:
                     f"`chmod 600 {where}` (or set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY)")
 
 
-def _client() -> tuple[Any, Credentials]:
+def connect() -> tuple[Any, Credentials]:
     """Import and authenticate the kaggle client, turning its prints and exit(1) into one UserError."""
     creds = find_credentials()
     captured = io.StringIO()
@@ -133,7 +133,7 @@ def _client() -> tuple[Any, Credentials]:
     except ImportError as exc:
         raise UserError(f"the kaggle package is not installed properly ({exc}); run `make install`") from None
     except Exception as exc:  # the token check already talks to Kaggle
-        raise _explain(exc, "", creds, "sign in") from None
+        raise explain(exc, "", creds, "sign in") from None
     return api, creds
 
 
@@ -157,7 +157,7 @@ def _kaggle_message(response: Any) -> str:
     return scrub(text)
 
 
-def _explain(exc: Exception, competition: str, creds: Credentials, action: str) -> Exception:
+def explain(exc: Exception, competition: str, creds: Credentials, action: str) -> Exception:
     """A UserError saying what went wrong talking to Kaggle and how to fix it; other errors unchanged."""
     import requests  # a dependency of kaggle; only needed once the client has been used
 
@@ -213,7 +213,7 @@ def download(competition: str, data_dir: Path, *, force: bool = False, from_zip:
             return
         if any("missing" not in p for p in problems):
             log(f"{data_dir}: existing files look wrong ({'; '.join(problems)}); downloading again")
-    api, creds = _client()
+    api, creds = connect()
     log(f"downloading {competition!r} from Kaggle…")
     with staging(data_dir) as tmp:
         try:
@@ -224,7 +224,7 @@ def download(competition: str, data_dir: Path, *, force: bool = False, from_zip:
             raise UserError(f"download of {competition!r} was incomplete ({exc}); "
                             "run the command again") from None
         except Exception as exc:
-            raise _explain(exc, competition, creds, "download") from None
+            raise explain(exc, competition, creds, "download") from None
         archives = [p for p in tmp.iterdir() if p.is_file()]
         if len(archives) != 1:
             raise UserError(f"Kaggle sent {len(archives)} files for {competition!r}, expected one .zip; "
@@ -233,30 +233,36 @@ def download(competition: str, data_dir: Path, *, force: bool = False, from_zip:
     log(f"installed {', '.join(HEADERS)} into {data_dir}")
 
 
-# ---------------------------------------------------------------------------- submit and wait for the score
+# ---------------------------------------------------------------------------- upload and wait for the score
 
 
-def _status_name(submission: Any) -> str:
+def status_name(submission: Any) -> str:
+    """PENDING, COMPLETE or ERROR: a submission's status as Kaggle gave it."""
     status = getattr(submission, "status", None)
     return getattr(status, "name", str(status or "PENDING"))
 
 
-def _public_score(submission: Any) -> str | None:
+def public_score(submission: Any) -> str | None:
     """The public score Kaggle gave, or None (the client reports a missing one as "")."""
     score = getattr(submission, "public_score", None)
     return str(score) if score not in (None, "") else None
 
 
+def call(api: Any, method: str, request: Any) -> Any:
+    """One call of kagglesdk's competitions API (`method` of its CompetitionApiClient). Not the
+    client's `competition_*` helpers: some sleep out a 429's Retry-After up to ten times inside one
+    call, printing "Will retry" lines, and others print paging tokens; waiting and messages are ours."""
+    # With VERBOSE=1 the client prints auth headers.
+    with contextlib.redirect_stdout(io.StringIO()), api.build_kaggle_client() as client:
+        return getattr(client.competitions.competition_api_client, method)(request)
+
+
 def _get_submission(api: Any, ref: int) -> Any:
-    """One GetSubmission call. Not `api.get_submission`: on a 429 that sleeps out Retry-After up to
-    ten times inside one call, past --timeout, printing "Will retry" lines; waiting is ours to do."""
     from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
 
-    with contextlib.redirect_stdout(io.StringIO()):  # with VERBOSE=1 it prints auth headers
-        with api.build_kaggle_client() as client:
-            request = ApiGetSubmissionRequest()
-            request.ref = int(ref)
-            return client.competitions.competition_api_client.get_submission(request)
+    request = ApiGetSubmissionRequest()
+    request.ref = int(ref)
+    return call(api, "get_submission", request)
 
 
 def _retry_after(response: Any) -> float | None:
@@ -277,8 +283,8 @@ def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: 
         wait, status = delay, "PENDING"
         try:
             submission = _get_submission(api, ref)
-            status = _status_name(submission)
-            if status == "ERROR" or (status == "COMPLETE" and _public_score(submission) is not None):
+            status = status_name(submission)
+            if status == "ERROR" or (status == "COMPLETE" and public_score(submission) is not None):
                 return submission
             if status == "COMPLETE":
                 status = "COMPLETE, no public score yet"  # it may show a moment later
@@ -290,11 +296,11 @@ def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: 
             elif code == 404 or code >= 500:
                 status = "not readable yet" if code == 404 else f"Kaggle answered {code}"
             else:
-                raise _explain(exc, competition, creds, "check the submission") from None
+                raise explain(exc, competition, creds, "check the submission") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             status = f"no answer from Kaggle ({type(exc).__name__})"
         except Exception as exc:
-            raise _explain(exc, competition, creds, "check the submission") from None
+            raise explain(exc, competition, creds, "check the submission") from None
         left = deadline - time.monotonic()
         if left <= 0:
             return None
@@ -303,24 +309,17 @@ def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: 
         delay = min(delay * 2, 15.0)  # scoring takes seconds to minutes; don't hammer the API
 
 
-def submit(csv: Path, *, competition: str, message: str, record: Path | None = None, wait: bool = True,
-           timeout: float = 300.0, dry_run: bool = False, log: Log = print) -> dict[str, Any] | None:
-    """Upload a validated submission CSV; with `wait`, poll until scored and record the result in `record`."""
-    competition = parse_competition(competition)
-    csv = Path(csv)
-    if dry_run:
-        log(f"dry run: would submit {csv} ({csv.stat().st_size:,} bytes, validated) to {competition!r} "
-            f"with message {message!r}" + (f", recording the score in {record}" if record else "")
-            + "; nothing was sent")
-        return None
-    api, creds = _client()
+def upload(api: Any, creds: Credentials, csv: Path, competition: str, message: str,
+           log: Log = print) -> int:
+    """Upload `csv` as a submission to `competition` and return its ref; a UserError when Kaggle
+    did not take it."""
     log(f"submitting {csv} to {competition!r}: {message!r}")
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
             result = api.competition_submit(str(csv), message, competition, quiet=True)
     except Exception as exc:
-        raise _explain(exc, competition, creds, "submit") from None
+        raise explain(exc, competition, creds, "submit") from None
     ref = int(getattr(result, "ref", 0) or 0)
     said = " ".join((getattr(result, "message", "") or "").split())
     if not ref:
@@ -329,28 +328,5 @@ def submit(csv: Path, *, competition: str, message: str, record: Path | None = N
         detail = scrub(captured.getvalue())
         raise UserError(f"Kaggle did not accept the upload of {csv} ({said or 'no reason given'}"
                         f"{'; ' + detail if detail else ''}); nothing was submitted, try again later")
-    entry: dict[str, Any] = {
-        "competition": competition, "ref": ref, "file": str(csv), "message": message,
-        "status": "PENDING", "public_score": None, "error": None,
-        "submitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
     log(f"submitted: ref {ref} ({said})")
-    if record is not None:
-        write_json(record, entry)  # written now so the ref survives a timeout or Ctrl-C
-    if not wait:
-        return entry
-    scored = wait_for_score(api, ref, timeout, competition, creds, log)
-    if scored is None:
-        warn(f"submission {ref} not scored after {timeout:g} s; see "
-             f"https://www.kaggle.com/competitions/{competition}/submissions")
-        return entry
-    entry.update(status=_status_name(scored), public_score=_public_score(scored),
-                 error=(getattr(scored, "error_description", None) or None),
-                 scored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if record is not None:
-        write_json(record, entry)
-    if entry["status"] == "ERROR":
-        raise UserError(f"Kaggle could not score submission {ref}: {entry['error'] or 'no reason given'}; "
-                        "check the file format against sample_submission.csv")
-    log(f"public score: {entry['public_score']}")
-    return entry
+    return ref

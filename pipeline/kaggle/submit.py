@@ -1,6 +1,7 @@
 """What `submit` sends: the run's submission (rebuilt when missing or older than its training) or a
-file of the user's, validated, described before anything is sent, then uploaded and its score
-recorded in the run (`runs/<run>/kaggle_submission.json`) through `pipeline.kaggle.client`.
+file of the user's, validated, described before anything is sent; then, once Kaggle says a
+submission is left today, uploaded through `pipeline.kaggle.client`, its score and leaderboard rank
+added to the run's history (`runs/<run>/kaggle_submission.json`, `pipeline.kaggle.history`).
 
     python -m pipeline submit [--run NAME | --file CSV] [--message TEXT] [--dry-run] [--no-wait] [--timeout S]
 """
@@ -8,18 +9,29 @@ recorded in the run (`runs/<run>/kaggle_submission.json`) through `pipeline.kagg
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.config import Config, Paths
-from pipeline.console import Log
+from pipeline.console import Log, warn
 from pipeline.data.datafiles import DataFiles
+from pipeline.data.load import file_sha256
 from pipeline.data.submission import KAGGLE_ROWS, read_sample_ids, read_submission
 from pipeline.errors import UserError
 from pipeline.files import read_json
-from pipeline.kaggle.client import parse_competition, submit
+from pipeline.kaggle import history
+from pipeline.kaggle.client import (
+    connect,
+    parse_competition,
+    public_score,
+    status_name,
+    upload,
+    wait_for_score,
+)
+from pipeline.kaggle.records import check_limits, leaderboard_rank, rank_text, submission_limits
 from pipeline.prediction.ensemble import predict_run, run_submission
 from pipeline.prediction.metricsfile import holdout_text
 from pipeline.runfiles import RunFiles, latest_trained_run, read_optional, trained_at
@@ -108,5 +120,57 @@ def submit_run(paths: Paths, *, competition: str | None = None, run: str | None 
     run_dir = paths.run_dir(run) if run else None
     message = message if message is not None else default_message(run, run_dir, csv)
     record = RunFiles(run_dir).kaggle if run_dir else None
-    return submit(csv, competition=competition, message=message, record=record, wait=wait,
-                  timeout=timeout, dry_run=dry_run, log=log)
+    return send(csv, competition=competition, message=message, record=record, wait=wait,
+                timeout=timeout, dry_run=dry_run, log=log)
+
+
+def _now() -> str:
+    """The time now in UTC, as the run's Kaggle history records it."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def send(csv: Path, *, competition: str, message: str, record: Path | None = None, wait: bool = True,
+         timeout: float = 300.0, dry_run: bool = False, log: Log = print) -> dict[str, Any] | None:
+    """Upload a validated submission CSV once Kaggle says one is left today; with `wait`, poll until
+    scored and rank the score on the public leaderboard. Each step is added to the history in `record`."""
+    if dry_run:
+        log(f"dry run: would submit {csv} ({csv.stat().st_size:,} bytes, validated) to {competition!r} "
+            f"with message {message!r}" + (f", recording the score in {record}" if record else "")
+            + "; nothing was sent, and a dry run is not counted against the daily limit")
+        return None
+    api, creds = connect()
+    log(check_limits(submission_limits(api, creds, competition), competition))
+    sha256 = file_sha256(csv)
+    ref = upload(api, creds, csv, competition, message, log)
+    entry: dict[str, Any] = {
+        "competition": competition, "ref": ref, "file": str(csv), "sha256": sha256,
+        "message": message, "status": "PENDING", "public_score": None, "error": None,
+        "submitted_at": _now(),
+    }
+    if record is not None:
+        history.record(record, entry)  # written now so the ref survives a timeout or Ctrl-C
+    if not wait:
+        return entry
+    scored = wait_for_score(api, ref, timeout, competition, creds, log)
+    if scored is None:
+        warn(f"submission {ref} not scored after {timeout:g} s; see "
+             f"https://www.kaggle.com/competitions/{competition}/submissions")
+        return entry
+    entry.update(status=status_name(scored), public_score=public_score(scored),
+                 error=(getattr(scored, "error_description", None) or None), scored_at=_now())
+    if entry["status"] != "ERROR":
+        try:
+            entry["leaderboard"] = leaderboard_rank(api, creds, competition, entry["public_score"],
+                                                    getattr(scored, "team_name", None))
+        except UserError as exc:  # the score stands without its rank
+            warn(f"the public leaderboard was not read: {exc}")
+    if record is not None:
+        history.record(record, entry)
+    if entry["status"] == "ERROR":
+        raise UserError(f"Kaggle could not score submission {ref}: {entry['error'] or 'no reason given'}; "
+                        "check the file format against sample_submission.csv")
+    log(f"public score: {entry['public_score']}")
+    if "leaderboard" in entry:
+        log(f"on the public leaderboard it would stand at {rank_text(entry['leaderboard'])} "
+            "(your team's own entry left out)")
+    return entry

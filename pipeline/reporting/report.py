@@ -25,6 +25,7 @@ from pipeline.console import Log, duration
 from pipeline.data.datafiles import DataFiles
 from pipeline.errors import UserError
 from pipeline.files import run_lock, write_bytes, write_text
+from pipeline.kaggle.records import rank_text
 from pipeline.prediction.evaluate import DIGITS, top_confusions
 from pipeline.prediction.metricsfile import holdout_detail
 from pipeline.reporting import figures
@@ -243,7 +244,7 @@ def page_context(rd: RunData, made: dict[str, Path], study: dict[str, Any] | Non
         *([_card("Holdout estimate (ensemble)", f"{h['accuracy']:.4f}", holdout_detail(h))]
           if h else []),
         _card("CV log loss", f"{m['cv_log_loss']:.4f}", "lower is better"),
-        _card("Kaggle public score", kaggle_score(rd.kaggle), _kaggle_when(rd.kaggle)),
+        _card("Kaggle public score", kaggle_score(rd.kaggle), _kaggle_when(rd.kaggle_history)),
         _card("Training time", duration(m.get("train_seconds", 0)),
               f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs, summed over folds "
               f"({cfg.get('workers', 1)} at a time)"),
@@ -280,7 +281,9 @@ def page_context(rd: RunData, made: dict[str, Path], study: dict[str, Any] | Non
             "confusions": ", ".join(f"{t} taken for {p} ({c}×)"
                                     for t, p, c in top_confusions(m["confusion_matrix"])) or "none",
             "class_rows": class_rows, "mistake_rows": mistake_rows},
-        "test": {"prediction": _prediction_rows(rd.prediction), "kaggle": _kaggle_rows(rd.kaggle)},
+        "test": {"prediction": _prediction_rows(rd.prediction), "kaggle": _kaggle_rows(rd.kaggle),
+                 "kaggle_history": {"header": KAGGLE_HISTORY,
+                                    "rows": _kaggle_history_rows(rd.kaggle_history)}},
         "data": {"train_images": len(rd.y), "train_csv": str(DataFiles(rd.data_dir).train),
                  "test_images": len(rd.test_x) if rd.test_x is not None else None},
         "tuning": {"study": rd.study, "folder": str(StudyFiles.of(rd.runs_dir, rd.study).root) if rd.study else "",
@@ -318,22 +321,45 @@ def _prediction_rows(p: dict[str, Any] | None) -> list[list[Any]]:
             ["prediction time", f"{p.get('seconds', 0):.1f}s"]]
 
 
-def _kaggle_when(kaggle: dict[str, Any] | None) -> str:
-    """The Kaggle card's second line: when it was submitted, or how to submit."""
-    if not kaggle:
+def _kaggle_when(history: list[dict[str, Any]]) -> str:
+    """The Kaggle card's second line: when the latest submission was sent and where it ranked, or
+    how to submit."""
+    if not history:
         return "make submit to get one"
+    kaggle = history[-1]
     if kaggle.get("status") == "ERROR":
         return f"Kaggle: {kaggle.get('error') or 'no reason given'}"
-    return f"submitted {kaggle.get('submitted_at', '?')}"
+    parts = [f"submitted {kaggle.get('submitted_at', '?')}"]
+    if kaggle.get("leaderboard"):
+        parts.append(f"public leaderboard {rank_text(kaggle['leaderboard'])}")
+    if len(history) > 1:
+        parts.append(f"latest of {len(history)} submissions")
+    return "; ".join(parts)
 
 
 def _kaggle_rows(kaggle: dict[str, Any] | None) -> list[list[Any]]:
-    """What `submit` recorded (empty when the run was not submitted)."""
+    """What `submit` recorded of the latest submission (empty when the run was not submitted)."""
     if not kaggle:
         return []
     rows = [["Kaggle public score", kaggle_score(kaggle)]]
+    if kaggle.get("leaderboard"):
+        rows.append(["public leaderboard", rank_text(kaggle["leaderboard"])])
     return rows + [[key, kaggle[key]] for key in ("status", "error", "message", "ref", "competition",
-                                                  "submitted_at", "scored_at") if kaggle.get(key)]
+                                                  "file", "sha256", "submitted_at", "scored_at")
+                   if kaggle.get(key)]
+
+
+KAGGLE_HISTORY = ["submitted", "ref", "file (sha256)", "message", "status", "public score",
+                  "public leaderboard"]
+
+
+def _kaggle_history_rows(history: list[dict[str, Any]]) -> list[list[Any]]:
+    """Every submission of the run, newest first."""
+    return [[e.get("submitted_at", "?"), e.get("ref", "?"),
+             f"{Path(str(e.get('file', '?'))).name} ({str(e['sha256'])[:12]})" if e.get("sha256")
+             else Path(str(e.get("file", "?"))).name,
+             e.get("message", ""), e.get("status", "?"), kaggle_score(e), rank_text(e.get("leaderboard"))]
+            for e in reversed(history)]
 
 
 def _study_rows(study: dict[str, Any] | None) -> list[list[Any]] | None:

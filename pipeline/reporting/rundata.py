@@ -23,6 +23,7 @@ from pipeline.data.folds import HOLDOUT
 from pipeline.data.load import file_sha256
 from pipeline.errors import UserError
 from pipeline.files import load_npy, read_json
+from pipeline.kaggle.history import read_history
 from pipeline.prediction.metricsfile import with_oof_statistics
 from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split
 
@@ -47,7 +48,7 @@ class RunData:
     test_x: np.ndarray | None = None
     test_probs: np.ndarray | None = None
     prediction: dict[str, Any] | None = None
-    kaggle: dict[str, Any] | None = None
+    kaggle_history: list[dict[str, Any]] = field(default_factory=list)  # oldest first
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -59,6 +60,11 @@ class RunData:
     def figures_dir(self) -> Path:
         """Where this run's PNGs go."""
         return self.files.figures
+
+    @property
+    def kaggle(self) -> dict[str, Any] | None:
+        """The run's latest Kaggle submission, or None."""
+        return self.kaggle_history[-1] if self.kaggle_history else None
 
     @property
     def study(self) -> str:
@@ -127,5 +133,5 @@ def load_run(runs_dir: Path, run: str, data: Path | None = None) -> RunData:
                                 f"the run predicted {len(probs)}")
         else:
             rd.notes.append(f"test figures skipped: {test_csv} not found")
-    rd.kaggle = read_optional(rf.kaggle)
+    rd.kaggle_history = read_history(rf.kaggle)
     return rd

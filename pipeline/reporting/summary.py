@@ -21,6 +21,7 @@ from pipeline.console import duration, table
 from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import holdout_rows, same_split
 from pipeline.files import load_npy, read_json
+from pipeline.kaggle.history import latest
 from pipeline.prediction.evaluate import DIGITS, paired, paired_text, top_confusions
 from pipeline.prediction.metricsfile import cv_interval, holdout_text
 from pipeline.reporting.rundata import trained_data_dir
@@ -76,7 +77,7 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
     pred = read_optional(rf.prediction)
     lines.append(f"submission: {pred['submission']} ({pred['rows']} rows)" if pred else
                  f"submission: not predicted yet (make submission RUN={rf.name})")
-    lines.append(f"Kaggle public score: {kaggle_score(read_optional(rf.kaggle))}")
+    lines.append(f"Kaggle public score: {kaggle_score(latest(rf.kaggle))}")
     if rf.report.is_file():
         lines.append(f"report: {rf.report}")
     return "\n".join(lines)
@@ -89,7 +90,7 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
     for run in runs:
         rf = RunFiles(Path(runs_dir) / run)
         loaded.append((run, finished_metrics(rf.root), saved_config(rf.root),
-                       read_optional(rf.kaggle)))
+                       latest(rf.kaggle)))
     keys = [f.name for f in fields(Config)]
     shown = {"profile", "model", "folds", "epochs", "precision"}
     differ = [k for k in keys if k not in shown | HIDDEN_KEYS
