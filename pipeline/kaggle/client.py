@@ -265,7 +265,7 @@ def _get_submission(api: Any, ref: int) -> Any:
     return call(api, "get_submission", request)
 
 
-def _retry_after(response: Any) -> float | None:
+def retry_after(response: Any) -> float | None:
     """Seconds from a Retry-After header given in seconds, else None."""
     with contextlib.suppress(AttributeError, TypeError, ValueError):
         return max(0.0, float(response.headers.get("Retry-After")))
@@ -291,7 +291,7 @@ def wait_for_score(api: Any, ref: int, timeout: float, competition: str, creds: 
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else 0
             if code == 429:
-                wait = _retry_after(exc.response) or delay
+                wait = retry_after(exc.response) or delay
                 status = "Kaggle is rate-limiting status checks (429)"
             elif code == 404 or code >= 500:
                 status = "not readable yet" if code == 404 else f"Kaggle answered {code}"

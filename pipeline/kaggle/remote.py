@@ -33,10 +33,10 @@ from pipeline.errors import UserError
 from pipeline.files import write_json
 from pipeline.kaggle.client import (
     Credentials,
-    _client,
-    _explain,
-    _retry_after,
+    connect,
+    explain,
     parse_competition,
+    retry_after,
     scrub,
 )
 from pipeline.kaggle.kernel import (
@@ -77,7 +77,7 @@ def _sdk(api: Any) -> Any:
 
 
 def _kernel_error(exc: Exception, creds: Credentials, record: dict[str, Any], action: str) -> Exception:
-    """A UserError for a failed kernel call; other errors as `_explain` gives them."""
+    """A UserError for a failed kernel call; other errors as `explain` gives them."""
     import requests
 
     response = getattr(exc, "response", None)
@@ -85,7 +85,7 @@ def _kernel_error(exc: Exception, creds: Credentials, record: dict[str, Any], ac
         return UserError(f"Kaggle has no kernel {record['ref']} version {record['version']} that this "
                          f"account can read ({response.status_code}); was it deleted on "
                          f"{record.get('url') or 'kaggle.com'}?")
-    return _explain(exc, "", creds, action)
+    return explain(exc, "", creds, action)
 
 
 # ---------------------------------------------------------------------------- calls
@@ -102,7 +102,7 @@ def _quota(api: Any, creds: Credentials, log: Log) -> None:
             stats = kaggle.kernels.kernels_api_client.get_accelerator_quota_statistics(
                 ApiGetAcceleratorQuotaStatisticsRequest())
     except Exception as exc:
-        raise _explain(exc, "", creds, "read the GPU quota") from None
+        raise explain(exc, "", creds, "read the GPU quota") from None
     gpu = stats.gpu_quota
     total = gpu.total_time_allowed.total_seconds() if gpu and gpu.total_time_allowed else 0.0
     used = sum(t.total_seconds() for t in (gpu.time_used, gpu.time_reserved) if t) if gpu else 0.0
@@ -191,7 +191,7 @@ def train_on_kaggle(cfg: Config, paths: Paths, run: str, *, accelerator: str, wa
     competition = parse_competition(cfg.competition)
     rf = RunFiles(paths.run_dir(run))
     check_empty(rf.root)  # before anything is sent: a run with models is never overwritten
-    api, creds = _client()
+    api, creds = connect()
     previous = read_optional(rf.kaggle_kernel)
     if previous:
         try:
@@ -211,7 +211,7 @@ def train_on_kaggle(cfg: Config, paths: Paths, run: str, *, accelerator: str, wa
             with contextlib.redirect_stdout(io.StringIO()):  # its notes and warnings; ours follow
                 answer = api.kernels_push(str(folder), timeout=str(SESSION_TIMEOUT_S), acc=accelerator)
         except Exception as exc:
-            raise _explain(exc, competition, creds, "push the kernel") from None
+            raise explain(exc, competition, creds, "push the kernel") from None
     if answer.error:
         raise UserError(f"Kaggle refused the kernel: {scrub(answer.error)}")
     if answer.invalid_competition_sources:
@@ -239,7 +239,7 @@ def train_on_kaggle(cfg: Config, paths: Paths, run: str, *, accelerator: str, wa
 def kernel_status(paths: Paths, run: str, log: Log = print) -> str:
     """`kaggle-status`: the recorded kernel version's status, shown and recorded."""
     record = _record(paths, run)
-    api, creds = _client()
+    api, creds = connect()
     try:
         status, failure = _status(api, record)
     except Exception as exc:
@@ -272,7 +272,7 @@ def _follow(api: Any, creds: Credentials, paths: Paths, run: str, record: dict[s
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else 0
             if code == 429:
-                wait = _retry_after(exc.response) or delay
+                wait = retry_after(exc.response) or delay
                 note = "Kaggle is rate-limiting status checks (429)"
             elif code >= 500:
                 note = f"Kaggle answered {code}"
@@ -306,7 +306,7 @@ def follow_and_pull(paths: Paths, run: str, *, timeout: float = SESSION_TIMEOUT_
     rf = RunFiles(paths.run_dir(run))
     record = _record(paths, run)
     check_empty(rf.root)
-    api, creds = client or _client()
+    api, creds = client or connect()
     started = time.monotonic()
     status, failure, text = _follow(api, creds, paths, run, record, timeout, log)
     if status in ACTIVE:
