@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,8 @@ def _sets(args: argparse.Namespace) -> dict[str, str]:
     sets = config_mod.parse_sets(args.set)
     if getattr(args, "deterministic", False):
         sets["deterministic"] = "true"
+    if getattr(args, "budget", None) is not None:
+        sets["budget"] = str(args.budget)
     return sets
 
 
@@ -80,8 +83,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.max_folds is not None and args.max_folds < 1:
         raise UserError(f"--max-folds {args.max_folds}: must be at least 1")
     paths, run = _paths(args), _run_name(args, cfg.profile)
-    if train_run(cfg, paths, run, log=_log, provenance=provenance,
-                 max_folds=args.max_folds) is not None and not args.no_report:
+    # What the user fixed, which a budget plans around: --set, --config, the study's params.
+    explicit = config_mod.explicit_keys(Path(args.config) if args.config else None, _sets(args))
+    explicit |= set((provenance or {}).get("tuned_params", {}).get("params") or ())
+    if train_run(cfg, paths, run, log=_log, provenance=provenance, max_folds=args.max_folds,
+                 explicit=frozenset(explicit), plan_only=args.plan_only) is not None \
+            and not args.no_report:
         _report_after(paths, run)
     return 0
 
@@ -102,7 +109,7 @@ def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | N
     _log(f"using study '{name}': best trial {record['best_trial']} (tuning val accuracy "
          f"{record['value']:.4f}" + (f", tuned on profile {tuned_on})" if tuned_on != cfg.profile
                                      else ")"))
-    keys = ("study", "storage", "best_trial", "value", "metric", "budget", "written")
+    keys = ("study", "storage", "best_trial", "value", "metric", "budget", "written", "params")
     return cfg, {"tuned_params": {k: record.get(k) for k in keys}}
 
 
@@ -121,11 +128,11 @@ def _tune(args: argparse.Namespace) -> int:
     budget = Budget(trials=args.trials, timeout=args.timeout, tune_folds=args.tune_folds,
                     min_epochs=args.min_epochs, max_epochs=args.max_epochs,
                     subsample=args.subsample, pruner=args.pruner,
-                    startup_trials=args.startup_trials, heartbeat=args.heartbeat)
+                    startup_trials=args.startup_trials, heartbeat=round(args.heartbeat))
     settings = Settings(
         study=study, storage=args.storage or default_storage(StudyFiles.of(paths.runs, study)),
         paths=paths,
-        base=base, pinned={k: getattr(base, k) for k in sorted(tune.pinned_keys(file, sets))},
+        base=base, pinned={k: getattr(base, k) for k in sorted(config_mod.explicit_keys(file, sets))},
         budget=budget, workers=args.workers,
         enqueue=read_enqueue(Path(args.enqueue), base) if args.enqueue else ())
     tune.run_study(settings, log=_log, plots=args.plots)
@@ -288,9 +295,9 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=b.trials,
                    help="target total number of trials; a re-run adds only the missing ones "
                    f"(default: {b.trials})")
-    p.add_argument("--timeout", type=float, default=b.timeout,
-                   help=f"after this many seconds stop the running trial (re-run on resume) and start "
-                   f"no new one (default: {b.timeout:g})")
+    p.add_argument("--timeout", type=_duration, default=b.timeout, metavar="DURATION",
+                   help="after this long (90s, 30m, 1.5h; a bare number is seconds) stop the "
+                   f"running trial (re-run on resume) and start no new one (default: {b.timeout:g}s)")
     p.add_argument("--storage", help="Optuna storage as an SQLAlchemy URL, e.g. "
                    "postgresql://user:pw@host/db to share a study between machines "
                    "(default: sqlite:///runs/tune/<STUDY>/study.db)")
@@ -310,11 +317,24 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help=f"trials before TPE and pruning start (default: {b.startup_trials})")
     p.add_argument("--enqueue", metavar="JSON",
                    help="JSON list of {param: value} objects to try first")
-    p.add_argument("--heartbeat", type=int, default=b.heartbeat,
-                   help=f"seconds between a trial's heartbeats; a trial silent for 4x this is "
-                   f"re-run (default: {b.heartbeat})")
+    p.add_argument("--heartbeat", type=_duration, default=b.heartbeat, metavar="DURATION",
+                   help=f"time between a trial's heartbeats (whole seconds); a trial silent for 4x "
+                   f"this is re-run (default: {b.heartbeat}s)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="save Optuna's plots as PNG in the study folder (default: on)")
+
+
+def _duration(value: str) -> float:
+    """A duration flag's value in seconds: 90, 90s, 30m, 1.5h or 1h30m (config.parse_duration)."""
+    try:
+        return config_mod.parse_duration(value)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _budget(value: str) -> float:
+    """`--budget DURATION`, or `none` (0): the fixed recipe."""
+    return 0.0 if value.strip().lower() == "none" else _duration(value)
 
 
 def _workers(value: str) -> int:
@@ -387,6 +407,14 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
     _runs_dir_flag(p, defaults.runs)
     p.add_argument("--max-folds", type=int, metavar="N",
                    help="train at most N more folds, then stop (a quick look; re-run to finish)")
+    p.add_argument("--budget", type=_budget, metavar="DURATION",
+                   help="the time the run may take to its submission file with the report, e.g. "
+                   "30m or 1.5h (earlier invocations count): the recipe (epochs, refit members) "
+                   "is fitted to the speed measured on this machine; explicit values win; none = "
+                   "the fixed recipe (the same as --set budget=...)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="print the run's plan (with --budget: models × epochs, measured images/s, "
+                   "expected finish) and stop; writes nothing but the parse cache")
     _deterministic_flag(p)
     p.add_argument("--study", help="use the best params of runs/tune/<STUDY>/best_params.json "
                    "(from `tune`); --set still overrides them")
@@ -447,8 +475,9 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="validate and show what would be sent; send nothing")
     p.add_argument("--no-wait", action="store_true", help="do not wait for Kaggle's score")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds to wait for the score (default: 600)")
+    p.add_argument("--timeout", type=_duration, default=600.0, metavar="DURATION",
+                   help="how long to wait for the score: 90s, 10m (a bare number is seconds; "
+                   "default: 10m)")
 
     p = add("demo", _demo, "the whole pipeline on the embedded sample: writes it, trains, predicts "
             "and reports; never over other data, never submissions/submission.csv")
@@ -484,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow is imported only where a command first needs it (pipeline.modeling.model, pipeline.machine.plan),
     # always through console.quiet_tensorflow, so a command refused early never pays for it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # SIGTERM (a scheduler's or `kill`'s stop) is handled as Ctrl-C: a run saves what it has.
+    sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.handler(args) or 0
     except Interrupted as exc:
@@ -495,3 +526,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
