@@ -12,6 +12,8 @@ PROFILE       ?= cpu
 # take the most recently trained run (never a demo run); tensorboard shows every run.
 RUN           ?=
 DATA          ?= data
+# The time `make train` may take, to the submission file (e.g. 30m, 1.5h; unset: the fixed recipe)
+BUDGET        ?=
 # Extra flags for the pipeline command, e.g. make train ARGS="--set epochs=20"
 ARGS          ?=
 # What clean-run / clean-study delete: only a name typed on the make command line.
@@ -60,9 +62,9 @@ download: install
 tune: install
 	$(PYTHON) -m pipeline tune --data $(DATA) --profile $(PROFILE) --study $(STUDY) --trials $(TRIALS) --timeout $(TIMEOUT) --workers $(WORKERS) $(ARGS)
 
-## k-fold train a run on DATA=data (PROFILE=cpu; RUN=name, default: the profile's name); re-running resumes
+## k-fold train a run on DATA=data (PROFILE=cpu; RUN=name, default: the profile's name; BUDGET=30m: the recipe that fits, measured on this machine); re-running resumes
 train: install
-	$(PYTHON) -m pipeline train --data $(DATA) --profile $(PROFILE) $(if $(RUN),--run $(RUN)) $(ARGS)
+	$(PYTHON) -m pipeline train --data $(DATA) --profile $(PROFILE) $(if $(RUN),--run $(RUN)) $(if $(BUDGET),--budget $(BUDGET)) $(ARGS)
 
 ## Train a run on Kaggle's free GPU and install it into runs/ (PROFILE=gpu unless given; RUN=name, default: the profile's name; needs Kaggle credentials)
 kaggle-train: install

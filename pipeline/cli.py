@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,8 @@ def _sets(args: argparse.Namespace) -> dict[str, str]:
     sets = config_mod.parse_sets(args.set)
     if getattr(args, "deterministic", False):
         sets["deterministic"] = "true"
+    if getattr(args, "budget", None) is not None:
+        sets["budget"] = str(args.budget)
     return sets
 
 
@@ -81,8 +84,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.max_folds is not None and args.max_folds < 1:
         raise UserError(f"--max-folds {args.max_folds}: must be at least 1")
     paths, run = _paths(args), _run_name(args, cfg.profile)
-    if train_run(cfg, paths, run, log=_log, provenance=provenance,
-                 max_folds=args.max_folds) is not None and not args.no_report:
+    # What the user fixed, which a budget plans around: --set, --config, the study's params.
+    explicit = config_mod.explicit_keys(Path(args.config) if args.config else None, _sets(args))
+    explicit |= set((provenance or {}).get("tuned_params", {}).get("params") or ())
+    if train_run(cfg, paths, run, log=_log, provenance=provenance, max_folds=args.max_folds,
+                 explicit=frozenset(explicit), plan_only=args.plan_only) is not None \
+            and not args.no_report:
         _report_after(paths, run)
     return 0
 
@@ -103,7 +110,7 @@ def _with_study(args: argparse.Namespace, cfg: Config) -> tuple[Config, dict | N
     _log(f"using study '{name}': best trial {record['best_trial']} (tuning val accuracy "
          f"{record['value']:.4f}" + (f", tuned on profile {tuned_on})" if tuned_on != cfg.profile
                                      else ")"))
-    keys = ("study", "storage", "best_trial", "value", "metric", "budget", "written")
+    keys = ("study", "storage", "best_trial", "value", "metric", "budget", "written", "params")
     return cfg, {"tuned_params": {k: record.get(k) for k in keys}}
 
 
@@ -122,11 +129,11 @@ def _tune(args: argparse.Namespace) -> int:
     budget = Budget(trials=args.trials, timeout=args.timeout, tune_folds=args.tune_folds,
                     min_epochs=args.min_epochs, max_epochs=args.max_epochs,
                     subsample=args.subsample, pruner=args.pruner,
-                    startup_trials=args.startup_trials, heartbeat=args.heartbeat)
+                    startup_trials=args.startup_trials, heartbeat=round(args.heartbeat))
     settings = Settings(
         study=study, storage=args.storage or default_storage(StudyFiles.of(paths.runs, study)),
         paths=paths,
-        base=base, pinned={k: getattr(base, k) for k in sorted(tune.pinned_keys(file, sets))},
+        base=base, pinned={k: getattr(base, k) for k in sorted(config_mod.explicit_keys(file, sets))},
         budget=budget, workers=args.workers,
         enqueue=read_enqueue(Path(args.enqueue), base) if args.enqueue else ())
     tune.run_study(settings, log=_log, plots=args.plots)
@@ -222,9 +229,6 @@ def _download(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     from pipeline.kaggle.submit import submit_run
-
-    if args.timeout <= 0:
-        raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
     from pipeline.runfiles import RunFiles
 
     paths = _paths(args)
@@ -232,7 +236,7 @@ def _submit(args: argparse.Namespace) -> int:
     run = None if args.file and not args.run else _run_taken(args, paths.runs)
     submit_run(paths, competition=args.competition, run=run, picked=not args.run,
                file=Path(args.file).resolve() if args.file else None, message=args.message,
-               dry_run=args.dry_run, wait=not args.no_wait, timeout=args.timeout, log=_log)
+               dry_run=args.dry_run, wait=not args.no_wait, timeout=_positive(args.timeout), log=_log)
     # The report shows the Kaggle result recorded in the run; rebuild it when there is one.
     if not args.dry_run and run and RunFiles(paths.run_dir(run)).kaggle.is_file():
         _report_after(paths, run)
@@ -272,6 +276,7 @@ def _kaggle_pull(args: argparse.Namespace) -> int:
 
 
 def _positive(seconds: float) -> float:
+    """A --timeout's seconds, refused unless positive."""
     if seconds <= 0:
         raise UserError(f"--timeout {seconds:g}: must be a positive number of seconds")
     return seconds
@@ -334,9 +339,9 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=b.trials,
                    help="target total number of trials; a re-run adds only the missing ones "
                    f"(default: {b.trials})")
-    p.add_argument("--timeout", type=float, default=b.timeout,
-                   help=f"after this many seconds stop the running trial (re-run on resume) and start "
-                   f"no new one (default: {b.timeout:g})")
+    p.add_argument("--timeout", type=_duration, default=b.timeout, metavar="DURATION",
+                   help="after this long (90s, 30m, 1.5h; a bare number is seconds) stop the "
+                   f"running trial (re-run on resume) and start no new one (default: {b.timeout:g}s)")
     p.add_argument("--storage", help="Optuna storage as an SQLAlchemy URL, e.g. "
                    "postgresql://user:pw@host/db to share a study between machines "
                    "(default: sqlite:///runs/tune/<STUDY>/study.db)")
@@ -356,11 +361,24 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help=f"trials before TPE and pruning start (default: {b.startup_trials})")
     p.add_argument("--enqueue", metavar="JSON",
                    help="JSON list of {param: value} objects to try first")
-    p.add_argument("--heartbeat", type=int, default=b.heartbeat,
-                   help=f"seconds between a trial's heartbeats; a trial silent for 4x this is "
-                   f"re-run (default: {b.heartbeat})")
+    p.add_argument("--heartbeat", type=_duration, default=b.heartbeat, metavar="DURATION",
+                   help=f"time between a trial's heartbeats (whole seconds); a trial silent for 4x "
+                   f"this is re-run (default: {b.heartbeat}s)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="save Optuna's plots as PNG in the study folder (default: on)")
+
+
+def _duration(value: str) -> float:
+    """A duration flag's value in seconds: 90, 90s, 30m, 1.5h or 1h30m (config.parse_duration)."""
+    try:
+        return config_mod.parse_duration(value)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _budget(value: str) -> float:
+    """`--budget DURATION`, or `none` (0): the fixed recipe."""
+    return 0.0 if value.strip().lower() == "none" else _duration(value)
 
 
 def _workers(value: str) -> int:
@@ -433,6 +451,14 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
     _runs_dir_flag(p, defaults.runs)
     p.add_argument("--max-folds", type=int, metavar="N",
                    help="train at most N more folds, then stop (a quick look; re-run to finish)")
+    p.add_argument("--budget", type=_budget, metavar="DURATION",
+                   help="the time the run may take to its submission file with the report, e.g. "
+                   "30m or 1.5h (earlier invocations count): the recipe (epochs, refit members) "
+                   "is fitted to the speed measured on this machine; explicit values win; none = "
+                   "the fixed recipe (the same as --set budget=...)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="print the run's plan (with --budget: models × epochs, measured images/s, "
+                   "expected finish) and stop; writes nothing but the parse cache")
     _deterministic_flag(p)
     p.add_argument("--study", help="use the best params of runs/tune/<STUDY>/best_params.json "
                    "(from `tune`); --set still overrides them")
@@ -493,13 +519,14 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="validate and show what would be sent; send nothing")
     p.add_argument("--no-wait", action="store_true", help="do not wait for Kaggle's score")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds to wait for the score (default: 600)")
+    p.add_argument("--timeout", type=_duration, default=600.0, metavar="DURATION",
+                   help="how long to wait for the score: 90s, 10m (a bare number is seconds; "
+                   "default: 10m)")
 
     from pipeline.kaggle.kernel import DEFAULT_ACCELERATOR, SESSION_TIMEOUT_S
 
-    waiting = (f"seconds to wait for the kernel before leaving it running on Kaggle (default: "
-               f"{SESSION_TIMEOUT_S}, its longest session)")
+    waiting = (f"how long to wait for the kernel before leaving it running on Kaggle, e.g. 90m or "
+               f"6h (default: {SESSION_TIMEOUT_S // 3600}h, its longest session)")
     p = add("kaggle-train", _kaggle_train, "train a run on Kaggle's GPU: push a private kernel, "
             "follow it and install the run it trained into runs/<run>/")
     _run_flag(p, "the profile name")
@@ -509,7 +536,8 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
                    help=f"Kaggle's machine shape (default: {DEFAULT_ACCELERATOR}, GPU T4 x2)")
     p.add_argument("--no-wait", action="store_true",
                    help="push and return; kaggle-status and kaggle-pull follow it later")
-    p.add_argument("--timeout", type=float, default=float(SESSION_TIMEOUT_S), help=waiting)
+    p.add_argument("--timeout", type=_duration, default=float(SESSION_TIMEOUT_S), metavar="DURATION",
+                   help=waiting)
     p.add_argument("--dry-run", action="store_true",
                    help="write the kernel into --out DIR (kernel-metadata.json and the script); "
                    "no credentials, nothing sent")
@@ -523,7 +551,8 @@ def build_parser(defaults: Paths | None = None) -> argparse.ArgumentParser:
             "and install the run (after kaggle-train --no-wait)")
     p.add_argument("--run", required=True, help="the run whose kernel to pull")
     _runs_dir_flag(p, defaults.runs)
-    p.add_argument("--timeout", type=float, default=float(SESSION_TIMEOUT_S), help=waiting)
+    p.add_argument("--timeout", type=_duration, default=float(SESSION_TIMEOUT_S), metavar="DURATION",
+                   help=waiting)
     p = add("submissions", _submissions, "the competition's past submissions on Kaggle, newest first: "
             "date, file, description, status, public score and the local run each came from")
     _competition_flag(p, default_competition, default_competition)
@@ -564,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow is imported only where a command first needs it (pipeline.modeling.model, pipeline.machine.plan),
     # always through console.quiet_tensorflow, so a command refused early never pays for it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # SIGTERM (a scheduler's or `kill`'s stop) is handled as Ctrl-C: a run saves what it has.
+    sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.handler(args) or 0
     except Interrupted as exc:
@@ -575,3 +606,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)

@@ -122,6 +122,12 @@ class Config:
     # these instead of the fold models, which still give the OOF/CV scores. 0 = none: the
     # submission averages the fold models.
     refit: int = field(default=5, metadata={"role": "ensemble"})
+    # Seconds the whole run may take, from its first `train` to the submission file with the
+    # report (`--budget 30m`); 0 (none) = the fixed recipe above. `train` measures this machine's
+    # speed and chooses `epochs` and `refit` to fit (pipeline.machine.budget); values set
+    # explicitly win. The chosen recipe is frozen in config.json; a larger budget on resume adds
+    # members of that recipe.
+    budget: float = field(default=0.0, metadata={"role": "ensemble"})
     # prediction
     # Average predictions over the image and its four one-pixel shifts. For the `cpu` profile
     # it removed 5, 10 and 6 of 184, 189 and 197 OOF errors with three seeds, for ~1 minute
@@ -251,6 +257,7 @@ def _check(cfg: Config) -> None:
         (cfg.refit == 0 or cfg.early_stopping == 0, "refit",
          "needs early_stopping=0: members train on every labelled row, with none left to stop on"),
         (cfg.threads >= 0, "threads", "must be >= 0"),
+        (0 <= cfg.budget <= 7 * 86_400, "budget", "must be none or a duration of at most 7 days"),
         (cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
         (cfg.pseudo_from == "" or valid_name(cfg.pseudo_from),
          "pseudo_from", "must be the name of a finished run (letters, digits, '.', '_', '-')"),
@@ -276,6 +283,20 @@ def _check(cfg: Config) -> None:
 
 # Keys whose value "auto" (stored as 0) lets pipeline.machine.plan choose from the machine.
 AUTO_KEYS = ("workers", "threads")
+# Keys holding a duration (seconds; "none" = 0): written as every duration flag takes them.
+DURATION_KEYS = ("budget",)
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`: 90, 90s, 30m, 1.5h or 1h30m (a bare number is seconds); the one
+    syntax of every duration flag and key."""
+    match = DURATION.fullmatch(str(text).strip().lower())
+    if not match or not any(match.groups()):
+        raise UserError(f"{text!r} is not a duration: use e.g. 90s, 30m, 1.5h or 1h30m "
+                        "(a bare number is seconds)")
+    h, m, s = (float(g or 0) for g in match.groups())
+    return h * 3600 + m * 60 + s
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -287,6 +308,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     wrong = UserError(f"{source}: {key}={value!r} is not a valid {kind}")
     if key in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
         return 0
+    if key in DURATION_KEYS and isinstance(value, str):
+        if value.strip().lower() in ("none", ""):
+            return 0.0
+        try:
+            return parse_duration(value)
+        except UserError as exc:
+            raise UserError(f"{source}: {key}={exc}") from None
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -347,6 +375,15 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set epochs=3")
         out[key.strip()] = value.strip()
     return out
+
+
+def explicit_keys(file: Path | None, sets: dict[str, Any]) -> set[str]:
+    """The config keys a user fixed with --config or --set (tuning leaves them alone; a budget
+    plans around them)."""
+    keys = set(sets)
+    if file is not None:
+        keys |= set(read_config_file(file))
+    return keys
 
 
 def resolve(profile: str = "cpu", file: Path | None = None, sets: dict[str, Any] | None = None,

@@ -5,7 +5,7 @@ whether a run or fold is finished and intact, so the layout is written down once
 
     runs/<run>/config.json env.json folds.npy oof_probs.npy metrics.json folds.csv
                test_probs.npy holdout_probs.npy prediction.json kaggle_submission.json
-               kaggle_kernel.json demo.json report.html figures/  fold_<i>/{model.keras,oof.npy,val_idx.npy,
+               kaggle_kernel.json demo.json stopped.json report.html figures/  fold_<i>/{model.keras,oof.npy,val_idx.npy,
                history.csv,metrics.json,pseudo.npy,last.keras,state.json,tb/}  member_<j>/{the
                same; no validation rows, so oof.npy and val_idx.npy are empty}
 
@@ -98,6 +98,10 @@ class RunFiles:
     # The Kaggle kernel that trains the run (`kaggle-train`): ref, version, URL and status.
     kaggle_kernel = property(lambda self: self.root / "kaggle_kernel.json")
     demo = property(lambda self: self.root / "demo.json")  # made by `demo`: never picked unnamed
+    # The state "stopped, N of M members": training ended (budget, Ctrl-C, SIGTERM, a crash) with
+    # the folds done but not every planned member; metrics.json covers the models it finished,
+    # which the submission averages. Removed once every member has finished.
+    stopped = property(lambda self: self.root / "stopped.json")
     report = property(lambda self: self.root / "report.html")
     figures = property(lambda self: self.root / "figures")
 
@@ -116,10 +120,26 @@ class RunFiles:
         return [ModelEntry(index, *kind) for index, kind in enumerate(kinds)]
 
     def ensemble(self, cfg: Config) -> list[ModelEntry]:
-        """The models the submission averages: the refit members, which trained on every
-        labelled row, or without them the fold models."""
+        """The models the submission averages: the refit members that finished (every planned
+        one, unless the run `stopped` early), which trained on every labelled row, or while none
+        has, the fold models."""
         models = self.models(cfg)
-        return [m for m in models if m.member] or models
+        return ([m for m in models if m.member and m.files.metrics.is_file()]
+                or [m for m in models if not m.member])
+
+    def ensemble_text(self, cfg: Config) -> str:
+        """The ensemble as predict, report and compare name it: "5 refit members", "2 of 5
+        planned refit members (stopped: budget)", "5 fold models"."""
+        used = self.ensemble(cfg)
+        stopped = read_optional(self.stopped)
+        if not used[0].member:
+            what = f"{len(used)} fold models"
+            return what + (f" (0 of {cfg.refit} planned refit members: stopped, "
+                           f"{stopped.get('why', '?')})" if stopped and cfg.refit else "")
+        if stopped and len(used) < cfg.refit:
+            return (f"{len(used)} of {cfg.refit} planned refit members (stopped: "
+                    f"{stopped.get('why', '?')})")
+        return f"{len(used)} refit member{'s' * (len(used) > 1)}"
 
 
 def train_command(run: str) -> str:

@@ -33,6 +33,7 @@ from pipeline.console import quiet_tensorflow
 from pipeline.data.datafiles import DataFiles
 from pipeline.errors import UserError
 from pipeline.files import write_json
+from pipeline.training.calibrate import train_speed
 
 
 def machine() -> dict:
@@ -76,37 +77,13 @@ class Form:
         return f"{self.precision}/{self.batchnorm}"
 
 
-def _train_speed(cfg: config_mod.Config, form: Form, x: np.ndarray, y: np.ndarray, n: int,
-                 barrier: Any = None, repeats: int = 1) -> float:
-    """Training images/s on x[:n], the best of `repeats` epochs after a compiling warm-up."""
-    import keras
-
-    from pipeline.modeling.model import build_model, one_hot, training_form
-
-    keras.utils.set_random_seed(0)
-    y = one_hot(y)  # what the compiled loss expects, as in `train`
-    steps = max(1, n // cfg.batch_size)
-    model = training_form(build_model(cfg, steps_per_epoch=steps), cfg, steps,
-                          precision=form.precision, fused_bn=form.batchnorm == "fused")
-    warm = min(n, 4 * cfg.batch_size)
-    model.fit(x[:warm], y[:warm], batch_size=cfg.batch_size, epochs=1, verbose=0)
-    if barrier is not None:
-        barrier.wait()  # the workers time the same seconds of the machine
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model.fit(x[:n], y[:n], batch_size=cfg.batch_size, epochs=1, verbose=0)
-        best = max(best, n / (time.perf_counter() - t))
-    return best
-
-
 def _speed_worker(cfg: config_mod.Config, form: Form, plan: Any, threads: int, x: np.ndarray,
                   y: np.ndarray, n: int, barrier: Any) -> float:
     """One of several processes timed together, set up as `train` sets up its fold workers."""
     from pipeline.machine.plan import setup_tensorflow
 
     setup_tensorflow(cfg, plan, threads)
-    return _train_speed(cfg, form, x, y, n, barrier, repeats=2)
+    return train_speed(cfg, x, y, n, form.precision, form.batchnorm == "fused", barrier, repeats=2)
 
 
 def parallel_speed(cfg: config_mod.Config, form: Form, machine: Any, workers: int, x: np.ndarray,
@@ -156,7 +133,7 @@ def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.
             # One fold process on CPU is `train` training in its own process on every core:
             # measured in this process (no worker process to start for it). Best of 3 epochs:
             # on a shared machine a single short epoch can be twice as slow.
-            return _train_speed(cfg, form, x, y, n, repeats=3)
+            return train_speed(cfg, x, y, n, form.precision, form.batchnorm == "fused", repeats=3)
         return parallel_speed(cfg, form, machine, workers, x, y, n)
 
     # What `train` runs (the plan's precision, fused BatchNorm) against the other forms, the
@@ -168,8 +145,8 @@ def throughput(cfg: config_mod.Config, x: np.ndarray, y: np.ndarray, x_test: np.
     out["form"] = mine.name
     by_form = out["train_img_s_by_form"][mine.name]
     out["train_img_s_augment"] = by_form["1"]
-    out["train_img_s_plain"] = round(_train_speed(dataclasses.replace(cfg, augment=False), mine,
-                                                   x, y, n, repeats=3), 1)
+    out["train_img_s_plain"] = round(train_speed(dataclasses.replace(cfg, augment=False), x, y, n,
+                                                  mine.precision, repeats=3), 1)
     out["augment_cost"] = round(1 - out["train_img_s_augment"] / out["train_img_s_plain"], 3)
     out["train_img_s_by_workers"] = {
         str(w): by_form[str(w)] if str(w) in by_form else round(speed(mine, w), 1)

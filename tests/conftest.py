@@ -230,9 +230,9 @@ def sha256(path: Path) -> str:
 
 def interrupt(args: list[str], fold: int, sig: int, folds: int,
               meanwhile: Callable[[subprocess.Popen], None] | None = None,
-              group: bool = False) -> SimpleNamespace:
+              group: bool = False, kind: str = "fold") -> SimpleNamespace:
     """Run `python -m pipeline ARGS` (a run of `folds` folds); send `sig` once fold `fold`
-    (1-based) has finished an epoch.
+    (1-based) has finished an epoch (`kind="member"`: member `fold` of `folds` members).
 
     `meanwhile(proc)`, if given, runs in a thread from fold 1 on and is done before the signal.
     `group` sends it to the whole process group, as a terminal's Ctrl-C does.
@@ -254,7 +254,7 @@ def interrupt(args: list[str], fold: int, sig: int, folds: int,
             if line.startswith((f"=== fold 1/{folds} ===", "resuming:")) and meanwhile is not None:
                 side = threading.Thread(target=meanwhile, args=(proc,))
                 side.start()
-            if re.match(rf"  fold {fold}/{folds} epoch +\d+/", line) and not sent:
+            if re.match(rf"  {kind} {fold}/{folds} epoch +\d+/", line) and not sent:
                 if side is not None:
                     side.join()
                 if group:

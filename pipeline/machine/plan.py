@@ -11,11 +11,14 @@ win).
          GPU), memory growth.
     Precision (auto): mixed_bfloat16 on CPUs with native bfloat16 (the amx_bf16 or avx512_bf16
          flag), mixed_float16 on GPUs with tensor cores (compute capability ≥ 7), else float32.
-         Resolved here alone: `train`, `tune` and the benchmark train in the plan's.
+         Where a calibration timed both (a run with a budget), float32 when bfloat16 was no
+         faster: the flags misjudge some CPUs. Resolved here alone: `train`, `tune` and the
+         benchmark train in the plan's.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -104,8 +107,9 @@ class Plan:
                 "gpus": list(self.gpus), "cores": self.cores}
 
 
-def precision_for(requested: str, machine: Machine) -> str:
-    """The precision to train in on `machine`: `requested`, or for auto the machine's best."""
+def precision_for(requested: str, machine: Machine, speeds: dict[str, float] | None = None) -> str:
+    """The precision to train in on `machine`: `requested`, or for auto the machine's best, by
+    its flags, or by the images/s a calibration measured (`speeds`, per precision) where any."""
     if requested == "mixed_float16" and not machine.gpus:
         raise UserError("config: precision=mixed_float16 needs a GPU (a CPU has no fast float16); "
                         "use auto, float32 or mixed_bfloat16")
@@ -113,14 +117,27 @@ def precision_for(requested: str, machine: Machine) -> str:
         return requested
     if machine.gpus:
         return "mixed_float16" if machine.tensor_cores else "float32"
-    return "mixed_bfloat16" if machine.bf16_flags else "float32"
+    if not machine.bf16_flags:
+        return "float32"
+    speeds = speeds or {}
+    faster = speeds.get("mixed_bfloat16", math.inf) > speeds.get("float32", 0.0)
+    return "mixed_bfloat16" if faster else "float32"
 
 
-def choose(cfg: Config, machine: Machine, folds: int) -> Plan:
-    """The plan for training `folds` folds of `cfg` on `machine`."""
+def precision_candidates(requested: str, machine: Machine) -> list[str]:
+    """The precisions a calibration times: the one chosen from the flags, and float32 beside a
+    bfloat16 chosen by them (explicit precisions are not second-guessed)."""
+    chosen = precision_for(requested, machine)
+    return [chosen, "float32"] if requested == "auto" and chosen == "mixed_bfloat16" else [chosen]
+
+
+def choose(cfg: Config, machine: Machine, folds: int,
+           speeds: dict[str, float] | None = None) -> Plan:
+    """The plan for training `folds` folds of `cfg` on `machine` (with `speeds`, the images/s a
+    calibration measured per precision)."""
     folds = max(1, folds)
     cores = max(1, machine.cores)
-    precision = precision_for(cfg.precision, machine)
+    precision = precision_for(cfg.precision, machine, speeds)
     if machine.gpus:
         processes = cfg.workers or min(len(machine.gpus), folds)
         plan = Plan("gpu", processes, cfg.threads or max(1, cores // processes), precision,

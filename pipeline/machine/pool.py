@@ -130,17 +130,22 @@ def run_jobs(jobs: list[Job], slots: int,
              on_start: Callable[[int, Job, int], None] = lambda n, job, pid: None,
              on_done: Callable[[int, Job, Any], None] = lambda n, job, value: None,
              on_tick: Callable[[], None] = lambda: None, poll: float = 0.2,
-             slot_env: Callable[[int], dict[str, str]] = lambda slot: {}) -> list[Any]:
+             slot_env: Callable[[int], dict[str, str]] = lambda slot: {},
+             admit: Callable[[int], bool] = lambda n: True) -> list[Any]:
     """Run `jobs`, `slots` at a time; their return values in job order. The first failure stops
     the others and is raised here. `on_start(n, job, pid)` and `on_done(n, job, value)` follow
     each job; `on_tick()` runs between polls (e.g. a progress bar). A job starts in the first
-    free slot (0 … slots-1) with `slot_env(slot)` added to its environment (e.g. its GPU)."""
+    free slot (0 … slots-1) with `slot_env(slot)` added to its environment (e.g. its GPU), if
+    `admit(n)` lets it when its turn comes: else it and the jobs after it never start (None)."""
     pending = list(enumerate(jobs))
     running: dict[int, _Running] = {}
     results: list[Any] = [None] * len(jobs)
     try:
         while pending or running:
             while pending and len(running) < slots:
+                if not admit(pending[0][0]):
+                    pending.clear()
+                    break
                 n, job = pending.pop(0)
                 slot = min(set(range(slots)) - {r.slot for r in running.values()})
                 running[n] = _start(job, {**slot_env(slot), **job.env})

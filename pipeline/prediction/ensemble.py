@@ -46,10 +46,9 @@ def predict_run(paths: Paths, run: str, tta: bool | None = None, log: Log = prin
         seconds = time.time() - t0
         holdout = score_holdout(paths, run, models, use_tta)
         per_run = write_run_submission(paths, run, probs, ids, {
-            "tta": use_tta, "models": len(models), "seconds": round(seconds, 2)}, latest=latest)
-    what = (f"{cfg.refit} refit member{'s' * (cfg.refit > 1)}" if cfg.refit
-            else f"{cfg.folds} fold models")
-    log(f"{what}{' × 5 TTA views' if use_tta else ''} on {len(x)} test "
+            "tta": use_tta, "models": len(models), "planned": cfg.refit or cfg.folds,
+            "seconds": round(seconds, 2)}, latest=latest)
+    log(f"{rf.ensemble_text(cfg)}{' × 5 TTA views' if use_tta else ''} on {len(x)} test "
         f"images in {seconds:.1f}s → " + (f"{paths.submissions / 'submission.csv'} (copy: {per_run})"
                                           if latest else str(per_run)))
     if holdout:

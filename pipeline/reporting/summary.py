@@ -25,7 +25,14 @@ from pipeline.kaggle.history import latest
 from pipeline.prediction.evaluate import DIGITS, paired, paired_text, top_confusions
 from pipeline.prediction.metricsfile import cv_interval, holdout_text
 from pipeline.reporting.rundata import trained_data_dir
-from pipeline.runfiles import RunFiles, finished_metrics, read_optional, read_split, saved_config
+from pipeline.runfiles import (
+    RunFiles,
+    finished_metrics,
+    load_run_config,
+    read_optional,
+    read_split,
+    saved_config,
+)
 from pipeline.training.runmetrics import fold_table
 
 # Config keys that say how a run was executed rather than what it learned; left out of `compare`.
@@ -74,6 +81,7 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
     else:
         lines.append("per-digit scores and confusions: not in metrics.json (trained before they "
                      "were recorded); the report page derives them")
+    lines.append(f"ensemble: {rf.ensemble_text(load_run_config(rf.root))}")
     pred = read_optional(rf.prediction)
     lines.append(f"submission: {pred['submission']} ({pred['rows']} rows)" if pred else
                  f"submission: not predicted yet (make submission RUN={rf.name})")
@@ -103,6 +111,8 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
         rows.append({
             "run": run, "profile": cfg.get("profile"), "model": cfg.get("model"),
             "folds×epochs": f"{cfg.get('folds')}×{cfg.get('epochs')}",
+            "ensemble": RunFiles(Path(runs_dir) / run).ensemble_text(
+                load_run_config(Path(runs_dir) / run)),
             "precision": cfg["precision"],
             "settings that differ": " ".join(f"{k}={cfg.get(k) if cfg.get(k) != '' else 'none'}"
                                              for k in differ) or "-",

@@ -30,13 +30,21 @@ NON_FINITE_ADVICE = "--set precision=float32, or a lower --set learning_rate"
 @dataclass(frozen=True)
 class Eta:
     """Seconds left in the run, from a model's seconds per epoch: the epochs it has left, then
-    `later` rounds of models still waiting for a process."""
+    `later` rounds of models still waiting for a process; shown against the run's budget when it
+    has one (`budget_end`, a time.time() value)."""
 
     epochs: int
     later: int = 0
+    budget_end: float = 0.0
 
     def __call__(self, per_epoch: float, done: int) -> float:
         return per_epoch * ((self.epochs - done) + self.later * self.epochs)
+
+    def text(self, per_epoch: float, done: int) -> str:
+        """The run's ETA as the epoch line shows it, with the budget left when there is one."""
+        left = f" · budget {duration(max(0.0, self.budget_end - time.time()))} left" \
+            if self.budget_end else ""
+        return f"run ETA {duration(self(per_epoch, done))}{left}"
 
 
 def rng_states(model: Any) -> list[list[int]]:
@@ -57,8 +65,8 @@ def check_finite(logs: dict[str, float], label: str, epoch: int) -> None:
 
 
 def epoch_logger(ff: FoldFiles, history: list[dict[str, Any]], t_start: float,
-                 elapsed_before: float, label: str, epochs: int,
-                 eta: Callable[[float, int], float], log: Log, save: bool = True,
+                 elapsed_before: float, label: str, epochs: int, eta: Eta, log: Log,
+                 save: bool = True,
                  saved_form: Callable[[Any], Any] = lambda model: model) -> Any:
     """A Keras callback that records each epoch in `history`, prints one line for it, and (with
     `save`) checkpoints the fold's `saved_form(model)` so that a kill loses at most the epoch in
@@ -85,8 +93,8 @@ def epoch_logger(ff: FoldFiles, history: list[dict[str, Any]], t_start: float,
             scores = " ".join(f"{k} {row[k]:.4f}" for k in
                               ("loss", "accuracy", "val_loss", "val_accuracy") if k in row)
             log(f"  {label} epoch {epoch + 1:>2}/{epochs} · {scores} · lr "
-                f"{row['learning_rate']:.1e} · {duration(elapsed)} · run ETA "
-                f"{duration(eta(per_epoch, epoch + 1))}")
+                f"{row['learning_rate']:.1e} · {duration(elapsed)} · "
+                f"{eta.text(per_epoch, epoch + 1)}")
 
     return EpochEnd()
 

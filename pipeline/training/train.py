@@ -14,10 +14,13 @@ process or `workers` models at a time in child processes (pipeline.machine.pool)
 from __future__ import annotations
 
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,7 @@ from pipeline.files import (
     write_json,
     write_text,
 )
+from pipeline.machine.budget import Deadline
 from pipeline.machine.plan import Plan, choose, rounds_after, setup_tensorflow, this_machine
 from pipeline.machine.pool import Job, run_jobs
 from pipeline.prediction.evaluate import fold_scores
@@ -49,16 +53,14 @@ from pipeline.runfiles import (
     check_same_split,
     fold_checksums,
     fold_done,
+    read_optional,
     run_split,
     started_precision,
 )
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, runbudget
 from pipeline.training.jobs import ModelJob, job_for
 from pipeline.training.pseudo import check_teacher
 from pipeline.training.runmetrics import format_table, summarize
-
-Eta = Callable[[float, int], float]  # (seconds per epoch, epochs done) → seconds left in the run
-
 
 # --- one fold -------------------------------------------------------------------------------
 
@@ -72,7 +74,7 @@ class Fitted:
     seconds: float
 
 
-def fit_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d: 0.0,
+def fit_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: checkpoint.Eta | None = None,
              callbacks: list | None = None, log: Log = print) -> Fitted:
     """Train one fold, continuing from its last checkpoint if there is one.
 
@@ -112,7 +114,8 @@ def fit_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d
     history = start.history
     t_start = time.time()
     cbs = [checkpoint.epoch_logger(ff, history, t_start, start.elapsed, job.model.label_of,
-                                   cfg.epochs, eta, log, save=job.checkpoint,
+                                   cfg.epochs, eta or checkpoint.Eta(cfg.epochs), log,
+                                   save=job.checkpoint,
                                    saved_form=saved_form),
            *(checkpoint.tensorboard(ff) if job.checkpoint else [])]
     if cfg.early_stopping:
@@ -164,7 +167,7 @@ def save_fold(job: ModelJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
     return meta
 
 
-def train_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s, d: 0.0,
+def train_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: checkpoint.Eta | None = None,
                log: Log = print) -> dict[str, Any]:
     """Train and save one fold of a run; its metrics."""
     return save_fold(job, fit_fold(job, x, y, eta=eta, log=log), y)
@@ -173,9 +176,12 @@ def train_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: Eta = lambda s,
 # --- the run --------------------------------------------------------------------------------
 
 def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
-              provenance: dict[str, Any] | None = None,
-              max_folds: int | None = None) -> dict[str, Any] | None:
-    """Train (or resume) the folds of `run`; its metrics, or None if `max_folds` left some out."""
+              provenance: dict[str, Any] | None = None, max_folds: int | None = None,
+              explicit: frozenset[str] = frozenset(),
+              plan_only: bool = False) -> dict[str, Any] | None:
+    """Train (or resume) the folds of `run`; its metrics, or None if `max_folds` left some out
+    (or `plan_only`: the plan printed, nothing written). With `cfg.budget`, the recipe is fitted
+    to it; the `explicit` config keys are kept as given."""
     rf = RunFiles(paths.run_dir(run))
     with run_lock(rf.root, log):
         remove_stale_temps(rf.root)  # left by a killed run; safe to sweep while we hold the lock
@@ -183,13 +189,23 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         # so a resume on another host computes as the run began; a new run's is the plan's.
         if cfg.precision == "auto":
             cfg = replace(cfg, precision=started_precision(rf.root))
-        check_resumable(rf.root, cfg)
+        if not cfg.budget:
+            check_resumable(rf.root, cfg)
         t0 = time.time()
         # 1. The data and its split, checked before anything is written.
         x, y, fold_of = load_split(paths, cfg)
         check_same_split(rf.root, fold_of)
         if cfg.pseudo_from:
             check_teacher(cfg, paths, run, fold_of)
+        # With a budget, the recipe that fits it (measured on this machine; a started run keeps
+        # its own): refused, naming the minimum, before anything is written.
+        machine = this_machine()
+        budgeted = None
+        if cfg.budget:
+            budgeted = runbudget.fit(cfg, rf, machine, x, y, fold_of, explicit,
+                                     _rows(DataFiles.of(paths).test))
+            cfg = budgeted.cfg
+            check_resumable(rf.root, cfg)
 
         # 2. The models still to train (the folds, then the refit members), and the plan that
         # trains them, which resolves the precision: before anything is written, so a precision
@@ -200,11 +216,8 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
                                               for m in models]
         unfinished = [m for m in models if metas[m.index] is None]
         todo = unfinished[:max_folds]
-        machine = this_machine()
-        plan = choose(cfg, machine, len(todo))
+        plan = choose(cfg, machine, len(todo), budgeted.plan.speeds if budgeted else None)
         cfg = replace(cfg, precision=plan.precision)
-        write_json(rf.config, cfg.to_dict())
-        save_npy(rf.folds, fold_of)
         held = int(np.sum(fold_of == HOLDOUT))
         log(f"run '{run}': profile {cfg.profile}, model {cfg.model}, {cfg.folds} folds × "
             f"{cfg.epochs} epochs on {len(y) - held} images"
@@ -212,6 +225,13 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             f"{f' + images pseudo-labelled by run {cfg.pseudo_from!r}' if cfg.pseudo_from else ''}"
             f"{f', then {cfg.refit} member(s) on all {len(y) - held}' if cfg.refit else ''}"
             f" → {rf.root}")
+        if budgeted:
+            log(budgeted.plan.line(budgeted.work))
+        if plan_only:
+            log(plan.line())
+            return None
+        write_json(rf.config, cfg.to_dict())
+        save_npy(rf.folds, fold_of)
         for line in damaged:
             log(line)
         kept = [m for m in models if metas[m.index] is not None]
@@ -224,49 +244,130 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             log(f"--max-folds {max_folds}: training {', '.join(m.label for m in todo)} only")
 
         # 3. Train them, as the machine allows: in this process, or several at a time in child
-        # processes (one per core or GPU).
-        write_json(rf.env, {**environment(paths), "machine": machine.describe(),
-                            "plan": plan.to_dict(), **(provenance or {})})
+        # processes (one per core or GPU). env.json records this start beside the earlier ones,
+        # with the seconds it has spent so far (the budget counts them on resume).
+        env = read_optional(rf.env) or {}
+        start = {"at": datetime.now(timezone.utc).isoformat(), "host": platform.node(),
+                 "machine": machine.describe(), "plan": plan.to_dict(),
+                 "budget": budgeted.plan.to_dict() if budgeted else None, "seconds": 0.0}
+        env = {**environment(paths), "machine": machine.describe(), "plan": plan.to_dict(),
+               **(provenance or {}), "starts": [*env.get("starts", []), start]}
+        write_json(rf.env, env)
+
+        def spent() -> None:
+            start["seconds"] = round(time.time() - t0, 2)
+            write_json(rf.env, env)
+
+        deadline = Deadline(cfg.budget, budgeted.plan.spent, clock=time.time,
+                            started=t0) if budgeted else None
+        dropped: list[ModelEntry] = []
+
+        def admit(model: ModelEntry) -> bool:
+            """Whether `model` starts: every fold does; a member only while it fits the budget."""
+            if dropped or (model.member and deadline is not None
+                           and not runbudget.member_fits(budgeted, deadline, metas)):
+                if not dropped:
+                    log(f"budget: {duration(max(0.0, deadline.left()))} left, too little for "
+                        f"{model.label_of} and the submission after it: it and the members after "
+                        "it are dropped")
+                dropped.append(model)
+                return False
+            return True
+
+        def finished(model: ModelEntry, meta: dict[str, Any]) -> None:
+            metas[model.index] = meta
+            spent()
+            log(_done_line(model, meta))
+
+        eta = partial(checkpoint.Eta, cfg.epochs,
+                      budget_end=deadline.left() + time.time() if deadline else 0.0)
         parallel = plan.processes > 1 and len(todo) > 1
         if todo:
             log(plan.line())
         try:
             if parallel:
-                _train_parallel(cfg, plan, paths, run, todo, metas, log)
+                _train_parallel(cfg, plan, paths, run, todo, eta, admit, finished, log)
             else:
                 setup_tensorflow(cfg, plan, plan.threads_for(0, 1, cfg.threads))
-                _train_serial(cfg, paths, run, x, y, fold_of, todo, metas, log)
-        except KeyboardInterrupt:
-            raise Interrupted(_interrupted_where(todo, metas, parallel)) from None
-        if any(m is None for m in metas):
+                _train_serial(cfg, paths, run, x, y, fold_of, todo, eta, admit, finished, log)
+        except BaseException as exc:
+            spent()
+            why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed"
+            ready = _stop_early(rf, cfg, y, fold_of, models, metas, time.time() - t0, why, log)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(_interrupted_where(todo, metas, parallel) + ready) from None
+            raise
+        spent()
+        if any(metas[m.index] is None for m in models if not m.member) or (
+                not dropped and any(m is None for m in metas)):
             left = [m.label for m in models if metas[m.index] is None]
             log(f"run '{run}' is partial: {', '.join(left)} still to train; "
                 "run the command again without --max-folds to finish it")
             return None
+        if dropped:
+            _stop_early(rf, cfg, y, fold_of, models, metas, time.time() - t0, "budget", log)
+            return read_json(rf.metrics)
 
         # 4. The run's out-of-fold predictions and metrics.
-        folds = [metas[m.index] for m in models if not m.member]
-        members = [metas[m.index] for m in models if m.member]
-        metrics = summarize(rf, cfg, y, fold_of, folds, time.time() - t0, members=members,
-                            retrained=bool(todo))
-        log(format_table(metrics))
-        return metrics
+        rf.stopped.unlink(missing_ok=True)
+        return _summary(rf, cfg, y, fold_of, models, metas, time.time() - t0, bool(todo), log)
+
+
+def _summary(rf: RunFiles, cfg: Config, y: np.ndarray, fold_of: np.ndarray,
+             models: list[ModelEntry], metas: list[dict[str, Any] | None], wall: float,
+             retrained: bool, log: Log) -> dict[str, Any]:
+    """Write the run's metrics from its finished folds and members, and print its table."""
+    folds = [metas[m.index] for m in models if not m.member]
+    members = [metas[m.index] for m in models if m.member and metas[m.index] is not None]
+    metrics = summarize(rf, cfg, y, fold_of, folds, wall, members=members, retrained=retrained)
+    log(format_table(metrics))
+    return metrics
+
+
+def _stop_early(rf: RunFiles, cfg: Config, y: np.ndarray, fold_of: np.ndarray,
+                models: list[ModelEntry], metas: list[dict[str, Any] | None], wall: float,
+                why: str, log: Log) -> str:
+    """The anytime ensemble: once every fold has finished, a run stopped before its last member
+    still gets its metrics and the state "stopped, N of M members", so its finished models make
+    a submission. What the interrupted line adds about it ("" while folds are missing)."""
+    if any(metas[m.index] is None for m in models if not m.member) or cfg.refit == 0:
+        return ""
+    done = sum(1 for m in models if m.member and metas[m.index] is not None)
+    if done == cfg.refit:
+        return ""
+    _summary(rf, cfg, y, fold_of, models, metas, wall, True, log)
+    write_json(rf.stopped, {"members": done, "planned": cfg.refit, "why": why,
+                            "at": datetime.now(timezone.utc).isoformat()})
+    ready = (f"{done} of its {cfg.refit} planned refit members" if done
+             else "its fold models (no refit member finished)")
+    log(f"run '{rf.name}' stopped ({why}) with {done} of {cfg.refit} members: its submission "
+        f"averages {ready} (make submission); run the same command again to train the rest")
+    return f"; the submission is ready from {ready}"
+
+
+def _rows(csv: Path) -> int:
+    """Data rows of a CSV (its lines but the header; 0 if it is missing), without parsing it."""
+    if not csv.is_file():
+        return 0
+    with open(csv, "rb") as f:
+        return max(0, sum(1 for _ in f) - 1)
 
 
 def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndarray,
-                  fold_of: np.ndarray, todo: list[ModelEntry], metas: list[dict[str, Any] | None],
-                  log: Log) -> None:
-    """Train the models in `todo` one after another in this process."""
+                  fold_of: np.ndarray, todo: list[ModelEntry], eta: Callable[..., checkpoint.Eta],
+                  admit: Callable[[ModelEntry], bool],
+                  finished: Callable[[ModelEntry, dict[str, Any]], None], log: Log) -> None:
+    """Train the models in `todo` one after another in this process, while `admit` lets them."""
     for n, model in enumerate(todo):
+        if not admit(model):
+            return
         log(f"=== {model.label_of} ===")
-        eta = checkpoint.Eta(cfg.epochs, rounds_after(n, len(todo), at_once=1))
-        metas[model.index] = train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y,
-                                        eta=eta, log=log)
-        log(_done_line(model, metas[model.index]))
+        finished(model, train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y,
+                                   eta=eta(rounds_after(n, len(todo), at_once=1)), log=log))
 
 
 def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str,
-                 model: ModelEntry, later_rounds: int) -> dict[str, Any]:
+                 model: ModelEntry, eta: checkpoint.Eta) -> dict[str, Any]:
     """A worker process: train one model of the run; its metrics."""
     setup_tensorflow(cfg, plan, threads)
     x, y, fold_of = run_split(DataFiles.of(paths), paths.run_dir(run))
@@ -274,27 +375,25 @@ def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str,
     def log(message: str) -> None:
         print(message, flush=True)
 
-    return train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y,
-                      eta=checkpoint.Eta(cfg.epochs, later_rounds), log=log)
+    return train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y, eta=eta, log=log)
 
 
 def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[ModelEntry],
-                    metas: list[dict[str, Any] | None], log: Log) -> None:
-    """Train the models in `todo`, `plan.processes` at a time, each in a fresh process."""
+                    eta: Callable[..., checkpoint.Eta], admit: Callable[[ModelEntry], bool],
+                    finished: Callable[[ModelEntry, dict[str, Any]], None], log: Log) -> None:
+    """Train the models in `todo`, `plan.processes` at a time, each in a fresh process, while
+    `admit` lets them start."""
     at_once = plan.processes
     threads = [plan.threads_for(n, len(todo), cfg.threads) for n in range(len(todo))]
     jobs = [Job(model.label, _fold_worker, (cfg, plan, threads[n], paths, run, model,
-                                            rounds_after(n, len(todo), at_once)))
+                                            eta(rounds_after(n, len(todo), at_once))))
             for n, model in enumerate(todo)]
 
     def started(n: int, job: Job, pid: int) -> None:
         log(f"=== {todo[n].label_of} (process {pid}, {threads[n]} thread(s)) ===")
 
-    def finished(n: int, job: Job, meta: dict[str, Any]) -> None:
-        metas[todo[n].index] = meta
-        log(_done_line(todo[n], meta))
-
-    run_jobs(jobs, at_once, on_start=started, on_done=finished, slot_env=plan.env_for_slot)
+    run_jobs(jobs, at_once, on_start=started, on_done=lambda n, job, meta: finished(todo[n], meta),
+             slot_env=plan.env_for_slot, admit=lambda n: admit(todo[n]))
 
 
 def _done_line(model: ModelEntry, meta: dict[str, Any]) -> str:

@@ -28,7 +28,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,14 +51,6 @@ if TYPE_CHECKING:
 
 
 # --- settings -------------------------------------------------------------------------------
-
-def pinned_keys(file: Path | None, sets: dict[str, Any]) -> set[str]:
-    """The config keys a user fixed with --config or --set: the search leaves them alone."""
-    keys = set(sets)
-    if file is not None:
-        keys |= set(config_mod.read_config_file(file))
-    return keys
-
 
 # --- one trial ------------------------------------------------------------------------------
 

@@ -1,0 +1,217 @@
+"""The budget planner (`budget`, `--budget 30m`): from the training speed measured on this machine,
+the recipe that fits the time a run may take (the folds' epochs, the refit members' count), and
+while it trains, whether the next model still fits.
+
+Pure functions of numbers, tested with made-up speeds and clocks; `train` measures the speed
+(pipeline.training.calibrate) and applies the plan. The budget covers the run from its first
+`train` to the submission file with the report; earlier invocations of the run count.
+
+    The rule. The folds' epochs are the largest, up to the profile's, whose k fold models take at
+    most FOLD_SHARE of the time left (all of it when members cannot follow); then as many members
+    of the same epochs as fit, up to MAX_MEMBERS. Together they fill PLAN_SHARE of the time left:
+    the rest absorbs drift. Explicit `epochs` and `refit` are kept as given, and a budget they
+    cannot fit is refused, naming the minimum. While training, a member starts only if it and the
+    tail (predict, report) still end within the budget: when the speed drops, the members not yet
+    started are dropped rather than the budget overrun.
+
+The constants are first estimates; scripts/budget_frontier.py measures what each budget buys.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pipeline.console import duration
+from pipeline.errors import UserError
+
+MIN_EPOCHS = 2  # the shortest fold model the planner chooses (one epoch is all warm-up)
+FOLD_SHARE = 0.5  # of the time left, at most this goes to the fold models when members follow
+PLAN_SHARE = 0.95  # of the time left, the plan fills this; the rest absorbs drift
+MAX_MEMBERS = 20  # issue 22 measured ensembles of 5–20 models; beyond that is unmeasured
+MODEL_SECONDS = 5.0  # per model besides its epochs: building and tracing it, OOF predictions, saving
+SPAWN_SECONDS = 6.0  # per model trained in a process of its own: Python and TensorFlow start-up
+TAIL_SECONDS = 15.0  # after the last model: the run's metrics, predict's start-up, the report
+INFERENCE_SPEEDUP = 4.0  # inference images/s over training images/s (forward only, big batches)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What each model trains on per epoch, and what `predict` infers afterwards."""
+
+    folds: int
+    fold_images: int  # one fold model's training images per epoch
+    member_images: int  # one member's (every labelled row)
+    test_images: int
+    views: int = 1  # TTA views per test image
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Measured training speed: images/s of one process, with `processes` training at once."""
+
+    images_per_second: float
+    processes: int = 1
+
+    def model_seconds(self, images: int, epochs: int) -> float:
+        """Seconds one model of `images` per epoch takes for `epochs` epochs, with its fixed costs."""
+        spawn = SPAWN_SECONDS if self.processes > 1 else 0.0
+        return images * epochs / self.images_per_second + MODEL_SECONDS + spawn
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a run trains: k fold models and `members` refit members, all of `epochs` epochs."""
+
+    epochs: int
+    members: int
+
+
+def makespan(seconds: Sequence[float], slots: int) -> float:
+    """When the last of `seconds` ends, started in order, each in the first free of `slots`."""
+    free = [0.0] * max(1, slots)
+    for s in seconds:
+        heapq.heappush(free, heapq.heappop(free) + s)
+    return max(free)
+
+
+def tail_seconds(recipe: Recipe, work: Workload, speed: Speed) -> float:
+    """Seconds after training: the ensemble's test predictions, predict's start-up, the report."""
+    models = recipe.members or work.folds
+    images = work.test_images * work.views * models
+    return TAIL_SECONDS + images / (INFERENCE_SPEEDUP * speed.images_per_second * speed.processes)
+
+
+def expected_seconds(recipe: Recipe, work: Workload, speed: Speed, done: int = 0) -> float:
+    """Seconds `recipe` takes from its first model (after the first `done`, which finished) to
+    the submission and report."""
+    models = ([speed.model_seconds(work.fold_images, recipe.epochs)] * work.folds
+              + [speed.model_seconds(work.member_images, recipe.epochs)] * recipe.members)
+    return makespan(models[done:], speed.processes) + tail_seconds(recipe, work, speed)
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The recipe chosen for a budget, and what it was chosen from."""
+
+    budget: float
+    spent: float  # by earlier invocations of the run
+    recipe: Recipe
+    speed: Speed
+    seconds: float  # expected from now to the submission and report
+    fitted_around: tuple[str, ...] = ()  # the explicit values it kept, e.g. ("refit=3",)
+    speeds: dict[str, float] = field(default_factory=dict)  # images/s of each precision measured
+
+    def line(self, work: Workload, now: datetime | None = None) -> str:
+        """The one line `train` prints before training (and `--plan-only` alone)."""
+        r, s = self.recipe, self.speed
+        finish = (now or datetime.now()) + timedelta(seconds=self.seconds)
+        members = f" + {r.members} member(s) × {r.epochs} epochs" if r.members else ""
+        spent = f", {duration(self.spent)} of it already spent" if self.spent else ""
+        around = f" · fitted around {', '.join(self.fitted_around)}" if self.fitted_around else ""
+        return (f"budget {duration(self.budget)}{spent}: {work.folds} folds × {r.epochs} epochs"
+                f"{members} · {s.images_per_second:,.0f} images/s measured per process, "
+                f"{s.processes} at once · expected to finish in {duration(self.seconds)}, at "
+                f"{finish:%H:%M} (with predict and the report){around}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan for env.json."""
+        return {"budget": self.budget, "spent": round(self.spent, 2), **asdict(self.recipe),
+                **asdict(self.speed), "expected_seconds": round(self.seconds, 2),
+                "fitted_around": list(self.fitted_around),
+                "speeds": {k: round(v, 1) for k, v in self.speeds.items()}}
+
+
+def plan(budget: float, spent: float, speed: Speed, work: Workload, default: Recipe,
+         explicit: dict[str, int]) -> BudgetPlan:
+    """The recipe of a new run with `budget` seconds of which `spent` are gone: `default` (the
+    profile's epochs) scaled to fit, `explicit` values (`epochs`, `refit`) kept as given."""
+    left = budget - spent
+    fixed = explicit.get("refit")
+    lowest = min(MIN_EPOCHS, default.epochs)
+    options = ([explicit["epochs"]] if "epochs" in explicit
+               else list(range(default.epochs, lowest - 1, -1)))
+
+    def cost(epochs: int, members: int) -> float:
+        return expected_seconds(Recipe(epochs, members), work, speed)
+
+    share = 1.0 if fixed is not None else FOLD_SHARE
+    fits = ([e for e in options if cost(e, fixed or 0) <= share * PLAN_SHARE * left]
+            or [e for e in options[-1:] if cost(e, fixed or 0) <= PLAN_SHARE * left])
+    around = tuple(f"{k}={v}" for k, v in sorted(explicit.items()))
+    if not fits:
+        need = spent + cost(options[-1], fixed or 0) / PLAN_SHARE
+        members = f" and {fixed} member(s)" if fixed else ""
+        kept = f", fitted around {', '.join(around)}" if around else ""
+        raise UserError(
+            f"budget {duration(budget)} is too small: {work.folds} fold models × {options[-1]} "
+            f"epochs{members} need about {duration(need)} at the {speed.images_per_second:,.0f} "
+            f"images/s measured on this machine ({speed.processes} at once){kept}; give at "
+            f"least --budget {least(need)}")
+    epochs = fits[0]
+    members = fixed if fixed is not None else max(
+        m for m in range(MAX_MEMBERS + 1) if m == 0 or cost(epochs, m) <= PLAN_SHARE * left)
+    return BudgetPlan(budget, spent, Recipe(epochs, members), speed, cost(epochs, members),
+                      around)
+
+
+def least(seconds: float) -> str:
+    """A budget of at least `seconds`, as --budget takes it: whole seconds below ten minutes,
+    else whole minutes."""
+    return f"{math.ceil(seconds)}s" if seconds < 600 else f"{math.ceil(seconds / 60)}m"
+
+
+def grow(recipe: Recipe, old_budget: float, budget: float, speed: Speed, work: Workload) -> Recipe:
+    """A started run's recipe on resume: kept, or with a larger budget, more members of it (as
+    many as the extra time buys at today's speed)."""
+    if budget <= old_budget:
+        return recipe
+    limit = expected_seconds(recipe, work, speed) + PLAN_SHARE * (budget - old_budget)
+    members = max(m for m in range(recipe.members, max(recipe.members, MAX_MEMBERS) + 1)
+                  if m == recipe.members
+                  or expected_seconds(Recipe(recipe.epochs, m), work, speed) <= limit)
+    return Recipe(recipe.epochs, members)
+
+
+def measured_speed(metas: Sequence[dict[str, Any] | None], epochs: int,
+                   fallback: float) -> float:
+    """Training images/s of the last model finished (its recorded images, epochs and seconds),
+    or `fallback` before any has."""
+    done = [m for m in metas if m and m.get("seconds")]
+    if not done:
+        return fallback
+    last = max(done, key=lambda m: str(m.get("finished_at", "")))
+    images = last["n_train"] + last.get("n_pseudo", 0)
+    return images * last.get("epochs_run", epochs) / max(1e-6, last["seconds"] - MODEL_SECONDS)
+
+
+@dataclass
+class Deadline:
+    """The run's budget against a clock: what is spent (earlier invocations included), and
+    whether a model of some seconds may still start."""
+
+    budget: float
+    spent_before: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(default=math.nan)
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.started):
+            self.started = self.clock()
+
+    def spent(self) -> float:
+        """Seconds of the budget spent so far."""
+        return self.spent_before + self.clock() - self.started
+
+    def left(self) -> float:
+        """Seconds of the budget left (negative: overrun)."""
+        return self.budget - self.spent()
+
+    def may_start(self, seconds: float) -> bool:
+        """Whether something taking `seconds` (a model, then the tail) ends within the budget."""
+        return seconds <= self.left()

@@ -1,0 +1,50 @@
+"""Training speed measured on this machine: images/s of a run's model in its precision, batch size
+and threads, timed over an epoch of a few hundred images after a compiling warm-up.
+
+`train` calibrates a run with a budget before planning it (pipeline.machine.budget), in each
+precision the plan weighs (pipeline.machine.plan.precision_candidates); scripts/benchmark.py
+times every form with the same function.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Config
+
+CALIBRATION_IMAGES = 1024  # timed per precision: about a second on a 2-core CPU
+
+
+def train_speed(cfg: Config, x: np.ndarray, y: np.ndarray, n: int, precision: str,
+                fused_bn: bool = True, barrier: Any = None, repeats: int = 1) -> float:
+    """Training images/s of `cfg`'s model on x[:n] in `precision`, the best of `repeats` epochs
+    after a compiling warm-up (`barrier`: wait for the other timed processes first)."""
+    import keras
+
+    from pipeline.modeling.model import build_model, one_hot, training_form
+
+    keras.utils.set_random_seed(0)
+    y = one_hot(y)  # what the compiled loss expects, as in `train`
+    steps = max(1, n // cfg.batch_size)
+    model = training_form(build_model(cfg, steps_per_epoch=steps), cfg, steps,
+                          precision=precision, fused_bn=fused_bn)
+    warm = min(n, 4 * cfg.batch_size)
+    model.fit(x[:warm], y[:warm], batch_size=cfg.batch_size, epochs=1, verbose=0)
+    if barrier is not None:
+        barrier.wait()  # the workers time the same seconds of the machine
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model.fit(x[:n], y[:n], batch_size=cfg.batch_size, epochs=1, verbose=0)
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def calibrate(cfg: Config, x: np.ndarray, y: np.ndarray, precisions: list[str]) -> dict[str, float]:
+    """Training images/s of `cfg`'s model in each of `precisions`, in this process as its
+    TensorFlow is set up (the threads one model of the plan gets)."""
+    n = min(len(x), max(CALIBRATION_IMAGES, 4 * cfg.batch_size))
+    return {p: train_speed(cfg, x, y, n, p) for p in precisions}

@@ -1,0 +1,102 @@
+"""A run's budget in `train`: the time its earlier invocations spent, its speed on this machine
+(its finished models', else a calibration's), and the recipe fitted to both
+(pipeline.machine.budget); then, while it trains, whether the next member still fits.
+
+A new run gets the plan's recipe. A started run keeps the one config.json froze (its `epochs`
+and `refit`); a larger budget than it started with adds members of that recipe, the same budget
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.data.folds import HOLDOUT
+from pipeline.machine import budget
+from pipeline.machine.budget import BudgetPlan, Deadline, Recipe, Speed, Workload
+from pipeline.machine.plan import (
+    Machine,
+    choose,
+    precision_candidates,
+    precision_for,
+    setup_tensorflow,
+)
+from pipeline.prediction.inference import TTA_SHIFTS
+from pipeline.runfiles import RunFiles, read_optional
+from pipeline.training.calibrate import calibrate
+
+# The recipe keys the planner chooses; set explicitly (--set, --config, a study), they are kept.
+RECIPE_KEYS = ("epochs", "refit")
+
+
+def spent_before(rf: RunFiles) -> float:
+    """Seconds the run's earlier invocations spent (env.json's record of each start)."""
+    env = read_optional(rf.env) or {}
+    return sum(float(s.get("seconds", 0.0)) for s in env.get("starts", []))
+
+
+def workload(cfg: Config, fold_of: np.ndarray, test_images: int) -> Workload:
+    """The images each model of `cfg` trains on per epoch, and those `predict` infers."""
+    labelled = int(np.sum(fold_of != HOLDOUT)) * cfg.subsample
+    return Workload(cfg.folds, round(labelled * (cfg.folds - 1) / cfg.folds), round(labelled),
+                    test_images, len(TTA_SHIFTS) if cfg.tta else 1)
+
+
+@dataclass(frozen=True)
+class Budgeted:
+    """A run's config with its recipe fitted to the budget, and the plan that fitted it."""
+
+    cfg: Config
+    plan: BudgetPlan
+    work: Workload
+
+
+def fit(cfg: Config, rf: RunFiles, machine: Machine, x: np.ndarray, y: np.ndarray,
+        fold_of: np.ndarray, explicit: frozenset[str], test_images: int) -> Budgeted:
+    """The recipe of run `rf` within `cfg.budget`: planned for a new run (after a calibration),
+    kept or grown for a started one; a UserError naming the minimum when it cannot fit."""
+    saved = read_optional(rf.config)
+    kept = {k: getattr(cfg, k) for k in RECIPE_KEYS if k in explicit}
+    if saved is not None:  # the frozen recipe, unless set explicitly again
+        cfg = replace(cfg, **{k: int(saved.get(k, getattr(cfg, k))) for k in RECIPE_KEYS
+                              if k not in explicit})
+    spent = spent_before(rf)
+    work = workload(cfg, fold_of, test_images)
+    provisional = choose(cfg, machine, cfg.folds + cfg.refit)
+    finished = [read_optional(m.files.metrics) for m in rf.models(cfg)] if saved else []
+    speeds: dict[str, float] = {}
+    if any(finished):
+        ips = budget.measured_speed(finished, cfg.epochs, fallback=0.0)
+    else:
+        setup_tensorflow(cfg, provisional, provisional.threads)
+        speeds = calibrate(cfg, x, y, precision_candidates(cfg.precision, machine))
+        ips = speeds[precision_for(cfg.precision, machine, speeds)]
+    speed = Speed(ips, provisional.processes)
+    if saved is None:
+        planned = budget.plan(cfg.budget, spent, speed, work, Recipe(cfg.epochs, cfg.refit), kept)
+    else:
+        recipe = Recipe(cfg.epochs, cfg.refit)
+        if "refit" not in explicit:
+            recipe = budget.grow(recipe, float(saved.get("budget") or np.inf), cfg.budget, speed,
+                                 work)
+        done = sum(1 for m in finished if m)
+        planned = BudgetPlan(cfg.budget, spent, recipe, speed,
+                             budget.expected_seconds(recipe, work, speed, done=done),
+                             tuple(f"{k}={v}" for k, v in sorted(kept.items())))
+    planned = replace(planned, speeds=speeds)
+    return Budgeted(replace(cfg, epochs=planned.recipe.epochs, refit=planned.recipe.members),
+                    planned, work)
+
+
+def member_fits(b: Budgeted, deadline: Deadline, metas: list[dict[str, Any] | None]) -> bool:
+    """Whether one more member, at the speed the run's last finished model measured, and the
+    tail after it still end within the budget."""
+    speed = Speed(budget.measured_speed(metas, b.cfg.epochs, b.plan.speed.images_per_second),
+                  b.plan.speed.processes)
+    seconds = (speed.model_seconds(b.work.member_images, b.cfg.epochs)
+               + budget.tail_seconds(b.plan.recipe, b.work, speed))
+    return deadline.may_start(seconds)

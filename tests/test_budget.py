@@ -1,0 +1,279 @@
+"""`--budget`: one duration syntax, the planner with made-up speeds and clocks, and on the
+embedded sample a budget refused, a budgeted run resumed with the same and a larger budget, and
+the anytime ensemble of a run stopped by SIGTERM during a member."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline import cli, config
+from pipeline.errors import UserError
+from pipeline.machine import budget
+from pipeline.machine.budget import PLAN_SHARE, Deadline, Recipe, Speed, Workload
+from pipeline.training import runbudget
+from tests.conftest import call_cli, interrupt, last_error_line, sha256, snapshot
+
+# --- one duration syntax --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("1.5h", 5400),
+                                           ("1h30m", 5400), (" 2M ", 120), ("1h0m5s", 3605)])
+def test_one_duration_syntax(text: str, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "m", "30 minutes", "1m30h", "-5", "1d"])
+def test_a_bad_duration_names_the_syntax(bad: str) -> None:
+    with pytest.raises(UserError, match=r"is not a duration: use e\.g\. 90s, 30m, 1\.5h or 1h30m"):
+        config.parse_duration(bad)
+
+
+DURATION_FLAGS = [("tune", "--timeout"), ("tune", "--heartbeat"), ("submit", "--timeout"),
+                  ("train", "--budget"), ("kaggle-train", "--timeout"), ("kaggle-pull", "--timeout")]
+
+
+def test_every_duration_flag_takes_the_one_syntax(capsys: pytest.CaptureFixture) -> None:
+    parser = cli.build_parser()
+    for command, flag in DURATION_FLAGS:
+        args = parser.parse_args([command, flag, "1m30s"])
+        assert getattr(args, flag.lstrip("-")) == 90, (command, flag)
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, flag, "90 seconds"])
+        assert "is not a duration" in capsys.readouterr().err
+    # No flag parses a duration its own way: every timeout, heartbeat or budget goes through it.
+    sub = next(a for a in parser._actions if a.dest == "command")
+    timed = {(name, a.option_strings[0]): a.type for name, p in sub.choices.items()
+             for a in p._actions if re.search("timeout|heartbeat|budget", a.dest)}
+    assert set(timed) == set(DURATION_FLAGS)
+    assert all(t in (cli._duration, cli._budget) for t in timed.values())
+    assert parser.parse_args(["train", "--budget", "none"]).budget == 0
+
+
+def test_the_budget_key_takes_durations() -> None:
+    assert config.resolve("tiny", sets={"budget": "30m"}).budget == 1800
+    assert config.resolve("tiny", sets={"budget": "none"}).budget == 0
+    assert config.resolve("tiny").budget == 0
+    with pytest.raises(UserError, match=r"^--set: budget='half an hour' is not a duration"):
+        config.resolve("tiny", sets={"budget": "half an hour"})
+
+
+# --- the planner, with made-up speeds -------------------------------------------------------
+
+# Kaggle's data: 42,000 labelled images, 5 folds, 28,000 test images with 5 TTA views.
+WORK = Workload(folds=5, fold_images=33_600, member_images=42_000, test_images=28_000, views=5)
+CPU = Recipe(epochs=25, members=5)  # the `cpu` profile
+TWO_CORES = Speed(images_per_second=1_000, processes=2)
+
+
+def _fits(p: budget.BudgetPlan, left: float) -> None:
+    """The plan fills at most PLAN_SHARE of the time left, and one more member would not fit."""
+    assert budget.expected_seconds(p.recipe, WORK, p.speed) == pytest.approx(p.seconds)
+    assert p.seconds <= PLAN_SHARE * left
+    more = Recipe(p.recipe.epochs, p.recipe.members + 1)
+    assert budget.expected_seconds(more, WORK, p.speed) > PLAN_SHARE * left
+
+
+def test_the_plan_fills_the_budget_with_members_of_the_profiles_epochs() -> None:
+    p = budget.plan(2 * 3600, 0, TWO_CORES, WORK, CPU, {})
+    assert p.recipe.epochs == 25 and 5 < p.recipe.members < budget.MAX_MEMBERS
+    _fits(p, 2 * 3600)
+    assert p.line(WORK, now=datetime(2025, 1, 1, 12, 0)).startswith(
+        f"budget 2h00m: 5 folds × 25 epochs + {p.recipe.members} member(s) × 25 epochs · 1,000 "
+        "images/s measured per process, 2 at once · expected to finish in ")
+
+
+def test_a_smaller_budget_or_a_slower_machine_buys_shorter_models() -> None:
+    p = budget.plan(30 * 60, 0, TWO_CORES, WORK, CPU, {})
+    assert budget.MIN_EPOCHS <= p.recipe.epochs < 25 and p.recipe.members >= 1
+    _fits(p, 30 * 60)
+    # The folds take at most half the time when members follow.
+    folds = budget.expected_seconds(Recipe(p.recipe.epochs, 0), WORK, TWO_CORES)
+    assert folds <= budget.FOLD_SHARE * PLAN_SHARE * 30 * 60
+    slow = budget.plan(30 * 60, 0, Speed(500, 2), WORK, CPU, {})
+    assert slow.recipe.epochs < p.recipe.epochs
+    # Time spent by earlier invocations counts.
+    later = budget.plan(30 * 60, 10 * 60, TWO_CORES, WORK, CPU, {})
+    assert later.recipe.epochs < p.recipe.epochs
+    _fits(later, 20 * 60)
+
+
+def test_explicit_values_win_and_the_plan_says_so() -> None:
+    p = budget.plan(30 * 60, 0, TWO_CORES, WORK, CPU, {"epochs": 3})
+    assert p.recipe.epochs == 3 and p.fitted_around == ("epochs=3",)
+    _fits(p, 30 * 60)
+    assert p.line(WORK).endswith("· fitted around epochs=3")
+    q = budget.plan(30 * 60, 0, TWO_CORES, WORK, CPU, {"refit": 2})
+    assert q.recipe.members == 2 and q.seconds <= PLAN_SHARE * 30 * 60
+    # With its members fixed, the folds may take all the time the members leave.
+    assert budget.expected_seconds(Recipe(q.recipe.epochs + 1, 2), WORK, TWO_CORES) \
+        > PLAN_SHARE * 30 * 60
+
+
+def test_a_budget_too_small_is_refused_naming_the_minimum() -> None:
+    with pytest.raises(UserError) as exc:
+        budget.plan(5 * 60, 0, TWO_CORES, WORK, CPU, {})
+    least = re.search(r"give at least --budget (\d+)s$", str(exc.value))
+    assert str(exc.value).startswith("budget 5m00s is too small: 5 fold models × 2 epochs need "
+                                     "about ") and least
+    assert "1,000 images/s measured on this machine (2 at once)" in str(exc.value)
+    p = budget.plan(int(least.group(1)), 0, TWO_CORES, WORK, CPU, {})  # the minimum does fit
+    assert p.recipe.epochs == budget.MIN_EPOCHS
+    with pytest.raises(UserError, match=r"× 25 epochs and 3 member\(s\) need .*fitted around "
+                                        r"epochs=25, refit=3; give at least --budget \d+m$"):
+        budget.plan(30 * 60, 0, TWO_CORES, WORK, CPU, {"epochs": 25, "refit": 3})
+
+
+def test_a_larger_budget_on_resume_adds_members_of_the_same_recipe() -> None:
+    r = Recipe(8, 4)
+    assert budget.grow(r, 1800, 1800, TWO_CORES, WORK) == r  # the same budget changes nothing
+    assert budget.grow(r, 1800, 1200, TWO_CORES, WORK) == r
+    more = budget.grow(r, 1800, 3600, TWO_CORES, WORK)
+    assert more.epochs == 8 and more.members > 4
+    extra = budget.expected_seconds(more, WORK, TWO_CORES) - budget.expected_seconds(r, WORK, TWO_CORES)
+    assert extra <= PLAN_SHARE * 1800
+
+
+def test_precision_from_measurement_where_the_flags_cannot_tell() -> None:
+    from pipeline.machine.plan import Machine, choose, precision_candidates
+
+    bf16 = Machine(2, cpu_flags=frozenset({"avx512_bf16"}))
+    cfg = config.resolve("cpu")
+    assert precision_candidates("auto", bf16) == ["mixed_bfloat16", "float32"]
+    assert precision_candidates("float32", bf16) == ["float32"]
+    assert precision_candidates("auto", Machine(2)) == ["float32"]
+    assert choose(cfg, bf16, 5).precision == "mixed_bfloat16"  # no measurement: the flags
+    assert choose(cfg, bf16, 5, {"mixed_bfloat16": 1234, "float32": 937}).precision == "mixed_bfloat16"
+    assert choose(cfg, bf16, 5, {"mixed_bfloat16": 900, "float32": 937}).precision == "float32"
+    explicit = config.resolve("cpu", sets={"precision": "mixed_bfloat16"})
+    assert choose(explicit, bf16, 5, {"mixed_bfloat16": 900, "float32": 937}).precision \
+        == "mixed_bfloat16"
+
+
+# --- re-planning while training, with a made-up clock ---------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _meta(images: int, epochs: int, speed: float) -> dict:
+    """A finished model's record as training writes it, at `speed` images/s."""
+    return {"n_train": images, "epochs_run": epochs, "n_pseudo": 0,
+            "seconds": images * epochs / speed + budget.MODEL_SECONDS,
+            "finished_at": datetime.now(timezone.utc).isoformat()}
+
+
+@pytest.mark.parametrize("slowdown, started", [(1.0, "all"), (1.5, "some"), (3.0, "none")])
+def test_members_not_started_are_dropped_when_the_speed_drops(slowdown: float, started: str) -> None:
+    one = Speed(1_000, 1)
+    p = budget.plan(3600, 0, one, WORK, CPU, {})
+    b = runbudget.Budgeted(config.resolve("cpu", sets={"epochs": str(p.recipe.epochs),
+                                                       "refit": str(p.recipe.members)}), p, WORK)
+    clock = Clock()
+    deadline = Deadline(3600, 0, clock=clock)
+    speed = one.images_per_second / slowdown  # another program took part of the core
+    metas = []
+    for _ in range(WORK.folds):  # every fold trains, whatever the speed
+        metas.append(_meta(WORK.fold_images, p.recipe.epochs, speed))
+        clock.now += metas[-1]["seconds"]
+    members = 0
+    while members < p.recipe.members and runbudget.member_fits(b, deadline, metas):
+        metas.append(_meta(WORK.member_images, p.recipe.epochs, speed))
+        clock.now += metas[-1]["seconds"]
+        members += 1
+    assert {"all": members == p.recipe.members, "none": members == 0,
+            "some": 0 < members < p.recipe.members}[started], members
+    if members or slowdown == 1:  # what started ends, with the submission, within the budget
+        tail = budget.tail_seconds(Recipe(p.recipe.epochs, members), WORK, Speed(speed, 1))
+        assert clock.now + tail <= 3600
+
+
+# --- on the embedded sample -----------------------------------------------------------------
+
+TINY = ["train", "--profile", "tiny", "--no-report"]
+
+
+def test_too_small_a_budget_is_refused_before_training(tmp_path: Path, sample_dir: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    flags = ["--data", str(sample_dir), "--runs-dir", str(runs), "--run", "b"]
+    proc = call_cli(*TINY, *flags, "--budget", "3s", check=False)
+    assert proc.returncode == 2
+    assert re.fullmatch(r"error: budget 0m03s is too small: 2 fold models × 2 epochs need about "
+                        r"\d+m\d\ds at the [\d,]+ images/s measured on this machine \(1 at once\); "
+                        r"give at least --budget \d+s", last_error_line(proc))
+    # At most a cache: the parsed CSV and the split (runs/cache/, runs/folds/).
+    assert {p.split("/")[0] for p in snapshot(runs)} <= {"folds"}
+    # --plan-only: the line, and again nothing written.
+    proc = call_cli(*TINY, *flags, "--budget", "1h", "--plan-only")
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("budget "))
+    assert re.match(r"budget 1h00m: 2 folds × 4 epochs \+ 20 member\(s\) × 4 epochs · [\d,]+ "
+                    r"images/s measured per process, 1 at once · expected to finish in ", line)
+    assert not (runs / "b").exists()
+
+
+def test_resuming_with_the_same_budget_changes_nothing_and_a_larger_one_adds_members(
+        tmp_path: Path, sample_dir: Path) -> None:
+    runs = tmp_path / "runs"
+    args = [*TINY, "--data", str(sample_dir), "--runs-dir", str(runs), "--run", "b",
+            "--set", "epochs=1"]
+    run = runs / "b"
+    first = call_cli(*args, "--budget", "35s")
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["budget"], cfg["epochs"]) == (35, 1) and cfg["refit"] >= 1, first.stdout
+    assert "fitted around epochs=1" in first.stdout
+    models = {p: sha256(p) for p in run.glob("*/model.keras")}
+    env = json.loads((run / "env.json").read_text())
+    assert len(env["starts"]) == 1 and env["starts"][0]["seconds"] > 0
+    assert env["starts"][0]["budget"]["members"] == cfg["refit"]
+
+    again = call_cli(*args, "--budget", "35s")
+    assert json.loads((run / "config.json").read_text()) == cfg
+    assert "===" not in again.stdout and {p: sha256(p) for p in run.glob("*/model.keras")} == models
+    assert len(json.loads((run / "env.json").read_text())["starts"]) == 2
+
+    more = call_cli(*args, "--budget", "50s")
+    grown = json.loads((run / "config.json").read_text())
+    assert grown["budget"] == 50 and grown["epochs"] == 1 and grown["refit"] > cfg["refit"]
+    assert f"then {grown['refit']} member(s)" in more.stdout
+    trained = len(re.findall(r"^=== member \d+/", more.stdout, re.M))
+    assert trained >= 1 or "budget: " in more.stdout, more.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    finished = sorted(p.parent.name for p in run.glob("member_*/metrics.json"))
+    assert len(metrics["members"]) == len(finished)
+    assert (run / "stopped.json").is_file() == (len(finished) < grown["refit"])
+
+
+def test_sigterm_during_a_member_leaves_a_submission_of_the_finished_models(
+        tmp_path: Path, sample_dir: Path) -> None:
+    runs, subs = tmp_path / "runs", tmp_path / "subs"
+    args = ["train", "--profile", "tiny", "--set", "epochs=2", "--set", "refit=3", "--run", "t",
+            "--data", str(sample_dir), "--runs-dir", str(runs), "--no-report"]
+    stopped = interrupt(args, 2, signal.SIGTERM, 3, kind="member")
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
+    assert last_error_line(stopped).endswith(
+        "; the submission is ready from 1 of its 3 planned refit members")
+    run = runs / "t"
+    state = json.loads((run / "stopped.json").read_text())
+    assert (state["members"], state["planned"], state["why"]) == (1, 3, "interrupted")
+    assert len(json.loads((run / "metrics.json").read_text())["members"]) == 1
+    assert (run / "member_1" / "last.keras").is_file()  # resumable where it stopped
+
+    out = call_cli("predict", "--run", "t", "--data", str(sample_dir), "--runs-dir", str(runs),
+                   "--submissions-dir", str(subs), "--no-report").stdout
+    assert out.startswith("1 of 3 planned refit members (stopped: interrupted) on 540 test images")
+    sub = pd.read_csv(subs / "t.csv")
+    assert len(sub) == 540 and sub["Label"].between(0, 9).all()
+    assert json.loads((run / "prediction.json").read_text())["models"] == 1
+    compare = call_cli("compare", "t", "--runs-dir", str(runs)).stdout
+    assert "1 of 3 planned refit members" in compare
