@@ -37,15 +37,16 @@ def test_a_bad_duration_names_the_syntax(bad: str) -> None:
 
 DURATION_FLAGS = [("tune", "--timeout"), ("tune", "--heartbeat"), ("submit", "--timeout"),
                   ("train", "--budget"), ("kaggle-train", "--timeout"), ("kaggle-pull", "--timeout")]
+REQUIRED = {"kaggle-pull": ["--run", "r"]}  # what else a command needs to parse
 
 
 def test_every_duration_flag_takes_the_one_syntax(capsys: pytest.CaptureFixture) -> None:
     parser = cli.build_parser()
     for command, flag in DURATION_FLAGS:
-        args = parser.parse_args([command, flag, "1m30s"])
+        args = parser.parse_args([command, *REQUIRED.get(command, []), flag, "1m30s"])
         assert getattr(args, flag.lstrip("-")) == 90, (command, flag)
         with pytest.raises(SystemExit):
-            parser.parse_args([command, flag, "90 seconds"])
+            parser.parse_args([command, *REQUIRED.get(command, []), flag, "90 seconds"])
         assert "is not a duration" in capsys.readouterr().err
     # No flag parses a duration its own way: every timeout, heartbeat or budget goes through it.
     sub = next(a for a in parser._actions if a.dest == "command")

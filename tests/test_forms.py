@@ -230,7 +230,7 @@ def test_train_trains_in_the_plans_precision(sample_dir: Path, tmp_path: Path,
                 json.loads((tmp_path / run / "env.json").read_text())["plan"]["precision"])
 
     assert recorded("auto") == ("mixed_bfloat16",) * 2
-    monkeypatch.setattr(train_mod, "choose", lambda cfg, machine, n: replace(
-        choose(cfg, machine, n), precision="float32"))
+    monkeypatch.setattr(train_mod, "choose", lambda cfg, machine, n, speeds=None: replace(
+        choose(cfg, machine, n, speeds), precision="float32"))
     assert recorded("planned") == ("float32",) * 2
     assert trained_in == ["mixed_bfloat16", "float32"]

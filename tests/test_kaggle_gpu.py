@@ -33,7 +33,7 @@ from tests.fake_kaggle import (
     client_env,
     write_kaggle_json,
 )
-from tests.test_kaggle import cli, user_error
+from tests.test_kaggle import RULES, cli, user_error
 
 RUN = "kg"
 REF = f"fakeuser/{kernel_slug(RUN)}"
@@ -289,8 +289,11 @@ def test_outputs_missing_a_model_are_refused_and_kept(kaggle, kernel_run):
     assert sorted(p.name for p in kaggle.run_dir.iterdir()) == ["kaggle_kernel.json"]
 
 
-def test_a_competition_kaggle_cannot_attach_is_named_in_words(kaggle):
+def test_an_unknown_competition_or_rules_not_accepted_push_nothing(kaggle):
     line = user_error(train(kaggle, "--set", "competition=digit-recogniser"))
-    assert "could not attach competition 'digit-recogniser'" in line
-    assert "accept its rules on https://www.kaggle.com/competitions/digit-recogniser/rules" in line
-    assert not kaggle.run_dir.exists()  # nothing to follow: no record
+    assert "'digit-recogniser' not found" in line
+    kaggle.server.errors["GetSubmissionLimits"] = (403, RULES)
+    line = user_error(train(kaggle))
+    assert "accept the competition rules" in line
+    assert "https://www.kaggle.com/competitions/digit-recognizer/rules" in line
+    assert "SaveKernel" not in kaggle.server.calls() and not kaggle.run_dir.exists()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import CODE_ROOT, Config
+from pipeline.data.datafiles import DataFiles
 from pipeline.files import write_json, write_text
 from pipeline.provenance import code_version, git_commit
 
@@ -109,7 +110,7 @@ def script(cfg: Config, run: str) -> str:
     commit, dirty = git_commit()
     packed = base64.encodebytes(package_archive()).decode("ascii")
     values = {
-        "RUN": run, "PROFILE": cfg.profile, "COMPETITION": cfg.competition,
+        "RUN": run, "PROFILE": cfg.profile, "COMPETITION": cfg.competition, "TRAIN": DataFiles.TRAIN,
         "ARCHIVE": archive_name(run), "ROOT_ENV": ROOT_ENV, "MIN_VERSIONS": MIN_VERSIONS,
         "CONFIG": {k: v for k, v in cfg.to_dict().items() if k != "profile"},
     }
@@ -174,7 +175,7 @@ def check_versions():
 def find_data(root):
     """The competition's folder under /kaggle/input (Kaggle has mounted it in two places)."""
     for folder in (root / "input" / COMPETITION, root / "input" / "competitions" / COMPETITION):
-        if (folder / "train.csv").is_file():
+        if (folder / TRAIN).is_file():
             return folder
     print(f"error: no {COMPETITION} data under {root / 'input'}: add the competition as the "
           "kernel's data source", flush=True)

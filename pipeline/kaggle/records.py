@@ -54,8 +54,10 @@ class Limits:
         return not (self.today or self.total or self.left or self.by_total)
 
 
-def submission_limits(api: Any, creds: Credentials, competition: str) -> Limits:
-    """How many submissions this account's team made today and may still make."""
+def submission_limits(api: Any, creds: Credentials, competition: str,
+                      action: str = "submit to") -> Limits:
+    """How many submissions this account's team made today and may still make (asked before
+    `action`: a 403 or 404 here says the competition is unknown or its rules not accepted)."""
     from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionLimitsRequest
 
     request = ApiGetSubmissionLimitsRequest()
@@ -63,7 +65,7 @@ def submission_limits(api: Any, creds: Credentials, competition: str) -> Limits:
     try:
         got = call(api, "get_submission_limits", request)
     except Exception as exc:
-        raise explain(exc, competition, creds, "submit to") from None
+        raise explain(exc, competition, creds, action) from None
     return Limits(today=int(got.num_today or 0), total=int(got.num_total or 0),
                   left=int(got.num_allowed_now or 0), by_total=bool(got.limited_by_total))
 

@@ -46,6 +46,7 @@ from pipeline.kaggle.kernel import (
     write_kernel,
 )
 from pipeline.kaggle.pulled import check_empty, install, staging_dir
+from pipeline.kaggle.records import submission_limits
 from pipeline.runfiles import RunFiles, read_optional
 
 POLL_ENV = "PIPELINE_KAGGLE_POLL"
@@ -115,16 +116,20 @@ def _quota(api: Any, creds: Credentials, log: Log) -> None:
     log(f"Kaggle GPU quota: {(total - used) / 3600:.1f} h left of {total / 3600:.1f} h this week{refresh}")
 
 
+def _for_version(request: Any, record: dict[str, Any]) -> Any:
+    """`request` addressed to the recorded kernel version (never to whichever is newest)."""
+    request.user_name, request.kernel_slug = record["ref"].split("/")
+    request.version_label = f"v{record['version']}"
+    return request
+
+
 def _status(api: Any, record: dict[str, Any]) -> tuple[str, str]:
     """The status of the recorded kernel version, and its failure message ("" when none)."""
     from kagglesdk.kernels.types.kernels_api_service import (
         ApiGetKernelSessionStatusRequest,
     )
 
-    owner, slug = record["ref"].split("/")
-    request = ApiGetKernelSessionStatusRequest()
-    request.user_name, request.kernel_slug = owner, slug
-    request.version_label = f"v{record['version']}"
+    request = _for_version(ApiGetKernelSessionStatusRequest(), record)
     with _sdk(api) as kaggle:
         answer = kaggle.kernels.kernels_api_client.get_kernel_session_status(request)
     return getattr(answer.status, "name", str(answer.status)), answer.failure_message or ""
@@ -136,10 +141,7 @@ def _output(api: Any, record: dict[str, Any]) -> Any:
         ApiListKernelSessionOutputRequest,
     )
 
-    owner, slug = record["ref"].split("/")
-    request = ApiListKernelSessionOutputRequest()
-    request.user_name, request.kernel_slug = owner, slug
-    request.version_label = f"v{record['version']}"
+    request = _for_version(ApiListKernelSessionOutputRequest(), record)
     with _sdk(api) as kaggle:
         return kaggle.kernels.kernels_api_client.list_kernel_session_output(request)
 
@@ -201,6 +203,9 @@ def train_on_kaggle(cfg: Config, paths: Paths, run: str, *, accelerator: str, wa
         if status in ACTIVE:
             raise UserError(f"run '{run}' already has kernel version {previous['version']} {status} on "
                             f"Kaggle ({previous['url']}); use {_commands(run)}")
+    # The competition exists and its rules are accepted (else a 404 or 403, said in words) before
+    # anything is pushed: a kernel Kaggle cannot attach the data to would only fail in the queue.
+    submission_limits(api, creds, competition, action="train with the data of")
     _quota(api, creds, log)
     owner = str(api.get_config_value(api.CONFIG_NAME_USER) or "")
     with tempfile.TemporaryDirectory(prefix="digits-kernel-") as tmp:
@@ -214,7 +219,7 @@ def train_on_kaggle(cfg: Config, paths: Paths, run: str, *, accelerator: str, wa
             raise explain(exc, competition, creds, "push the kernel") from None
     if answer.error:
         raise UserError(f"Kaggle refused the kernel: {scrub(answer.error)}")
-    if answer.invalid_competition_sources:
+    if answer.invalid_competition_sources:  # checked before the push; Kaggle may still say so
         raise UserError(f"Kaggle saved the kernel but could not attach competition {competition!r} "
                         f"to it: either no competition is called {competition!r} (check the config "
                         "key competition) or this account must still accept its rules on "
