@@ -5,9 +5,12 @@ model and family, the recipe the planner chose and the speed it measured.
 
 Each run takes its budget: run it in the background, one at a time.
 
-    python scripts/budget_frontier.py --data data --budgets 10m 30m 60m --seed 42
-    python scripts/budget_frontier.py --data data --budgets 30m --seed 7
+    python scripts/budget_frontier.py --data data --budgets 10m 30m 60m
+    python scripts/budget_frontier.py --data data --budgets 30m --model-seed 1   # a second seed
     python scripts/budget_frontier.py --data data --budgets none   # today's default, same split
+
+Every run holds out the same rows (`seed` 42, `holdout` 0.15), so any two are paired; a second
+seed is another `model_seed` (weights, augmentation, shuffling) on that split.
 """
 
 from __future__ import annotations
@@ -45,19 +48,19 @@ def timed(*args: str) -> float:
     return time.time() - t
 
 
-def measure(budget: str, seed: int, holdout: float, profile: str, paths: Paths) -> dict:
+def measure(budget: str, model_seed: int, holdout: float, profile: str, paths: Paths) -> dict:
     """Train and predict one run within `budget` ("none": the fixed recipe); its record."""
-    run = f"frontier-{profile}-{budget}-s{seed}"
+    run = f"frontier-{profile}-{budget}-m{model_seed}"
     where = ["--data", str(paths.data), "--runs-dir", str(paths.runs)]
     train = timed("train", "--profile", profile, "--run", run, "--budget", budget,
-                  "--set", f"holdout={holdout}", "--set", f"seed={seed}", "--no-report", *where)
+                  "--set", f"holdout={holdout}", "--set", f"model_seed={model_seed}", "--no-report", *where)
     predict = timed("predict", "--run", run, *where, "--submissions-dir", str(paths.submissions))
     rf = RunFiles(paths.run_dir(run))
     cfg, env, metrics = read_json(rf.config), read_json(rf.env), read_json(rf.metrics)
     model, flags = cpu_info()
     return {"run": run, "budget": budget,
             "budget_seconds": parse_duration(budget) if budget != "none" else None,
-            "seed": seed, "holdout": holdout, "profile": profile,
+            "seed": cfg["seed"], "model_seed": model_seed, "holdout": holdout, "profile": profile,
             "train_seconds": round(train, 1), "predict_seconds": round(predict, 1),
             "total_seconds": round(train + predict, 1),
             "holdout_errors": metrics["holdout"]["errors"], "holdout_n": metrics["holdout"]["n"],
@@ -74,7 +77,7 @@ def main() -> int:
     defaults = Paths.under(project_root())
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budgets", nargs="+", required=True, help="e.g. 10m 30m 60m, or none")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--model-seed", type=int, default=0, help="another ensemble on the same split")
     p.add_argument("--holdout", type=float, default=0.15)
     p.add_argument("--profile", default="cpu")
     p.add_argument("--data", default=str(defaults.data))
@@ -84,7 +87,7 @@ def main() -> int:
     # Its own submissions folder: never over the user's submissions/submission.csv.
     paths = Paths(Path(args.data).resolve(), runs, runs / "frontier-submissions")
     for budget in args.budgets:
-        record = measure(budget, args.seed, args.holdout, args.profile, paths)
+        record = measure(budget, args.model_seed, args.holdout, args.profile, paths)
         records = read_json(RESULTS) if RESULTS.is_file() else []
         write_json(RESULTS, [*records, record])
         print(json.dumps(record, indent=2), flush=True)
