@@ -278,3 +278,17 @@ def test_sigterm_during_a_member_leaves_a_submission_of_the_finished_models(
     assert json.loads((run / "prediction.json").read_text())["models"] == 1
     compare = call_cli("compare", "t", "--runs-dir", str(runs)).stdout
     assert "1 of 3 planned refit members" in compare
+
+
+def test_the_workload_counts_what_predict_infers_the_test_and_the_held_out_rows() -> None:
+    """predict scores the held-out rows too: a 10-minute frontier run that left them out of its
+    plan (and guessed inference 4x faster than training) took 12m18s."""
+    import numpy as np
+
+    from pipeline.data.folds import HOLDOUT
+
+    cfg = config.resolve("cpu")
+    fold_of = np.array([HOLDOUT] * 150 + [0, 1, 2, 3, 4] * 170)
+    work = runbudget.workload(cfg, fold_of, test_images=1000)
+    assert (work.fold_images, work.member_images) == (680, 850)
+    assert work.test_images == 1000 + 150 and work.views == 5

@@ -37,7 +37,11 @@ MAX_MEMBERS = 20  # issue 22 measured ensembles of 5–20 models; beyond that is
 MODEL_SECONDS = 5.0  # per model besides its epochs: building and tracing it, OOF predictions, saving
 SPAWN_SECONDS = 6.0  # per model trained in a process of its own: Python and TensorFlow start-up
 TAIL_SECONDS = 15.0  # after the last model: the run's metrics, predict's start-up, the report
-INFERENCE_SPEEDUP = 4.0  # inference images/s over training images/s (forward only, big batches)
+# Inference images/s over training images/s (both cores), the report's time folded in: fitted to
+# the first frontier run (scripts/results/budget-frontier.json, 10m on an AMD EPYC family 25:
+# predict took 247 s for 8 members x 5 views x 34,300 images at a measured 2 x 1,729 training
+# images/s, i.e. 1.7; the guess of 4 before made that 10-minute run last 12m18s).
+INFERENCE_SPEEDUP = 1.7
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,8 @@ class Workload:
     folds: int
     fold_images: int  # one fold model's training images per epoch
     member_images: int  # one member's (every labelled row)
-    test_images: int
-    views: int = 1  # TTA views per test image
+    test_images: int  # what predict infers: test.csv's rows and the held-out ones
+    views: int = 1  # TTA views per image
 
 
 @dataclass(frozen=True)

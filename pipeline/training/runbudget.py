@@ -40,10 +40,12 @@ def spent_before(rf: RunFiles) -> float:
 
 
 def workload(cfg: Config, fold_of: np.ndarray, test_images: int) -> Workload:
-    """The images each model of `cfg` trains on per epoch, and those `predict` infers."""
+    """The images each model of `cfg` trains on per epoch, and those `predict` infers (the
+    `test_images` and the held-out rows, which it scores too)."""
     labelled = int(np.sum(fold_of != HOLDOUT)) * cfg.subsample
+    held_out = int(np.sum(fold_of == HOLDOUT))
     return Workload(cfg.folds, round(labelled * (cfg.folds - 1) / cfg.folds), round(labelled),
-                    test_images, len(TTA_SHIFTS) if cfg.tta else 1)
+                    test_images + held_out, len(TTA_SHIFTS) if cfg.tta else 1)
 
 
 @dataclass(frozen=True)
