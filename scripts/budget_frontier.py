@@ -9,6 +9,10 @@ Each run takes its budget: run it in the background, one at a time.
     python scripts/budget_frontier.py --data data --budgets 30m --model-seed 1   # a second seed
     python scripts/budget_frontier.py --data data --budgets none   # today's default, same split
 
+`--via-make` runs them as a user does, `make train BUDGET=T` then `make submission`, in the
+checkout the script is in (a fresh clone: `make install` runs first, untimed); `--busy-at 0.5`
+starts a busy loop on one core halfway through the budget, until the submission is written.
+
 Every run holds out the same rows (`seed` 42, `holdout` 0.15), so any two are paired; a second
 seed is another `model_seed` (weights, augmentation, shuffling) on that split.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -41,32 +46,61 @@ def cpu_family(path: Path = Path("/proc/cpuinfo")) -> str:
                  if k.strip() == "cpu family"), "")
 
 
-def timed(*args: str) -> float:
-    """Seconds `python -m pipeline ARGS` took; its output goes to this script's."""
+def timed(command: list[str]) -> float:
+    """Seconds `command` took in the checkout; its output goes to this script's."""
     t = time.time()
-    subprocess.run([sys.executable, "-m", "pipeline", *args], check=True, cwd=CODE_ROOT)
+    subprocess.run(command, check=True, cwd=CODE_ROOT)
     return time.time() - t
 
 
-def measure(budget: str, model_seed: int, holdout: float, profile: str, paths: Paths) -> dict:
+def busy_loop(after: float) -> subprocess.Popen:
+    """A process that waits `after` seconds, then keeps one core busy until it is killed."""
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    return subprocess.Popen([*pin, sys.executable, "-c",
+                             f"import time; time.sleep({after}); exec('while True: pass')"])
+
+
+def measure(budget: str, model_seed: int, holdout: float, profile: str, paths: Paths,
+            via_make: bool, busy_at: float) -> dict:
     """Train and predict one run within `budget` ("none": the fixed recipe); its record."""
-    run = f"frontier-{profile}-{budget}-m{model_seed}"
+    run = f"frontier-{profile}-{budget}-m{model_seed}{'-busy' if busy_at else ''}"
     where = ["--data", str(paths.data), "--runs-dir", str(paths.runs)]
-    train = timed("train", "--profile", profile, "--run", run, "--budget", budget,
-                  "--set", f"holdout={holdout}", "--set", f"model_seed={model_seed}", "--no-report", *where)
-    predict = timed("predict", "--run", run, *where, "--submissions-dir", str(paths.submissions))
+    split = ["--set", f"holdout={holdout}", "--set", f"model_seed={model_seed}"]
+    if via_make:  # as README says: the outputs go to the checkout's runs/ and submissions/
+        paths = Paths(paths.data, CODE_ROOT / "runs", CODE_ROOT / "submissions")
+        subprocess.run(["make", "install"], check=True, cwd=CODE_ROOT, stdout=subprocess.DEVNULL)
+        data = f"DATA={paths.data}"
+        steps = [["make", "train", data, f"PROFILE={profile}", f"RUN={run}",
+                  *([f"BUDGET={budget}"] if budget != "none" else []), f"ARGS={' '.join(split)}"],
+                 ["make", "submission", data, f"RUN={run}"]]
+    else:
+        steps = [[sys.executable, "-m", "pipeline", "train", "--profile", profile, "--run", run,
+                  "--budget", budget, *split, "--no-report", *where],
+                 [sys.executable, "-m", "pipeline", "predict", "--run", run, *where,
+                  "--submissions-dir", str(paths.submissions)]]
+    seconds = parse_duration(budget) if budget != "none" else None
+    busy = busy_loop(busy_at * seconds) if busy_at and seconds else None
+    try:
+        train = timed(steps[0])
+        predict = timed(steps[1])
+    finally:
+        if busy:
+            busy.kill()
     rf = RunFiles(paths.run_dir(run))
     cfg, env, metrics = read_json(rf.config), read_json(rf.env), read_json(rf.metrics)
     model, flags = cpu_info()
-    return {"run": run, "budget": budget,
-            "budget_seconds": parse_duration(budget) if budget != "none" else None,
+    return {"run": run, "budget": budget, "budget_seconds": seconds,
+            "via": "make train + make submission" if via_make else "python -m pipeline",
+            "commit": env.get("git_commit"), "busy_loop_from": busy_at * seconds if busy else None,
             "seed": cfg["seed"], "model_seed": model_seed, "holdout": holdout, "profile": profile,
             "train_seconds": round(train, 1), "predict_seconds": round(predict, 1),
             "total_seconds": round(train + predict, 1),
             "holdout_errors": metrics["holdout"]["errors"], "holdout_n": metrics["holdout"]["n"],
             "epochs": cfg["epochs"], "refit": cfg["refit"],
             "members_finished": len(metrics.get("members", [])),
+            "fold_epochs": cfg.get("fold_epochs") or cfg["epochs"],
             "plan": env["starts"][-1].get("budget"), "precision": cfg["precision"],
+            "rule": (env["starts"][-1].get("budget") or {}).get("rule"),
             "cpu": model, "cpu_family": cpu_family(),
             "bf16_flags": sorted(f for f in flags if f in ("amx_bf16", "avx512_bf16")),
             "cores": env["machine"]["cores"], "at": datetime.now(timezone.utc).isoformat()}
@@ -82,14 +116,20 @@ def main() -> int:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--data", default=str(defaults.data))
     p.add_argument("--runs-dir", default=str(defaults.runs))
+    p.add_argument("--via-make", action="store_true", help="make train BUDGET=T + make submission")
+    p.add_argument("--busy-at", type=float, default=0.0,
+                   help="start a busy loop on one core at this share of the budget (0: none)")
+    p.add_argument("--results", default=str(RESULTS), help="the JSON file records are appended to")
     args = p.parse_args()
+    results = Path(args.results)
     runs = Path(args.runs_dir).resolve()
     # Its own submissions folder: never over the user's submissions/submission.csv.
     paths = Paths(Path(args.data).resolve(), runs, runs / "frontier-submissions")
     for budget in args.budgets:
-        record = measure(budget, args.model_seed, args.holdout, args.profile, paths)
-        records = read_json(RESULTS) if RESULTS.is_file() else []
-        write_json(RESULTS, [*records, record])
+        record = measure(budget, args.model_seed, args.holdout, args.profile, paths,
+                         args.via_make, args.busy_at)
+        records = read_json(results) if results.is_file() else []
+        write_json(results, [*records, record])
         print(json.dumps(record, indent=2), flush=True)
     return 0
 

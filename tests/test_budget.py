@@ -5,8 +5,10 @@ the anytime ensemble of a run stopped by SIGTERM during a member."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,32 +79,54 @@ def _fits(p: budget.BudgetPlan, left: float) -> None:
     """The plan fills at most PLAN_SHARE of the time left, and one more member would not fit."""
     assert budget.expected_seconds(p.recipe, WORK, p.speed) == pytest.approx(p.seconds)
     assert p.seconds <= PLAN_SHARE * left
-    more = Recipe(p.recipe.epochs, p.recipe.members + 1)
+    more = replace(p.recipe, members=p.recipe.members + 1)
     assert budget.expected_seconds(more, WORK, p.speed) > PLAN_SHARE * left
 
 
 def test_the_plan_fills_the_budget_with_members_of_the_profiles_epochs() -> None:
     p = budget.plan(2 * 3600, 0, TWO_CORES, WORK, CPU, {})
-    assert p.recipe.epochs == 25 and 5 < p.recipe.members < budget.MAX_MEMBERS
+    assert p.recipe == Recipe(25, p.recipe.members, 25) and 5 < p.recipe.members < budget.MAX_MEMBERS
     _fits(p, 2 * 3600)
     assert p.line(WORK, now=datetime(2025, 1, 1, 12, 0)).startswith(
         f"budget 2h00m: 5 folds × 25 epochs + {p.recipe.members} member(s) × 25 epochs · 1,000 "
         "images/s measured per process, 2 at once · expected to finish in ")
 
 
+def test_the_ladder_buys_the_members_epochs_first_then_members_then_the_folds_epochs() -> None:
+    plans = [budget.plan(minutes * 60, 0, TWO_CORES, WORK, CPU, {}).recipe
+             for minutes in (8, 15, 30, 45, 60, 75, 90, 120)]
+    for r, bigger in zip(plans, plans[1:]):  # more time never buys less of anything
+        assert (bigger.epochs, bigger.fold_epochs) >= (r.epochs, r.fold_epochs)
+        assert bigger.members >= r.members or bigger.epochs > r.epochs
+    for r in plans:
+        assert r.fold_epochs <= r.epochs
+        if budget.MIN_EPOCHS < r.epochs < 25:  # rung 1: epochs for MIN_MEMBERS members, short folds
+            assert r.members == budget.MIN_MEMBERS
+            assert r.fold_epochs == max(budget.MIN_EPOCHS, math.ceil(budget.FOLD_RATIO * r.epochs))
+        if r.members < 5 or r.fold_epochs < 25:  # rungs 2 and 3 before more members
+            assert r.members <= 5
+    # The budgets span every rung: short members, 25-epoch members with short folds, then more.
+    assert plans[0].epochs < 25 and plans[-1] == Recipe(25, plans[-1].members, 25)
+    assert any(r.epochs == 25 and r.fold_epochs < 25 for r in plans)
+    assert plans[-1].members > 5
+
+
 def test_a_smaller_budget_or_a_slower_machine_buys_shorter_models() -> None:
-    p = budget.plan(30 * 60, 0, TWO_CORES, WORK, CPU, {})
-    assert budget.MIN_EPOCHS <= p.recipe.epochs < 25 and p.recipe.members >= 1
-    _fits(p, 30 * 60)
-    # The folds take at most half the time when members follow.
-    folds = budget.expected_seconds(Recipe(p.recipe.epochs, 0), WORK, TWO_CORES)
-    assert folds <= budget.FOLD_SHARE * PLAN_SHARE * 30 * 60
-    slow = budget.plan(30 * 60, 0, Speed(500, 2), WORK, CPU, {})
+    p = budget.plan(15 * 60, 0, TWO_CORES, WORK, CPU, {})
+    assert budget.MIN_EPOCHS <= p.recipe.epochs < 25 and p.recipe.members == budget.MIN_MEMBERS
+    _fits(p, 15 * 60)
+    slow = budget.plan(15 * 60, 0, Speed(500, 2), WORK, CPU, {})
     assert slow.recipe.epochs < p.recipe.epochs
     # Time spent by earlier invocations counts.
-    later = budget.plan(30 * 60, 10 * 60, TWO_CORES, WORK, CPU, {})
+    later = budget.plan(15 * 60, 5 * 60, TWO_CORES, WORK, CPU, {})
     assert later.recipe.epochs < p.recipe.epochs
-    _fits(later, 20 * 60)
+    _fits(later, 10 * 60)
+    # Too little for one member: the folds are the submission and get the epochs (with nothing
+    # to infer afterwards, a member cannot pay for itself by a shorter predict).
+    untested = replace(WORK, test_images=0)
+    folds = budget.plan(280, 0, TWO_CORES, untested, CPU, {})
+    assert folds.recipe == Recipe(2, 0, 2)
+    assert folds.line(untested).startswith("budget 4m40s: 5 folds × 2 epochs · ")
 
 
 def test_explicit_values_win_and_the_plan_says_so() -> None:
@@ -112,22 +136,26 @@ def test_explicit_values_win_and_the_plan_says_so() -> None:
     assert p.line(WORK).endswith("· fitted around epochs=3")
     q = budget.plan(30 * 60, 0, TWO_CORES, WORK, CPU, {"refit": 2})
     assert q.recipe.members == 2 and q.seconds <= PLAN_SHARE * 30 * 60
-    # With its members fixed, the folds may take all the time the members leave.
-    assert budget.expected_seconds(Recipe(q.recipe.epochs + 1, 2), WORK, TWO_CORES) \
-        > PLAN_SHARE * 30 * 60
+    # With its members fixed, the rest of the time goes to epochs.
+    assert budget.expected_seconds(replace(q.recipe, epochs=q.recipe.epochs + 1), WORK, TWO_CORES) \
+        > PLAN_SHARE * 30 * 60 or q.recipe.epochs == 25
+    f = budget.plan(60 * 60, 0, TWO_CORES, WORK, CPU, {"fold_epochs": 3})
+    assert f.recipe.fold_epochs == 3 and f.recipe.epochs == 25 and f.fitted_around == ("fold_epochs=3",)
+    _fits(f, 60 * 60)
 
 
 def test_a_budget_too_small_is_refused_naming_the_minimum() -> None:
     with pytest.raises(UserError) as exc:
         budget.plan(5 * 60, 0, TWO_CORES, WORK, CPU, {})
     least = re.search(r"give at least --budget (\d+)s$", str(exc.value))
-    assert str(exc.value).startswith("budget 5m00s is too small: 5 fold models × 2 epochs need "
-                                     "about ") and least
+    assert re.match(r"budget 5m00s is too small: 5 fold models × 2 epochs( and \d member\(s\) × 2 "
+                    r"epochs)? need about ", str(exc.value)) and least
     assert "1,000 images/s measured on this machine (2 at once)" in str(exc.value)
     p = budget.plan(int(least.group(1)), 0, TWO_CORES, WORK, CPU, {})  # the minimum does fit
-    assert p.recipe.epochs == budget.MIN_EPOCHS
-    with pytest.raises(UserError, match=r"× 25 epochs and 3 member\(s\) need .*fitted around "
-                                        r"epochs=25, refit=3; give at least --budget \d+m$"):
+    assert (p.recipe.epochs, p.recipe.fold_epochs) == (budget.MIN_EPOCHS, budget.MIN_EPOCHS)
+    with pytest.raises(UserError, match=r"5 fold models × 5 epochs and 3 member\(s\) × 25 epochs "
+                                        r"need .*fitted around epochs=25, refit=3; give at least "
+                                        r"--budget \d+m$"):
         budget.plan(30 * 60, 0, TWO_CORES, WORK, CPU, {"epochs": 25, "refit": 3})
 
 
@@ -179,13 +207,14 @@ def test_members_not_started_are_dropped_when_the_speed_drops(slowdown: float, s
     one = Speed(1_000, 1)
     p = budget.plan(3600, 0, one, WORK, CPU, {})
     b = runbudget.Budgeted(config.resolve("cpu", sets={"epochs": str(p.recipe.epochs),
+                                                       "fold_epochs": str(p.recipe.fold_epochs),
                                                        "refit": str(p.recipe.members)}), p, WORK)
     clock = Clock()
     deadline = Deadline(3600, 0, clock=clock)
     speed = one.images_per_second / slowdown  # another program took part of the core
     metas = []
     for _ in range(WORK.folds):  # every fold trains, whatever the speed
-        metas.append(_meta(WORK.fold_images, p.recipe.epochs, speed))
+        metas.append(_meta(WORK.fold_images, p.recipe.fold_epochs, speed))
         clock.now += metas[-1]["seconds"]
     members = 0
     while members < p.recipe.members and runbudget.member_fits(b, deadline, metas):
@@ -210,7 +239,8 @@ def test_too_small_a_budget_is_refused_before_training(tmp_path: Path, sample_di
     flags = ["--data", str(sample_dir), "--runs-dir", str(runs), "--run", "b"]
     proc = call_cli(*TINY, *flags, "--budget", "3s", check=False)
     assert proc.returncode == 2
-    assert re.fullmatch(r"error: budget 0m03s is too small: 2 fold models × 2 epochs need about "
+    assert re.fullmatch(r"error: budget 0m03s is too small: 2 fold models × 2 epochs"
+                        r"( and \d member\(s\) × 2 epochs)? need about "
                         r"\d+m\d\ds at the [\d,]+ images/s measured on this machine \(1 at once\); "
                         r"give at least --budget \d+s", last_error_line(proc))
     # At most a cache: the parsed CSV and the split (runs/cache/, runs/folds/).

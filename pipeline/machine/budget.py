@@ -6,13 +6,20 @@ Pure functions of numbers, tested with made-up speeds and clocks; `train` measur
 (pipeline.training.calibrate) and applies the plan. The budget covers the run from its first
 `train` to the submission file with the report; earlier invocations of the run count.
 
-    The rule. The folds' epochs are the largest, up to the profile's, whose k fold models take at
-    most FOLD_SHARE of the time left (all of it when members cannot follow); then as many members
-    of the same epochs as fit, up to MAX_MEMBERS. Together they fill PLAN_SHARE of the time left:
-    the rest absorbs drift. Explicit `epochs` and `refit` are kept as given, and a budget they
-    cannot fit is refused, naming the minimum. While training, a member starts only if it and the
-    tail (predict, report) still end within the budget: when the speed drops, the members not yet
-    started are dropped rather than the budget overrun.
+    The rule, a ladder fitted to the frontier (scripts/results/budget-frontier.json): epochs buy
+    more accuracy than members (8 members × 3 epochs: 45 holdout errors; one model × 25 epochs:
+    23–29), and the fold models only estimate the accuracy (the refit members make the
+    submission). So each rung takes what fits of PLAN_SHARE of the time left, in this order:
+      1. the members' epochs, up to the profile's, for MIN_MEMBERS members, the folds at
+         FOLD_RATIO of those epochs (at least MIN_EPOCHS);
+      2. members, up to the profile's count;
+      3. the folds' epochs, up to the members' (so the CV validates what is submitted);
+      4. members, up to MAX_MEMBERS.
+    When not even one member fits, the folds are the submission and get the epochs. The rest of
+    the time absorbs drift. Explicit `epochs`, `fold_epochs` and `refit` are kept as given, and a
+    budget they cannot fit is refused, naming the minimum. While training, a member starts only
+    if it and the tail (predict, report) still end within the budget: when the speed drops, the
+    members not yet started are dropped rather than the budget overrun.
 
 The constants are first estimates; scripts/budget_frontier.py measures what each budget buys.
 """
@@ -23,15 +30,17 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from pipeline.console import duration
 from pipeline.errors import UserError
 
-MIN_EPOCHS = 2  # the shortest fold model the planner chooses (one epoch is all warm-up)
-FOLD_SHARE = 0.5  # of the time left, at most this goes to the fold models when members follow
+RULE = "ladder"  # the rule's name, recorded with each plan (the first rule, before it: unnamed)
+MIN_EPOCHS = 2  # the shortest model the planner chooses (one epoch is all warm-up)
+MIN_MEMBERS = 3  # the members the first rung buys epochs for
+FOLD_RATIO = 0.2  # the folds' epochs as a share of the members' on the first rung
 PLAN_SHARE = 0.95  # of the time left, the plan fills this; the rest absorbs drift
 MAX_MEMBERS = 20  # issue 22 measured ensembles of 5–20 models; beyond that is unmeasured
 MODEL_SECONDS = 5.0  # per model besides its epochs: building and tracing it, OOF predictions, saving
@@ -70,10 +79,16 @@ class Speed:
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a run trains: k fold models and `members` refit members, all of `epochs` epochs."""
+    """What a run trains: `members` refit members of `epochs` epochs, and k fold models of
+    `fold_epochs` (0: as many as the members)."""
 
     epochs: int
     members: int
+    fold_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.fold_epochs:
+            object.__setattr__(self, "fold_epochs", self.epochs)
 
 
 def makespan(seconds: Sequence[float], slots: int) -> float:
@@ -94,7 +109,7 @@ def tail_seconds(recipe: Recipe, work: Workload, speed: Speed) -> float:
 def expected_seconds(recipe: Recipe, work: Workload, speed: Speed, done: int = 0) -> float:
     """Seconds `recipe` takes from its first model (after the first `done`, which finished) to
     the submission and report."""
-    models = ([speed.model_seconds(work.fold_images, recipe.epochs)] * work.folds
+    models = ([speed.model_seconds(work.fold_images, recipe.fold_epochs)] * work.folds
               + [speed.model_seconds(work.member_images, recipe.epochs)] * recipe.members)
     return makespan(models[done:], speed.processes) + tail_seconds(recipe, work, speed)
 
@@ -118,14 +133,15 @@ class BudgetPlan:
         members = f" + {r.members} member(s) × {r.epochs} epochs" if r.members else ""
         spent = f", {duration(self.spent)} of it already spent" if self.spent else ""
         around = f" · fitted around {', '.join(self.fitted_around)}" if self.fitted_around else ""
-        return (f"budget {duration(self.budget)}{spent}: {work.folds} folds × {r.epochs} epochs"
+        return (f"budget {duration(self.budget)}{spent}: {work.folds} folds × {r.fold_epochs} epochs"
                 f"{members} · {s.images_per_second:,.0f} images/s measured per process, "
                 f"{s.processes} at once · expected to finish in {duration(self.seconds)}, at "
                 f"{finish:%H:%M} (with predict and the report){around}")
 
     def to_dict(self) -> dict[str, Any]:
         """The plan for env.json."""
-        return {"budget": self.budget, "spent": round(self.spent, 2), **asdict(self.recipe),
+        return {"budget": self.budget, "spent": round(self.spent, 2), "rule": RULE,
+                **asdict(self.recipe),
                 **asdict(self.speed), "expected_seconds": round(self.seconds, 2),
                 "fitted_around": list(self.fitted_around),
                 "speeds": {k: round(v, 1) for k, v in self.speeds.items()}}
@@ -133,35 +149,50 @@ class BudgetPlan:
 
 def plan(budget: float, spent: float, speed: Speed, work: Workload, default: Recipe,
          explicit: dict[str, int]) -> BudgetPlan:
-    """The recipe of a new run with `budget` seconds of which `spent` are gone: `default` (the
-    profile's epochs) scaled to fit, `explicit` values (`epochs`, `refit`) kept as given."""
-    left = budget - spent
+    """The recipe of a new run with `budget` seconds of which `spent` are gone: the ladder (see
+    above) up to `default` (the profile's epochs and members), `explicit` values (`epochs`,
+    `fold_epochs`, `refit`) kept as given."""
+    room = PLAN_SHARE * (budget - spent)
     fixed = explicit.get("refit")
-    lowest = min(MIN_EPOCHS, default.epochs)
+    folds_fixed = explicit.get("fold_epochs")
     options = ([explicit["epochs"]] if "epochs" in explicit
-               else list(range(default.epochs, lowest - 1, -1)))
+               else list(range(default.epochs, min(MIN_EPOCHS, default.epochs) - 1, -1)))
 
-    def cost(epochs: int, members: int) -> float:
-        return expected_seconds(Recipe(epochs, members), work, speed)
+    def recipe(epochs: int, members: int, folds: int | None = None) -> Recipe:
+        short = max(min(MIN_EPOCHS, epochs), math.ceil(FOLD_RATIO * epochs))
+        return Recipe(epochs, members, folds_fixed or folds or (short if members else epochs))
 
-    share = 1.0 if fixed is not None else FOLD_SHARE
-    fits = ([e for e in options if cost(e, fixed or 0) <= share * PLAN_SHARE * left]
-            or [e for e in options[-1:] if cost(e, fixed or 0) <= PLAN_SHARE * left])
+    def fits(r: Recipe) -> bool:
+        return expected_seconds(r, work, speed) <= room
+
+    def most(r: Recipe, key: str, up_to: int) -> Recipe:
+        """`r` with `key` raised as far as it fits, up to `up_to`."""
+        start = getattr(r, key)
+        return next((c for v in range(max(start, up_to), start, -1)
+                     if fits(c := replace(r, **{key: v}))), r)
+
+    wanted = [fixed] if fixed is not None else list(range(MIN_MEMBERS, -1, -1))
+    chosen = next((r for m in wanted for e in options if fits(r := recipe(e, m))), None)
     around = tuple(f"{k}={v}" for k, v in sorted(explicit.items()))
-    if not fits:
-        need = spent + cost(options[-1], fixed or 0) / PLAN_SHARE
-        members = f" and {fixed} member(s)" if fixed else ""
+    if chosen is None:
+        least_recipe = min((recipe(options[-1], m) for m in wanted),
+                           key=lambda r: expected_seconds(r, work, speed))
+        need = spent + expected_seconds(least_recipe, work, speed) / PLAN_SHARE
+        members = (f" and {least_recipe.members} member(s) × {least_recipe.epochs} epochs"
+                   if least_recipe.members else "")
         kept = f", fitted around {', '.join(around)}" if around else ""
         raise UserError(
-            f"budget {duration(budget)} is too small: {work.folds} fold models × {options[-1]} "
-            f"epochs{members} need about {duration(need)} at the {speed.images_per_second:,.0f} "
-            f"images/s measured on this machine ({speed.processes} at once){kept}; give at "
-            f"least --budget {least(need)}")
-    epochs = fits[0]
-    members = fixed if fixed is not None else max(
-        m for m in range(MAX_MEMBERS + 1) if m == 0 or cost(epochs, m) <= PLAN_SHARE * left)
-    return BudgetPlan(budget, spent, Recipe(epochs, members), speed, cost(epochs, members),
-                      around)
+            f"budget {duration(budget)} is too small: {work.folds} fold models × "
+            f"{least_recipe.fold_epochs} epochs{members} need about {duration(need)} at the "
+            f"{speed.images_per_second:,.0f} images/s measured on this machine "
+            f"({speed.processes} at once){kept}; give at least --budget {least(need)}")
+    if chosen.members and fixed is None:
+        chosen = most(chosen, "members", max(default.members, MIN_MEMBERS))
+    if chosen.members and folds_fixed is None:
+        chosen = most(chosen, "fold_epochs", chosen.epochs)
+    if chosen.members and fixed is None:
+        chosen = most(chosen, "members", MAX_MEMBERS)
+    return BudgetPlan(budget, spent, chosen, speed, expected_seconds(chosen, work, speed), around)
 
 
 def least(seconds: float) -> str:
@@ -178,8 +209,8 @@ def grow(recipe: Recipe, old_budget: float, budget: float, speed: Speed, work: W
     limit = expected_seconds(recipe, work, speed) + PLAN_SHARE * (budget - old_budget)
     members = max(m for m in range(recipe.members, max(recipe.members, MAX_MEMBERS) + 1)
                   if m == recipe.members
-                  or expected_seconds(Recipe(recipe.epochs, m), work, speed) <= limit)
-    return Recipe(recipe.epochs, members)
+                  or expected_seconds(replace(recipe, members=m), work, speed) <= limit)
+    return replace(recipe, members=members)
 
 
 def measured_speed(metas: Sequence[dict[str, Any] | None], epochs: int,

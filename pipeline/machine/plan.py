@@ -149,12 +149,6 @@ def choose(cfg: Config, machine: Machine, folds: int,
     return plan
 
 
-def rounds_after(n: int, total: int, at_once: int) -> int:
-    """Rounds still to come after the one the n-th of `total` models trains in, `at_once` at a time."""
-    start = n - n % at_once
-    return -(-max(0, total - start - at_once) // at_once)
-
-
 def cpu_info(path: Path = Path("/proc/cpuinfo")) -> tuple[str, frozenset[str]]:
     """The CPU's model name and flags (Linux; elsewhere the platform's name and no flags)."""
     model, flags = platform.processor(), frozenset()

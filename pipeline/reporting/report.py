@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PROFILES, Config
+from pipeline.config import PROFILES, Config, folds_text
 from pipeline.console import Log, duration
 from pipeline.data.datafiles import DataFiles
 from pipeline.errors import UserError
@@ -246,7 +246,7 @@ def page_context(rd: RunData, made: dict[str, Path], study: dict[str, Any] | Non
         _card("CV log loss", f"{m['cv_log_loss']:.4f}", "lower is better"),
         _card("Kaggle public score", kaggle_score(rd.kaggle), _kaggle_when(rd.kaggle_history)),
         _card("Training time", duration(m.get("train_seconds", 0)),
-              f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs, summed over folds "
+              f"{folds_text(cfg)}, summed over folds "
               f"({cfg.get('workers', 1)} at a time)"),
     ]
     cr = m["classification_report"]
@@ -266,7 +266,7 @@ def page_context(rd: RunData, made: dict[str, Path], study: dict[str, Any] | Non
     return {
         "run": rd.name, "cv_accuracy": f"{m['cv_accuracy']:.4f}",
         "meta": {"profile": cfg.get("profile"), "model": cfg.get("model"), "folds": cfg.get("folds"),
-                 "epochs": cfg.get("epochs"), "images": len(rd.y),
+                 "folds_text": folds_text(cfg), "images": len(rd.y),
                  "built": dt.datetime.now().astimezone().isoformat(timespec="seconds")},
         "sections": list(SECTIONS), "titles": dict(SECTIONS), "cards": cards, "figures": by_section,
         "training": {

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import Config, keys_with
+from pipeline.config import Config, folds_text, keys_with
 from pipeline.console import duration, table
 from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import holdout_rows, same_split
@@ -60,7 +60,7 @@ def summary_text(run_dir: Path, metrics: dict[str, Any] | None = None) -> str:
     m = metrics or finished_metrics(rf.root)
     cfg = read_json(rf.config)
     lines = [f"run '{rf.name}' · profile {cfg.get('profile')} · model {cfg.get('model')} · "
-             f"{cfg.get('folds')} folds × {cfg.get('epochs')} epochs · {m.get('n_train', '?')} images",
+             f"{folds_text(cfg)} · {m.get('n_train', '?')} images",
              fold_table(m)]
     ci = cv_interval(m)
     ci_text = f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
@@ -110,7 +110,7 @@ def compare_rows(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
         h = m.get("holdout")
         rows.append({
             "run": run, "profile": cfg.get("profile"), "model": cfg.get("model"),
-            "folds×epochs": f"{cfg.get('folds')}×{cfg.get('epochs')}",
+            "folds×epochs": f"{cfg.get('folds')}×{cfg.get('fold_epochs') or cfg.get('epochs')}",
             "ensemble": RunFiles(Path(runs_dir) / run).ensemble_text(
                 load_run_config(Path(runs_dir) / run)),
             "precision": cfg["precision"],

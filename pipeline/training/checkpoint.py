@@ -30,15 +30,15 @@ NON_FINITE_ADVICE = "--set precision=float32, or a lower --set learning_rate"
 @dataclass(frozen=True)
 class Eta:
     """Seconds left in the run, from a model's seconds per epoch: the epochs it has left, then
-    `later` rounds of models still waiting for a process; shown against the run's budget when it
-    has one (`budget_end`, a time.time() value)."""
+    `later` epochs of the models still waiting for a process (per process); shown against the
+    run's budget when it has one (`budget_end`, a time.time() value)."""
 
     epochs: int
-    later: int = 0
+    later: float = 0.0
     budget_end: float = 0.0
 
     def __call__(self, per_epoch: float, done: int) -> float:
-        return per_epoch * ((self.epochs - done) + self.later * self.epochs)
+        return per_epoch * ((self.epochs - done) + self.later)
 
     def text(self, per_epoch: float, done: int) -> str:
         """The run's ETA as the epoch line shows it, with the budget left when there is one."""

@@ -1,14 +1,15 @@
 """The models a run trains, as jobs: each fold, and each refit member (`refit`), with its rows of
 train.csv, its seed, its folder and, with `pseudo_from`, its pseudo-labelled images.
 
-The run's models are listed by `RunFiles.models`: the folds first, then the members, which train
-on every labelled row and have no validation rows. The k-th model is seeded with
+The run's models are listed by `RunFiles.models`: the folds first (for `fold_epochs` epochs when
+the run has them), then the members, which train on every labelled row and have no validation
+rows. The k-th model is seeded with
 seed + 1000·k (+ 100,003 per model_seed), so no two models of a run draw the same weights.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,8 +53,8 @@ def job_for(cfg: Config, paths: Paths, run: str, x: np.ndarray, fold_of: np.ndar
     if model.member:
         return ModelJob(cfg, model, np.flatnonzero(fold_of != HOLDOUT), np.zeros(0, np.int64))
     val_idx = val_rows(fold_of, model.number)
-    return ModelJob(cfg, model, train_rows(fold_of, model.number), val_idx,
-                    extra=pseudo_labels(cfg, paths, run, model.number, x, val_idx, log))
+    return ModelJob(replace(cfg, epochs=cfg.model_epochs(member=False)), model,
+                    train_rows(fold_of, model.number), val_idx, extra=pseudo_labels(cfg, paths, run, model.number, x, val_idx, log))
 
 
 def _subsample(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -2,8 +2,8 @@
 (its finished models', else a calibration's), and the recipe fitted to both
 (pipeline.machine.budget); then, while it trains, whether the next member still fits.
 
-A new run gets the plan's recipe. A started run keeps the one config.json froze (its `epochs`
-and `refit`); a larger budget than it started with adds members of that recipe, the same budget
+A new run gets the plan's recipe. A started run keeps the one config.json froze (its `epochs`,
+`fold_epochs` and `refit`); a larger budget than it started with adds members of that recipe, the same budget
 changes nothing.
 """
 
@@ -30,7 +30,7 @@ from pipeline.runfiles import RunFiles, read_optional
 from pipeline.training.calibrate import calibrate
 
 # The recipe keys the planner chooses; set explicitly (--set, --config, a study), they are kept.
-RECIPE_KEYS = ("epochs", "refit")
+RECIPE_KEYS = ("epochs", "fold_epochs", "refit")
 
 
 def spent_before(rf: RunFiles) -> float:
@@ -81,7 +81,7 @@ def fit(cfg: Config, rf: RunFiles, machine: Machine, x: np.ndarray, y: np.ndarra
     if saved is None:
         planned = budget.plan(cfg.budget, spent, speed, work, Recipe(cfg.epochs, cfg.refit), kept)
     else:
-        recipe = Recipe(cfg.epochs, cfg.refit)
+        recipe = Recipe(cfg.epochs, cfg.refit, cfg.fold_epochs)
         if "refit" not in explicit:
             recipe = budget.grow(recipe, float(saved.get("budget") or np.inf), cfg.budget, speed,
                                  work)
@@ -90,7 +90,9 @@ def fit(cfg: Config, rf: RunFiles, machine: Machine, x: np.ndarray, y: np.ndarra
                              budget.expected_seconds(recipe, work, speed, done=done),
                              tuple(f"{k}={v}" for k, v in sorted(kept.items())))
     planned = replace(planned, speeds=speeds)
-    return Budgeted(replace(cfg, epochs=planned.recipe.epochs, refit=planned.recipe.members),
+    r = planned.recipe
+    return Budgeted(replace(cfg, epochs=r.epochs, refit=r.members,
+                            fold_epochs=r.fold_epochs if r.fold_epochs != r.epochs else 0),
                     planned, work)
 
 

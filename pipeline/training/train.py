@@ -41,7 +41,7 @@ from pipeline.files import (
     write_text,
 )
 from pipeline.machine.budget import Deadline
-from pipeline.machine.plan import Plan, choose, rounds_after, setup_tensorflow, this_machine
+from pipeline.machine.plan import Plan, choose, setup_tensorflow, this_machine
 from pipeline.machine.pool import Job, run_jobs
 from pipeline.prediction.evaluate import fold_scores
 from pipeline.prediction.inference import average_probs
@@ -219,11 +219,13 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         plan = choose(cfg, machine, len(todo), budgeted.plan.speeds if budgeted else None)
         cfg = replace(cfg, precision=plan.precision)
         held = int(np.sum(fold_of == HOLDOUT))
+        members = (f", then {cfg.refit} member(s) × {cfg.epochs} epochs on all {len(y) - held}"
+                   if cfg.refit else "")
         log(f"run '{run}': profile {cfg.profile}, model {cfg.model}, {cfg.folds} folds × "
-            f"{cfg.epochs} epochs on {len(y) - held} images"
+            f"{cfg.model_epochs(member=False)} epochs on {len(y) - held} images"
             f"{f' ({held} more held out)' if held else ''}"
             f"{f' + images pseudo-labelled by run {cfg.pseudo_from!r}' if cfg.pseudo_from else ''}"
-            f"{f', then {cfg.refit} member(s) on all {len(y) - held}' if cfg.refit else ''}"
+            f"{members}"
             f" → {rf.root}")
         if budgeted:
             log(budgeted.plan.line(budgeted.work))
@@ -279,8 +281,7 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
             spent()
             log(_done_line(model, meta))
 
-        eta = partial(checkpoint.Eta, cfg.epochs,
-                      budget_end=deadline.left() + time.time() if deadline else 0.0)
+        eta = partial(_eta, cfg, todo, budget_end=deadline.left() + time.time() if deadline else 0.0)
         parallel = plan.processes > 1 and len(todo) > 1
         if todo:
             log(plan.line())
@@ -363,7 +364,7 @@ def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndar
             return
         log(f"=== {model.label_of} ===")
         finished(model, train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y,
-                                   eta=eta(rounds_after(n, len(todo), at_once=1)), log=log))
+                                   eta=eta(n, 1), log=log))
 
 
 def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str,
@@ -386,7 +387,7 @@ def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[
     at_once = plan.processes
     threads = [plan.threads_for(n, len(todo), cfg.threads) for n in range(len(todo))]
     jobs = [Job(model.label, _fold_worker, (cfg, plan, threads[n], paths, run, model,
-                                            eta(rounds_after(n, len(todo), at_once))))
+                                            eta(n, at_once)))
             for n, model in enumerate(todo)]
 
     def started(n: int, job: Job, pid: int) -> None:
@@ -394,6 +395,14 @@ def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[
 
     run_jobs(jobs, at_once, on_start=started, on_done=lambda n, job, meta: finished(todo[n], meta),
              slot_env=plan.env_for_slot, admit=lambda n: admit(todo[n]))
+
+
+def _eta(cfg: Config, todo: list[ModelEntry], n: int, at_once: int,
+         budget_end: float) -> checkpoint.Eta:
+    """The ETA of the n-th model of `todo`: its epochs, then those of the rounds after its own."""
+    after = todo[n - n % at_once + at_once:]
+    return checkpoint.Eta(cfg.model_epochs(todo[n].member),
+                          sum(cfg.model_epochs(m.member) for m in after) / at_once, budget_end)
 
 
 def _done_line(model: ModelEntry, meta: dict[str, Any]) -> str:
