@@ -272,6 +272,10 @@ def test_resuming_with_the_same_budget_changes_nothing_and_a_larger_one_adds_mem
     assert json.loads((run / "config.json").read_text()) == cfg
     assert "===" not in again.stdout and {p: sha256(p) for p in run.glob("*/model.keras")} == models
     assert len(json.loads((run / "env.json").read_text())["starts"]) == 2
+    # Without --budget, the run keeps its own: the same command resumes, changing nothing.
+    plain = call_cli(*args)
+    assert json.loads((run / "config.json").read_text()) == cfg
+    assert "===" not in plain.stdout and {p: sha256(p) for p in run.glob("*/model.keras")} == models
 
     more = call_cli(*args, "--budget", "50s")
     grown = json.loads((run / "config.json").read_text())

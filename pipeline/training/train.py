@@ -189,6 +189,10 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         # so a resume on another host computes as the run began; a new run's is the plan's.
         if cfg.precision == "auto":
             cfg = replace(cfg, precision=started_precision(rf.root))
+        # A started run keeps its budget (none included) unless one is given again.
+        saved = read_optional(rf.config)
+        if saved is not None and "budget" not in explicit:
+            cfg = replace(cfg, budget=float(saved.get("budget") or 0.0))
         if not cfg.budget:
             check_resumable(rf.root, cfg)
         t0 = time.time()
