@@ -71,7 +71,7 @@ def measure(budget: str, model_seed: int, holdout: float, profile: str, paths: P
         subprocess.run(["make", "install"], check=True, cwd=CODE_ROOT, stdout=subprocess.DEVNULL)
         data = f"DATA={paths.data}"
         steps = [["make", "train", data, f"PROFILE={profile}", f"RUN={run}",
-                  *([f"BUDGET={budget}"] if budget != "none" else []), f"ARGS={' '.join(split)}"],
+                  f"BUDGET={budget}", f"ARGS={' '.join(split)}"],
                  ["make", "submission", data, f"RUN={run}"]]
     else:
         steps = [[sys.executable, "-m", "pipeline", "train", "--profile", profile, "--run", run,

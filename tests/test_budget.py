@@ -63,6 +63,10 @@ def test_the_budget_key_takes_durations() -> None:
     assert config.resolve("tiny", sets={"budget": "30m"}).budget == 1800
     assert config.resolve("tiny", sets={"budget": "none"}).budget == 0
     assert config.resolve("tiny").budget == 0
+    # `make train`'s default: 30 minutes on the `cpu` profile; the other profiles, the fixed recipe.
+    assert config.resolve("cpu").budget == 1800
+    assert {p: config.resolve(p).budget for p in config.PROFILES if p != "cpu"} \
+        == {p: 0 for p in config.PROFILES if p != "cpu"}
     with pytest.raises(UserError, match=r"^--set: budget='half an hour' is not a duration"):
         config.resolve("tiny", sets={"budget": "half an hour"})
 
@@ -147,7 +151,8 @@ def test_explicit_values_win_and_the_plan_says_so() -> None:
 def test_a_budget_too_small_is_refused_naming_the_minimum() -> None:
     with pytest.raises(UserError) as exc:
         budget.plan(5 * 60, 0, TWO_CORES, WORK, CPU, {})
-    least = re.search(r"give at least --budget (\d+)s$", str(exc.value))
+    least = re.search(r"give at least --budget (\d+)s, or --budget none for the fixed recipe$",
+                      str(exc.value))
     assert re.match(r"budget 5m00s is too small: 5 fold models × 2 epochs( and \d member\(s\) × 2 "
                     r"epochs)? need about ", str(exc.value)) and least
     assert "1,000 images/s measured on this machine (2 at once)" in str(exc.value)
@@ -155,7 +160,7 @@ def test_a_budget_too_small_is_refused_naming_the_minimum() -> None:
     assert (p.recipe.epochs, p.recipe.fold_epochs) == (budget.MIN_EPOCHS, budget.MIN_EPOCHS)
     with pytest.raises(UserError, match=r"5 fold models × 5 epochs and 3 member\(s\) × 25 epochs "
                                         r"need .*fitted around epochs=25, refit=3; give at least "
-                                        r"--budget \d+m$"):
+                                        r"--budget \d+m, or --budget none for the fixed recipe$"):
         budget.plan(30 * 60, 0, TWO_CORES, WORK, CPU, {"epochs": 25, "refit": 3})
 
 
@@ -242,7 +247,8 @@ def test_too_small_a_budget_is_refused_before_training(tmp_path: Path, sample_di
     assert re.fullmatch(r"error: budget 0m03s is too small: 2 fold models × 2 epochs"
                         r"( and \d member\(s\) × 2 epochs)? need about "
                         r"\d+m\d\ds at the [\d,]+ images/s measured on this machine \(1 at once\); "
-                        r"give at least --budget \d+s", last_error_line(proc))
+                        r"give at least --budget \d+s, or --budget none for the fixed recipe",
+                        last_error_line(proc))
     # At most a cache: the parsed CSV and the split (runs/cache/, runs/folds/).
     assert {p.split("/")[0] for p in snapshot(runs)} <= {"folds"}
     # --plan-only: the line, and again nothing written.

@@ -185,7 +185,8 @@ def plan(budget: float, spent: float, speed: Speed, work: Workload, default: Rec
             f"budget {duration(budget)} is too small: {work.folds} fold models × "
             f"{least_recipe.fold_epochs} epochs{members} need about {duration(need)} at the "
             f"{speed.images_per_second:,.0f} images/s measured on this machine "
-            f"({speed.processes} at once){kept}; give at least --budget {least(need)}")
+            f"({speed.processes} at once){kept}; give at least --budget {least(need)}, or "
+            "--budget none for the fixed recipe")
     if chosen.members and fixed is None:
         chosen = most(chosen, "members", max(default.members, MIN_MEMBERS))
     if chosen.members and folds_fixed is None:

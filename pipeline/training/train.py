@@ -403,8 +403,9 @@ def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[
 
 def _eta(cfg: Config, todo: list[ModelEntry], n: int, at_once: int,
          budget_end: float) -> checkpoint.Eta:
-    """The ETA of the n-th model of `todo`: its epochs, then those of the rounds after its own."""
-    after = todo[n - n % at_once + at_once:]
+    """The ETA of the n-th model of `todo`: its epochs, then, shared by the processes, those of
+    the models that start after the ones training beside it."""
+    after = todo[n + at_once:]
     return checkpoint.Eta(cfg.model_epochs(todo[n].member),
                           sum(cfg.model_epochs(m.member) for m in after) / at_once, budget_end)
 
