@@ -7,14 +7,16 @@ Each run takes its budget: run it in the background, one at a time.
 
     python scripts/budget_frontier.py --data data --budgets 10m 30m 60m
     python scripts/budget_frontier.py --data data --budgets 30m --model-seed 1   # a second seed
-    python scripts/budget_frontier.py --data data --budgets none   # today's default, same split
+    python scripts/budget_frontier.py --data data --budgets none   # the fixed recipe, same split
+    python scripts/budget_frontier.py --pair frontier-cpu-60m-m0 frontier-cpu-30m-m0
 
 `--via-make` runs them as a user does, `make train BUDGET=T` then `make submission`, in the
 checkout the script is in (a fresh clone: `make install` runs first, untimed); `--busy-at 0.5`
 starts a busy loop on one core halfway through the budget, until the submission is written.
 
-Every run holds out the same rows (`seed` 42, `holdout` 0.15), so any two are paired; a second
-seed is another `model_seed` (weights, augmentation, shuffling) on that split.
+Every run holds out the same rows (`seed` 42, `holdout` 0.15), so any two are paired: each record
+keeps the rows its ensemble gets wrong, and `--pair A B` compares two records without their runs. A
+second seed is another `model_seed` (weights, augmentation, shuffling) on that split.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import CODE_ROOT, Paths, parse_duration, project_root
-from pipeline.files import read_json, write_json
+from pipeline.data.datafiles import DataFiles
+from pipeline.data.folds import holdout_rows
+from pipeline.files import load_npy, read_json, write_json
 from pipeline.machine.plan import cpu_info
-from pipeline.runfiles import RunFiles
+from pipeline.runfiles import RunFiles, read_split
 
 RESULTS = CODE_ROOT / "scripts" / "results" / "budget-frontier.json"
 
@@ -51,6 +57,22 @@ def timed(command: list[str]) -> float:
     t = time.time()
     subprocess.run(command, check=True, cwd=CODE_ROOT)
     return time.time() - t
+
+
+def wrong_rows(rf: RunFiles, paths: Paths) -> list[int]:
+    """train.csv's rows (0-based) the run's ensemble gets wrong on the holdout: kept with the
+    record, so that any two records on the same split can be paired later without their runs."""
+    rows = holdout_rows(read_split(rf.root))
+    _, y = DataFiles(paths.data, paths.runs).labelled()
+    wrong = np.argmax(load_npy(rf.holdout_probs), axis=1) != y[rows]
+    return [int(r) for r in rows[wrong]]
+
+
+def paired(a: dict, b: dict) -> str:
+    """Two records' holdout errors paired: those only `a` makes, only `b`, both."""
+    wa, wb = set(a["holdout_wrong"]), set(b["holdout_wrong"])
+    return (f"{a['run']} vs {b['run']}: only the first wrong on {len(wa - wb)}, only the second "
+            f"on {len(wb - wa)}, both on {len(wa & wb)}")
 
 
 def busy_loop(after: float) -> subprocess.Popen:
@@ -96,6 +118,7 @@ def measure(budget: str, model_seed: int, holdout: float, profile: str, paths: P
             "train_seconds": round(train, 1), "predict_seconds": round(predict, 1),
             "total_seconds": round(train + predict, 1),
             "holdout_errors": metrics["holdout"]["errors"], "holdout_n": metrics["holdout"]["n"],
+            "holdout_wrong": wrong_rows(rf, paths),
             "epochs": cfg["epochs"], "refit": cfg["refit"],
             "members_finished": len(metrics.get("members", [])),
             "fold_epochs": cfg.get("fold_epochs") or cfg["epochs"],
@@ -110,7 +133,7 @@ def main() -> int:
     """Measure each budget in turn and append its record to scripts/results/."""
     defaults = Paths.under(project_root())
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budgets", nargs="+", required=True, help="e.g. 10m 30m 60m, or none")
+    p.add_argument("--budgets", nargs="+", default=[], help="e.g. 10m 30m 60m, or none")
     p.add_argument("--model-seed", type=int, default=0, help="another ensemble on the same split")
     p.add_argument("--holdout", type=float, default=0.15)
     p.add_argument("--profile", default="cpu")
@@ -120,8 +143,13 @@ def main() -> int:
     p.add_argument("--busy-at", type=float, default=0.0,
                    help="start a busy loop on one core at this share of the budget (0: none)")
     p.add_argument("--results", default=str(RESULTS), help="the JSON file records are appended to")
+    p.add_argument("--pair", nargs=2, metavar="RUN", help="pair two recorded runs' holdout errors")
     args = p.parse_args()
     results = Path(args.results)
+    if args.pair:
+        by_run = {r["run"]: r for r in read_json(results) if "holdout_wrong" in r}
+        print(paired(by_run[args.pair[0]], by_run[args.pair[1]]))
+        return 0
     runs = Path(args.runs_dir).resolve()
     # Its own submissions folder: never over the user's submissions/submission.csv.
     paths = Paths(Path(args.data).resolve(), runs, runs / "frontier-submissions")
