@@ -20,7 +20,7 @@ from pipeline.errors import UserError
 from pipeline.machine import budget
 from pipeline.machine.budget import PLAN_SHARE, Deadline, Recipe, Speed, Workload
 from pipeline.training import runbudget
-from tests.conftest import call_cli, interrupt, last_error_line, sha256, snapshot
+from tests.conftest import call_cli, cli_in_process, interrupt, last_error_line, sha256, snapshot
 
 # --- one duration syntax --------------------------------------------------------------------
 
@@ -233,6 +233,30 @@ def test_members_not_started_are_dropped_when_the_speed_drops(slowdown: float, s
         assert clock.now + tail <= 3600
 
 
+def test_a_member_in_flight_is_cut_when_its_pace_would_overrun_the_budget() -> None:
+    """A 15-minute run with a busy loop from 7m30s: the member started just before it slowed to
+    1.5x, predict after it to 2x, and the run ended at 1,101.6 s; cut, it would not have."""
+    p = budget.plan(900, 0, Speed(1_650, 2), WORK, CPU, {})
+    cut = budget.cutoff_at(p, WORK, end=900.0)
+    epoch = WORK.member_images / 1_650
+    assert cut.epoch_seconds == pytest.approx(epoch)
+    assert cut.tail == pytest.approx(budget.tail_seconds(p.recipe, WORK, p.speed))
+    assert cut.slack == pytest.approx(0.03 * 900)
+    # At the planned pace, a member that ends with the tail inside the budget goes on ...
+    ends = 900 - cut.tail - budget.MODEL_SECONDS
+    assert cut.keeps(ends - 3 * epoch, 3, epoch)
+    # ... and one a little late, within the slack: one slow epoch must not waste a model.
+    assert cut.keeps(ends - 3 * epoch + 20, 3, epoch * 1.02)
+    # 1.5x slower: its epochs left and the slowed tail overrun by far more than the slack.
+    now = 470.0
+    assert not cut.keeps(now, 11, 1.5 * epoch)
+    assert cut.projected_end(now, 11, 1.5 * epoch) == pytest.approx(
+        now + 11 * 1.5 * epoch + budget.MODEL_SECONDS + 1.5 * cut.tail)
+    # Faster than planned: the tail is not assumed faster.
+    assert cut.projected_end(now, 1, epoch / 2) == pytest.approx(
+        now + epoch / 2 + budget.MODEL_SECONDS + cut.tail)
+
+
 # --- on the embedded sample -----------------------------------------------------------------
 
 TINY = ["train", "--profile", "tiny", "--no-report"]
@@ -332,3 +356,54 @@ def test_the_workload_counts_what_predict_infers_the_test_and_the_held_out_rows(
     work = runbudget.workload(cfg, fold_of, test_images=1000)
     assert (work.fold_images, work.member_images) == (680, 850)
     assert work.test_images == 1000 + 150 and work.views == 5
+
+
+def test_a_member_slowed_in_flight_is_cut_and_the_folds_make_the_submission(
+        tmp_path: Path, sample_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """A run whose members train 100x slower than planned (as if another program took the
+    core): its first member is cut after its second epoch instead of overrunning the budget,
+    its checkpoint kept, and the fold models make the submission."""
+    from pipeline.training import train
+
+    def slowed(plan: budget.BudgetPlan, work: Workload, end: float) -> budget.Cutoff:
+        cut = budget.cutoff_at(plan, work, end)
+        return replace(cut, epoch_seconds=cut.epoch_seconds / 100)
+
+    monkeypatch.setattr(train, "cutoff_at", slowed)
+    runs, subs = tmp_path / "runs", tmp_path / "subs"
+    code, err = cli_in_process(capsys, *TINY, "--set", "epochs=4", "--set", "refit=2",
+                               "--budget", "10m", "--run", "c", "--data", str(sample_dir),
+                               "--runs-dir", str(runs))
+    assert code == 0, err
+    run = runs / "c"
+    state = json.loads((run / "stopped.json").read_text())
+    assert (state["members"], state["planned"], state["why"]) == (0, 2, "budget")
+    assert (run / "member_0" / "last.keras").is_file()  # resumable where it was cut
+    assert not (run / "member_0" / "metrics.json").exists() and not (run / "member_1").exists()
+    assert json.loads((run / "member_0" / "state.json").read_text())["epoch"] == 2
+    code, err = cli_in_process(capsys, "predict", "--run", "c", "--data", str(sample_dir),
+                               "--runs-dir", str(runs), "--submissions-dir", str(subs),
+                               "--no-report")
+    assert code == 0, err
+    assert len(pd.read_csv(subs / "c.csv")) == 540
+    assert json.loads((run / "prediction.json").read_text())["models"] == 2  # the folds
+
+
+def test_the_cut_is_announced_in_one_line() -> None:
+    """What the user reads when a member is cut: at a planned pace, a tail of a minute that ends
+    55 s past the budget."""
+    import time
+
+    lines: list[str] = []
+    callback = runbudget.cut_when_late(budget.Cutoff(end=time.time() + 10, epoch_seconds=1.0, tail=60.0,
+                                                     slack=5.0), "member 1/2", 4, lines.append)
+    callback.on_train_begin()
+    callback.on_epoch_end(0)  # the first epoch is never judged
+    assert not lines
+    with pytest.raises(runbudget.MemberCut):
+        callback.on_epoch_end(1)
+    assert re.fullmatch(r"budget: member 1/2 cut after epoch 2/4: at \d+\.\d s per epoch it and "
+                        r"the submission after it would end 0m5\ds past the budget; the "
+                        r"finished models make the submission \(its checkpoint is kept\)",
+                        lines[0]), lines

@@ -19,7 +19,11 @@ Pure functions of numbers, tested with made-up speeds and clocks; `train` measur
     the time absorbs drift. Explicit `epochs`, `fold_epochs` and `refit` are kept as given, and a
     budget they cannot fit is refused, naming the minimum. While training, a member starts only
     if it and the tail (predict, report) still end within the budget: when the speed drops, the
-    members not yet started are dropped rather than the budget overrun.
+    members not yet started are dropped rather than the budget overrun. A member already training
+    is cut (its checkpoint kept for a resume) when, at its last epoch's pace, it and the tail,
+    slowed as much, would overrun by more than OVERRUN_SHARE: a busy loop from the middle of a
+    15-minute run slowed the member started just before it and predict after it, and the run took
+    1,101.6 s.
 
 The constants are first estimates; scripts/budget_frontier.py measures what each budget buys.
 """
@@ -51,6 +55,10 @@ TAIL_SECONDS = 15.0  # after the last model: the run's metrics, predict's start-
 # predict took 247 s for 8 members x 5 views x 34,300 images at a measured 2 x 1,729 training
 # images/s, i.e. 1.7; the guess of 4 before made that 10-minute run last 12m18s).
 INFERENCE_SPEEDUP = 1.7
+# A member in flight is cut only past this share of the budget: one slow epoch should not throw
+# away a nearly finished model (the 30-minute run that ended 1.3 s before its budget would have
+# lost its last one to a projection 1% high).
+OVERRUN_SHARE = 0.03
 
 
 @dataclass(frozen=True)
@@ -224,6 +232,34 @@ def measured_speed(metas: Sequence[dict[str, Any] | None], epochs: int,
     last = max(done, key=lambda m: str(m.get("finished_at", "")))
     images = last["n_train"] + last.get("n_pseudo", 0)
     return images * last.get("epochs_run", epochs) / max(1e-6, last["seconds"] - MODEL_SECONDS)
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """When a member in flight is cut: its epochs left at its last epoch's pace, then predict
+    and the report slowed as much as that epoch was against the plan, past the budget's end (a
+    time.time() value) by more than `slack` seconds."""
+
+    end: float
+    epoch_seconds: float  # one member epoch at the planned speed
+    tail: float  # predict and the report after the last model, at the planned speed
+    slack: float
+
+    def projected_end(self, now: float, epochs_left: int, last_epoch: float) -> float:
+        """When the member and the tail after it would end, at the pace of its `last_epoch`."""
+        slower = max(1.0, last_epoch / self.epoch_seconds)
+        return now + epochs_left * last_epoch + MODEL_SECONDS + self.tail * slower
+
+    def keeps(self, now: float, epochs_left: int, last_epoch: float) -> bool:
+        """Whether the member goes on."""
+        return self.projected_end(now, epochs_left, last_epoch) <= self.end + self.slack
+
+
+def cutoff_at(plan: BudgetPlan, work: Workload, end: float) -> Cutoff:
+    """The cutoff of a run's members under `plan`, its budget ending at `end` (time.time())."""
+    s = plan.speed
+    return Cutoff(end, work.member_images / s.images_per_second,
+                  tail_seconds(plan.recipe, work, s), OVERRUN_SHARE * plan.budget)
 
 
 @dataclass

@@ -2,6 +2,9 @@
 (its finished models', else a calibration's), and the recipe fitted to both
 (pipeline.machine.budget); then, while it trains, whether the next member still fits.
 
+A member whose pace drops while it trains is cut at an epoch's end (`cut_when_late`): its
+checkpoint stays, so a resume with a larger budget continues it.
+
 A new run gets the plan's recipe. A started run keeps the one config.json froze (its `epochs`,
 `fold_epochs` and `refit`); a larger budget than it started with adds members of that recipe, the same budget
 changes nothing.
@@ -9,6 +12,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,7 +21,8 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.data.folds import HOLDOUT
 from pipeline.machine import budget
-from pipeline.machine.budget import BudgetPlan, Deadline, Recipe, Speed, Workload
+from pipeline.console import Log, duration
+from pipeline.machine.budget import BudgetPlan, Cutoff, Deadline, Recipe, Speed, Workload
 from pipeline.machine.plan import (
     Machine,
     choose,
@@ -104,3 +109,34 @@ def member_fits(b: Budgeted, deadline: Deadline, metas: list[dict[str, Any] | No
     seconds = (speed.model_seconds(b.work.member_images, b.cfg.epochs)
                + budget.tail_seconds(b.plan.recipe, b.work, speed))
     return deadline.may_start(seconds)
+
+
+class MemberCut(Exception):
+    """A member stopped by the budget at an epoch's end (its checkpoint saved)."""
+
+
+def cut_when_late(cutoff: Cutoff, label: str, epochs: int, log: Log) -> Any:
+    """A Keras callback that cuts a member (raises MemberCut) at the end of an epoch, not its first,
+    when `cutoff` says it and the submission after it would overrun the budget. It goes
+    after the checkpointing callback, so the epoch it ends on is saved."""
+    import keras
+
+    class CutWhenLate(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.last, self.seen = time.time(), 0
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            # An epoch's pace: from the previous one's end, its checkpoint included.
+            now, done = time.time(), epoch + 1
+            pace, self.last, self.seen = now - self.last, now, self.seen + 1
+            # The first epoch (here: a resumed member's too) traces the model: its pace says
+            # little about the next ones.
+            if self.seen < 2 or done >= epochs or cutoff.keeps(now, epochs - done, pace):
+                return
+            over = cutoff.projected_end(now, epochs - done, pace) - cutoff.end
+            log(f"budget: {label} cut after epoch {done}/{epochs}: at {pace:.1f} s "
+                f"per epoch it and the submission after it would end {duration(over)} past the "
+                "budget; the finished models make the submission (its checkpoint is kept)")
+            raise MemberCut(label)
+
+    return CutWhenLate()

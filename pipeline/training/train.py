@@ -40,7 +40,7 @@ from pipeline.files import (
     write_json,
     write_text,
 )
-from pipeline.machine.budget import Deadline
+from pipeline.machine.budget import Cutoff, Deadline, cutoff_at
 from pipeline.machine.plan import Plan, choose, setup_tensorflow, this_machine
 from pipeline.machine.pool import Job, run_jobs
 from pipeline.prediction.evaluate import fold_scores
@@ -168,9 +168,16 @@ def save_fold(job: ModelJob, fitted: Fitted, y: np.ndarray) -> dict[str, Any]:
 
 
 def train_fold(job: ModelJob, x: np.ndarray, y: np.ndarray, eta: checkpoint.Eta | None = None,
-               log: Log = print) -> dict[str, Any]:
-    """Train and save one fold of a run; its metrics."""
-    return save_fold(job, fit_fold(job, x, y, eta=eta, log=log), y)
+               log: Log = print, cutoff: Cutoff | None = None) -> dict[str, Any] | None:
+    """Train and save one model of a run; its metrics, or None for a member that `cutoff`
+    stopped (its checkpoint kept)."""
+    late = ([runbudget.cut_when_late(cutoff, job.model.label_of, job.cfg.epochs, log)]
+            if cutoff is not None and job.model.member else [])
+    try:
+        fitted = fit_fold(job, x, y, eta=eta, callbacks=late, log=log)
+    except runbudget.MemberCut:
+        return None
+    return save_fold(job, fitted, y)
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -280,21 +287,27 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
                 return False
             return True
 
-        def finished(model: ModelEntry, meta: dict[str, Any]) -> None:
-            metas[model.index] = meta
+        def finished(model: ModelEntry, meta: dict[str, Any] | None) -> None:
             spent()
+            if meta is None:  # a member the budget cut in flight: it said so
+                dropped.append(model)
+                return
+            metas[model.index] = meta
             log(_done_line(model, meta))
 
-        eta = partial(_eta, cfg, todo, budget_end=deadline.left() + time.time() if deadline else 0.0)
+        budget_end = deadline.left() + time.time() if deadline else 0.0
+        cut = cutoff_at(budgeted.plan, budgeted.work, budget_end) if budgeted else None
+        eta = partial(_eta, cfg, todo, budget_end=budget_end)
         parallel = plan.processes > 1 and len(todo) > 1
         if todo:
             log(plan.line())
         try:
             if parallel:
-                _train_parallel(cfg, plan, paths, run, todo, eta, admit, finished, log)
+                _train_parallel(cfg, plan, paths, run, todo, eta, admit, finished, log, cut)
             else:
                 setup_tensorflow(cfg, plan, plan.threads_for(0, 1, cfg.threads))
-                _train_serial(cfg, paths, run, x, y, fold_of, todo, eta, admit, finished, log)
+                _train_serial(cfg, paths, run, x, y, fold_of, todo, eta, admit, finished, log,
+                              cut)
         except BaseException as exc:
             spent()
             why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed"
@@ -361,37 +374,41 @@ def _rows(csv: Path) -> int:
 def _train_serial(cfg: Config, paths: Paths, run: str, x: np.ndarray, y: np.ndarray,
                   fold_of: np.ndarray, todo: list[ModelEntry], eta: Callable[..., checkpoint.Eta],
                   admit: Callable[[ModelEntry], bool],
-                  finished: Callable[[ModelEntry, dict[str, Any]], None], log: Log) -> None:
+                  finished: Callable[[ModelEntry, dict[str, Any] | None], None], log: Log,
+                  cut: Cutoff | None) -> None:
     """Train the models in `todo` one after another in this process, while `admit` lets them."""
     for n, model in enumerate(todo):
         if not admit(model):
             return
         log(f"=== {model.label_of} ===")
         finished(model, train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y,
-                                   eta=eta(n, 1), log=log))
+                                   eta=eta(n, 1), log=log, cutoff=cut))
 
 
 def _fold_worker(cfg: Config, plan: Plan, threads: int, paths: Paths, run: str,
-                 model: ModelEntry, eta: checkpoint.Eta) -> dict[str, Any]:
-    """A worker process: train one model of the run; its metrics."""
+                 model: ModelEntry, eta: checkpoint.Eta,
+                 cut: Cutoff | None) -> dict[str, Any] | None:
+    """A worker process: train one model of the run; its metrics (None: cut by the budget)."""
     setup_tensorflow(cfg, plan, threads)
     x, y, fold_of = run_split(DataFiles.of(paths), paths.run_dir(run))
 
     def log(message: str) -> None:
         print(message, flush=True)
 
-    return train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y, eta=eta, log=log)
+    return train_fold(job_for(cfg, paths, run, x, fold_of, model, log), x, y, eta=eta, log=log,
+                      cutoff=cut)
 
 
 def _train_parallel(cfg: Config, plan: Plan, paths: Paths, run: str, todo: list[ModelEntry],
                     eta: Callable[..., checkpoint.Eta], admit: Callable[[ModelEntry], bool],
-                    finished: Callable[[ModelEntry, dict[str, Any]], None], log: Log) -> None:
+                    finished: Callable[[ModelEntry, dict[str, Any] | None], None], log: Log,
+                    cut: Cutoff | None) -> None:
     """Train the models in `todo`, `plan.processes` at a time, each in a fresh process, while
     `admit` lets them start."""
     at_once = plan.processes
     threads = [plan.threads_for(n, len(todo), cfg.threads) for n in range(len(todo))]
     jobs = [Job(model.label, _fold_worker, (cfg, plan, threads[n], paths, run, model,
-                                            eta(n, at_once)))
+                                            eta(n, at_once), cut))
             for n, model in enumerate(todo)]
 
     def started(n: int, job: Job, pid: int) -> None:
