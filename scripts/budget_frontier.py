@@ -37,6 +37,7 @@ from pipeline.data.datafiles import DataFiles
 from pipeline.data.folds import holdout_rows
 from pipeline.files import load_npy, read_json, write_json
 from pipeline.machine.plan import cpu_info
+from pipeline.prediction.evaluate import paired_errors, paired_text
 from pipeline.runfiles import RunFiles, read_split
 
 RESULTS = CODE_ROOT / "scripts" / "results" / "budget-frontier.json"
@@ -69,10 +70,11 @@ def wrong_rows(rf: RunFiles, paths: Paths) -> list[int]:
 
 
 def paired(a: dict, b: dict) -> str:
-    """Two records' holdout errors paired: those only `a` makes, only `b`, both."""
-    wa, wb = set(a["holdout_wrong"]), set(b["holdout_wrong"])
-    return (f"{a['run']} vs {b['run']}: only the first wrong on {len(wa - wb)}, only the second "
-            f"on {len(wb - wa)}, both on {len(wa & wb)}")
+    """Two records' holdout errors paired, as `compare` pairs two runs."""
+    either = sorted(set(a["holdout_wrong"]) | set(b["holdout_wrong"]))
+    right = np.zeros(a["holdout_n"] - len(either), bool)  # the rows both get right
+    wrong = [np.concatenate([np.isin(either, rec["holdout_wrong"]), right]) for rec in (a, b)]
+    return paired_text(a["run"], b["run"], paired_errors(*wrong))
 
 
 def busy_loop(after: float) -> subprocess.Popen:

@@ -56,8 +56,8 @@ TAIL_SECONDS = 15.0  # after the last model: the run's metrics, predict's start-
 # images/s, i.e. 1.7; the guess of 4 before made that 10-minute run last 12m18s).
 INFERENCE_SPEEDUP = 1.7
 # A member in flight is cut only past this share of the budget: one slow epoch should not throw
-# away a nearly finished model (the 30-minute run that ended 1.3 s before its budget would have
-# lost its last one to a projection 1% high).
+# away a nearly finished model (a 30-minute run ended 1.3 s before its budget: with no slack, a
+# projection 1% high would have cut its last member).
 OVERRUN_SHARE = 0.03
 
 

@@ -69,11 +69,15 @@ def per_digit(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
 
 def paired(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray) -> dict[str, Any]:
     """Errors only A makes, only B makes, both make, and McNemar's exact two-sided p-value."""
-    wrong_a, wrong_b = probs_a.argmax(1) != y, probs_b.argmax(1) != y
+    return paired_errors(probs_a.argmax(1) != y, probs_b.argmax(1) != y)
+
+
+def paired_errors(wrong_a: np.ndarray, wrong_b: np.ndarray) -> dict[str, Any]:
+    """`paired` from the rows each gets wrong (boolean, one per held-out row)."""
     only_a, only_b = int(np.sum(wrong_a & ~wrong_b)), int(np.sum(wrong_b & ~wrong_a))
     # Under "no difference" each discordant row is A's error or B's with probability 1/2.
     p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return {"n": int(len(y)), "only_a": only_a, "only_b": only_b,
+    return {"n": int(len(wrong_a)), "only_a": only_a, "only_b": only_b,
             "both": int(np.sum(wrong_a & wrong_b)), "mcnemar_p": float(p)}
 
 
