@@ -70,5 +70,6 @@ def format_table(metrics: dict[str, Any]) -> str:
         f"CV (out-of-fold) accuracy: {metrics['cv_accuracy']:.4f}  log loss "
         f"{metrics['cv_log_loss']:.4f}"
         + (f"  + {len(members)} refit member(s) for the submission" if members else "")
-        + f"  training took {duration(metrics['train_seconds'])} in all "
+        # Models train side by side, so their summed time is not the wall time.
+        + f"  models trained {duration(metrics['train_seconds'])} summed "
         f"({duration(metrics['wall_seconds_last_invocation'])} wall this time)"])
