@@ -131,7 +131,7 @@ def measure(budget: str, model_seed: int, holdout: float, profile: str, paths: P
             "cores": env["machine"]["cores"], "at": datetime.now(timezone.utc).isoformat()}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Measure each budget in turn and append its record to scripts/results/."""
     defaults = Paths.under(project_root())
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -145,8 +145,10 @@ def main() -> int:
     p.add_argument("--busy-at", type=float, default=0.0,
                    help="start a busy loop on one core at this share of the budget (0: none)")
     p.add_argument("--results", default=str(RESULTS), help="the JSON file records are appended to")
+    p.add_argument("--beside", default="",
+                   help="what else ran beside them (recorded; the figure leaves out their minutes)")
     p.add_argument("--pair", nargs=2, metavar="RUN", help="pair two recorded runs' holdout errors")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     results = Path(args.results)
     if args.pair:
         by_run = {r["run"]: r for r in read_json(results) if "holdout_wrong" in r}
@@ -158,6 +160,8 @@ def main() -> int:
     for budget in args.budgets:
         record = measure(budget, args.model_seed, args.holdout, args.profile, paths,
                          args.via_make, args.busy_at)
+        if args.beside:
+            record["beside"] = args.beside
         records = read_json(results) if results.is_file() else []
         write_json(results, [*records, record])
         print(json.dumps(record, indent=2), flush=True)

@@ -1,7 +1,8 @@
 """The accuracy-vs-minutes figure of `--budget`, from scripts/results/budget-frontier.json: holdout
 errors (6,300 held-out rows) against the minutes from `train` to the submission, one line per
 host (CPU model and family) for the planner's current rule, the fixed recipe (`--budget none`)
-as a star, runs of an earlier rule as hollow circles.
+as a star, runs of an earlier rule as hollow circles; runs timed beside a busy loop or another
+job are left out.
 
     python scripts/plot_frontier.py   # writes scripts/results/budget-frontier.png
 """
@@ -30,13 +31,15 @@ def host(record: dict) -> str:
     return f"{record['cpu']}, CPU family {record['cpu_family']}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Draw the figure from the recorded runs."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=RESULTS / "budget-frontier.json")
     p.add_argument("--out", type=Path, default=RESULTS / "budget-frontier.png")
-    args = p.parse_args()
-    records = [r for r in read_json(args.results) if not r.get("busy_loop_from")]
+    args = p.parse_args(argv)
+    # A busy loop, or another job beside a run (`beside`), makes its minutes no timing.
+    records = [r for r in read_json(args.results)
+               if not r.get("busy_loop_from") and not r.get("beside")]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lines: dict[str, list[dict]] = defaultdict(list)
     for r in records:

@@ -272,3 +272,37 @@ def test_shared_errors_counts_the_rows_every_ensemble_misses(held: dict, tmp_pat
     assert [e["train_csv_row"] for e in out["every_run_misses"]] == [int(rows[i]) + 2 for i in both]
     assert out["all_runs_averaged"]["errors"] == int(np.sum((probs["h0"] + probs["h1"]).argmax(1) != y))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_records_keep_the_wrong_rows_and_pair_as_the_runs_do(held: dict, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """scripts/budget_frontier.py records the ensemble's wrong train.csv rows, `--pair` pairs two
+    records without their runs, and scripts/plot_frontier.py leaves out runs not timed alone."""
+    from pipeline.config import Paths
+    from pipeline.runfiles import RunFiles
+
+    frontier = _script("budget_frontier")
+    data = Path(held["common"][held["common"].index("--data") + 1])
+    rows = np.flatnonzero(np.load(held["runs"] / "h0" / "folds.npy") == HOLDOUT)
+    wrong, records = {}, []
+    for run in ("h0", "h1"):
+        wrong[run] = np.load(held["runs"] / run / "holdout_probs.npy").argmax(1) != held["y"][rows]
+        kept = frontier.wrong_rows(RunFiles(held["runs"] / run), Paths(data, held["runs"], tmp_path))
+        assert kept == [int(r) for r in rows[wrong[run]]]
+        records.append({"run": run, "holdout_n": len(rows), "holdout_wrong": kept,
+                        "holdout_errors": len(kept), "budget": "1m", "budget_seconds": 60.0,
+                        "total_seconds": 50.0 + len(records), "rule": "ladder",
+                        "cpu": "Some CPU", "cpu_family": "7"})
+    # Timed beside other work: recorded, left out of the figure (they lack what it would draw).
+    records += [{"run": "busy", "busy_loop_from": 30.0}, {"run": "tests", "beside": "make test"}]
+    results = tmp_path / "frontier.json"
+    results.write_text(json.dumps(records))
+    capsys.readouterr()
+    assert frontier.main(["--pair", "h0", "h1", "--results", str(results)]) == 0
+    a, b = wrong["h0"], wrong["h1"]
+    expected = frontier.paired_text("h0", "h1", frontier.paired_errors(a, b))
+    assert capsys.readouterr().out.strip() == expected
+    assert f"{int(np.sum(a & ~b))} errors only 'h0' makes, {int(np.sum(b & ~a))} only 'h1'" in \
+        frontier.paired(*records[:2])
+    png = tmp_path / "frontier.png"
+    assert _script("plot_frontier").main(["--results", str(results), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
