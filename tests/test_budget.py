@@ -9,7 +9,7 @@ import math
 import re
 import signal
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -222,7 +222,7 @@ def test_members_not_started_are_dropped_when_the_speed_drops(slowdown: float, s
         metas.append(_meta(WORK.fold_images, p.recipe.fold_epochs, speed))
         clock.now += metas[-1]["seconds"]
     members = 0
-    while members < p.recipe.members and runbudget.member_fits(b, deadline, metas):
+    while members < p.recipe.members and runbudget.member_fits(b, deadline, metas, members + 1):
         metas.append(_meta(WORK.member_images, p.recipe.epochs, speed))
         clock.now += metas[-1]["seconds"]
         members += 1
@@ -231,6 +231,39 @@ def test_members_not_started_are_dropped_when_the_speed_drops(slowdown: float, s
     if members or slowdown == 1:  # what started ends, with the submission, within the budget
         tail = budget.tail_seconds(Recipe(p.recipe.epochs, members), WORK, Speed(speed, 1))
         assert clock.now + tail <= 3600
+
+
+def test_a_member_starts_when_it_and_a_submission_of_its_size_fit() -> None:
+    """The 10-minute frontier run (AMD EPYC, family 25) dropped member 2 of 3 with 5m22s left:
+    the pace of the last fold (slowed by the member beside it) was taken for a member's, with the
+    tail of all 3 planned members; member 1 took 1m47s and predicting 1 member 40 s."""
+    work = Workload(folds=5, fold_images=28_560, member_images=35_700, test_images=34_300, views=5)
+    speed = Speed(1_336.4, 2)
+    plan = budget.BudgetPlan(600, 0, Recipe(epochs=5, members=3, fold_epochs=3), speed, 568.0)
+    b = runbudget.Budgeted(config.resolve("cpu", sets={"epochs": "5", "fold_epochs": "3",
+                                                       "refit": "3"}), plan, work)
+    clock = Clock()
+    deadline = Deadline(600, 0, clock=clock)
+    at = datetime(2026, 12, 4, tzinfo=timezone.utc)
+
+    def done(images: int, epochs: int, seconds: float, after: float) -> dict:
+        return {"n_train": images, "epochs_run": epochs, "seconds": seconds,
+                "finished_at": (at + timedelta(seconds=after)).isoformat()}
+
+    metas: list[dict | None] = [done(28_560, 3, s, t) for s, t in
+                                [(70, 70), (72, 72), (72, 142), (79, 151), (96, 247)]]
+    metas += [None, None, None]
+    clock.now = 600 - 322  # 5m22s left, member 1 in flight
+    assert budget.slowdown(metas, speed) == pytest.approx((79 / 69.1 + 96 / 69.1) / 2, rel=0.01)
+    assert runbudget.member_fits(b, deadline, metas, 2)
+    # Member 1 finished in 107 s, 5m03s left: member 3 still fits with a 3-member submission ...
+    metas[5] = done(35_700, 5, 107, 297)
+    clock.now = 600 - 303
+    assert runbudget.member_fits(b, deadline, metas, 3)
+    # ... and not when the models had taken three times the plan's seconds.
+    slow = [m and {**m, "seconds": 3 * m["seconds"]} for m in metas]
+    assert budget.slowdown(slow, speed) == pytest.approx(3 * budget.slowdown(metas, speed))
+    assert not runbudget.member_fits(b, deadline, slow, 3)
 
 
 def test_a_member_in_flight_is_cut_when_its_pace_would_overrun_the_budget() -> None:
@@ -361,14 +394,14 @@ def test_the_workload_counts_what_predict_infers_the_test_and_the_held_out_rows(
 def test_a_member_slowed_in_flight_is_cut_and_the_folds_make_the_submission(
         tmp_path: Path, sample_dir: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
-    """A run whose members train 100x slower than planned (as if another program took the
-    core): its first member is cut after its second epoch instead of overrunning the budget,
+    """A run whose members train 10,000x slower than planned (as if another program took the
+    core): its first member is cut after its third epoch instead of overrunning the budget,
     its checkpoint kept, and the fold models make the submission."""
     from pipeline.training import train
 
     def slowed(plan: budget.BudgetPlan, work: Workload, end: float) -> budget.Cutoff:
         cut = budget.cutoff_at(plan, work, end)
-        return replace(cut, epoch_seconds=cut.epoch_seconds / 100)
+        return replace(cut, epoch_seconds=cut.epoch_seconds / 10_000)
 
     monkeypatch.setattr(train, "cutoff_at", slowed)
     runs, subs = tmp_path / "runs", tmp_path / "subs"
@@ -381,13 +414,39 @@ def test_a_member_slowed_in_flight_is_cut_and_the_folds_make_the_submission(
     assert (state["members"], state["planned"], state["why"]) == (0, 2, "budget")
     assert (run / "member_0" / "last.keras").is_file()  # resumable where it was cut
     assert not (run / "member_0" / "metrics.json").exists() and not (run / "member_1").exists()
-    assert json.loads((run / "member_0" / "state.json").read_text())["epoch"] == 2
+    assert json.loads((run / "member_0" / "state.json").read_text())["epoch"] == 3
     code, err = cli_in_process(capsys, "predict", "--run", "c", "--data", str(sample_dir),
                                "--runs-dir", str(runs), "--submissions-dir", str(subs),
                                "--no-report")
     assert code == 0, err
     assert len(pd.read_csv(subs / "c.csv")) == 540
     assert json.loads((run / "prediction.json").read_text())["models"] == 2  # the folds
+
+
+def test_one_slow_epoch_does_not_cut_a_member_two_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 15-minute frontier run (AMD EPYC, family 25): member 3 of 3 (11 epochs, 25.5 s each as
+    planned) was cut after one 39.7 s epoch while member 2 finished beside it; the next epochs
+    ran at ~21 s. Judged on the faster of its last two epochs it goes on; two slow ones cut it."""
+    from types import SimpleNamespace
+
+    clock = Clock()
+    monkeypatch.setattr(runbudget, "time", SimpleNamespace(time=clock))
+    lines: list[str] = []
+    cut = budget.Cutoff(end=900.0, epoch_seconds=35_700 / 1_398, tail=123.0, slack=27.0)
+    callback = runbudget.cut_when_late(cut, "member 3/3", 11, lines.append)
+    clock.now = 517.0
+    callback.on_train_begin()
+    for epoch, pace in enumerate([21.0, 22.0, 39.7, 21.0]):
+        clock.now += pace
+        callback.on_epoch_end(epoch)
+    assert not lines
+    assert not cut.keeps(clock.now - 21.0, 8, 39.7)  # what the last epoch alone would have said
+    clock.now += 40.0
+    callback.on_epoch_end(4)
+    with pytest.raises(runbudget.MemberCut):
+        clock.now += 40.0
+        callback.on_epoch_end(5)
+    assert lines[0].startswith("budget: member 3/3 cut after epoch 6/11: at 40.0 s per epoch")
 
 
 def test_the_cut_is_announced_in_one_line() -> None:
@@ -399,11 +458,12 @@ def test_the_cut_is_announced_in_one_line() -> None:
     callback = runbudget.cut_when_late(budget.Cutoff(end=time.time() + 10, epoch_seconds=1.0, tail=60.0,
                                                      slack=5.0), "member 1/2", 4, lines.append)
     callback.on_train_begin()
-    callback.on_epoch_end(0)  # the first epoch is never judged
+    callback.on_epoch_end(0)  # the first epoch is never judged, the second not alone
+    callback.on_epoch_end(1)
     assert not lines
     with pytest.raises(runbudget.MemberCut):
-        callback.on_epoch_end(1)
-    assert re.fullmatch(r"budget: member 1/2 cut after epoch 2/4: at \d+\.\d s per epoch it and "
+        callback.on_epoch_end(2)
+    assert re.fullmatch(r"budget: member 1/2 cut after epoch 3/4: at \d+\.\d s per epoch it and "
                         r"the submission after it would end 0m5\ds past the budget; the "
                         r"finished models make the submission \(its checkpoint is kept\)",
                         lines[0]), lines

@@ -234,6 +234,18 @@ def measured_speed(metas: Sequence[dict[str, Any] | None], epochs: int,
     return images * last.get("epochs_run", epochs) / max(1e-6, last["seconds"] - MODEL_SECONDS)
 
 
+def slowdown(metas: Sequence[dict[str, Any] | None], speed: Speed) -> float:
+    """How many times the seconds `speed` plans the run's last finished models took: the mean over
+    the last as many as train at once (a fold's and a member's alike), 1 before any has."""
+    done = sorted((m for m in metas if m and m.get("seconds")),
+                  key=lambda m: str(m.get("finished_at", "")))[-speed.processes:]
+    # A model's own seconds leave out its process's start-up: plan them as one process would.
+    alone = Speed(speed.images_per_second)
+    ratios = [m["seconds"] / alone.model_seconds(m["n_train"] + m.get("n_pseudo", 0),
+                                                 m["epochs_run"]) for m in done]
+    return sum(ratios) / len(ratios) if ratios else 1.0
+
+
 @dataclass(frozen=True)
 class Cutoff:
     """When a member in flight is cut: its epochs left at its last epoch's pace, then predict

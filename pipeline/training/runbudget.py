@@ -101,14 +101,16 @@ def fit(cfg: Config, rf: RunFiles, machine: Machine, x: np.ndarray, y: np.ndarra
                     planned, work)
 
 
-def member_fits(b: Budgeted, deadline: Deadline, metas: list[dict[str, Any] | None]) -> bool:
-    """Whether one more member, at the speed the run's last finished model measured, and the
-    tail after it still end within the budget."""
-    speed = Speed(budget.measured_speed(metas, b.cfg.epochs, b.plan.speed.images_per_second),
-                  b.plan.speed.processes)
-    seconds = (speed.model_seconds(b.work.member_images, b.cfg.epochs)
-               + budget.tail_seconds(b.plan.recipe, b.work, speed))
-    return deadline.may_start(seconds)
+def member_fits(b: Budgeted, deadline: Deadline, metas: list[dict[str, Any] | None],
+                members: int) -> bool:
+    """Whether member number `members` (1-based), then a submission of that many members, still
+    ends within the budget, at the pace the run's last finished models kept against the plan."""
+    slower = budget.slowdown(metas, b.plan.speed)
+    # The members after it start only if they fit too, so the tail is that of `members` models;
+    # and as in the cut, a fast pace is not taken to speed up predict.
+    tail = budget.tail_seconds(replace(b.plan.recipe, members=members), b.work, b.plan.speed)
+    seconds = slower * b.plan.speed.model_seconds(b.work.member_images, b.cfg.epochs)
+    return deadline.may_start(seconds + max(1.0, slower) * tail)
 
 
 class MemberCut(Exception):
@@ -116,14 +118,15 @@ class MemberCut(Exception):
 
 
 def cut_when_late(cutoff: Cutoff, label: str, epochs: int, log: Log) -> Any:
-    """A Keras callback that cuts a member (raises MemberCut) at the end of an epoch, not its first,
-    when `cutoff` says it and the submission after it would overrun the budget. It goes
-    after the checkpointing callback, so the epoch it ends on is saved."""
+    """A Keras callback that cuts a member (raises MemberCut) at the end of an epoch when
+    `cutoff` says it and the submission after it would overrun the budget at the pace of its
+    last two epochs (its first in this process not counted). It goes after the checkpointing
+    callback, so the epoch it ends on is saved."""
     import keras
 
     class CutWhenLate(keras.callbacks.Callback):
         def on_train_begin(self, logs: dict | None = None) -> None:
-            self.last, self.seen = time.time(), 0
+            self.last, self.seen, self.paces = time.time(), 0, []
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             # An epoch's pace: from the previous one's end, its checkpoint included.
@@ -131,7 +134,13 @@ def cut_when_late(cutoff: Cutoff, label: str, epochs: int, log: Log) -> Any:
             pace, self.last, self.seen = now - self.last, now, self.seen + 1
             # The first epoch (here: a resumed member's too) traces the model: its pace says
             # little about the next ones.
-            if self.seen < 2 or done >= epochs or cutoff.keeps(now, epochs - done, pace):
+            if self.seen > 1:
+                self.paces.append(pace)
+            # The faster of the last two: a neighbour finishing (its saves, the run's bookkeeping)
+            # nearly doubles one epoch (a 15-minute run lost a member to one); a program that
+            # takes the core slows them all.
+            pace = min(self.paces[-2:], default=0.0)
+            if len(self.paces) < 2 or done >= epochs or cutoff.keeps(now, epochs - done, pace):
                 return
             over = cutoff.projected_end(now, epochs - done, pace) - cutoff.end
             log(f"budget: {label} cut after epoch {done}/{epochs}: at {pace:.1f} s "

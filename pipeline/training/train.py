@@ -278,7 +278,8 @@ def train_run(cfg: Config, paths: Paths, run: str, log: Log = print,
         def admit(model: ModelEntry) -> bool:
             """Whether `model` starts: every fold does; a member only while it fits the budget."""
             if dropped or (model.member and deadline is not None
-                           and not runbudget.member_fits(budgeted, deadline, metas)):
+                           and not runbudget.member_fits(budgeted, deadline, metas,
+                                                         model.number + 1)):
                 if not dropped:
                     log(f"budget: {duration(max(0.0, deadline.left()))} left, too little for "
                         f"{model.label_of} and the submission after it: it and the members after "
