@@ -1,7 +1,8 @@
 """The accuracy-vs-minutes figure of `--budget`, from scripts/results/budget-frontier.json: holdout
 errors (6,300 held-out rows) against the minutes from `train` to the submission, one line per
 host (CPU model and family) for the planner's current rule, the fixed recipe (`--budget none`)
-as a star, runs of an earlier rule as hollow circles; runs timed beside a busy loop or another
+as a star, runs of an earlier rule as hollow circles, runs before a fix to it (`superseded_by`) as
+crosses; runs timed beside a busy loop or another
 job are left out.
 
     python scripts/plot_frontier.py   # writes scripts/results/budget-frontier.png
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lines: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        if r.get("rule") == RULE:
+        if r.get("rule") == RULE and not r.get("superseded_by"):
             lines[host(r)].append(r)
     for i, (name, rs) in enumerate(sorted(lines.items())):
         color = f"C{i}"
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if r["budget"] == "none":
             ax.plot(r["total_seconds"] / 60, r["holdout_errors"], "*", ms=13, color=color,
                     label=f"fixed recipe (5 folds + 5 members × 25 epochs), {host(r)}")
+        elif r.get("superseded_by"):  # a run of this rule before a fix to it
+            ax.plot(r["total_seconds"] / 60, r["holdout_errors"], "x", color=color,
+                    label=f"before a fix to the rule, {host(r)}")
         elif r.get("rule") != RULE:
             ax.plot(r["total_seconds"] / 60, r["holdout_errors"], "o", mfc="none", color=color,
                     label=f"first rule (members before epochs), {host(r)}")
